@@ -9,18 +9,25 @@ from moldiff.chem.rdkit_mol import largest_fragment, make_mol, sanitized_smiles
 from moldiff.data.molecules import MoleculeSet
 
 
-def edm_validity(mols: MoleculeSet, graph: BondGraph) -> list[str | None]:
-    """Per molecule: the largest fragment's canonical SMILES if valid under EDM's rule, else None."""
-    out: list[str | None] = []
+def edm_validity(mols: MoleculeSet, graph: BondGraph, single_bonds_only: bool = False) -> tuple[list, list]:
+    """Per molecule: (whole-molecule SMILES, largest fragment's SMILES), None where invalid.
+
+    The largest fragment's SMILES is EDM's validity and uniqueness key; the whole molecule's is
+    what EDM stores for its training set (novelty reference). ``single_bonds_only`` is EDM's
+    GEOM-Drugs setting (``limit_bonds_to_one=True`` when building RDKit molecules).
+    """
+    whole: list[str | None] = []
+    largest: list[str | None] = []
     for m in range(len(mols)):
         a = mols.offsets[m]
         i, j, o = graph.of(m)
+        if single_bonds_only:
+            o = np.ones_like(o)
         mol = make_mol(mols.numbers[a : mols.offsets[m + 1]], bonds=(i - a, j - a, o))
         smiles = sanitized_smiles(mol)
-        if smiles is not None:
-            smiles = sanitized_smiles(largest_fragment(mol))
-        out.append(smiles)
-    return out
+        whole.append(smiles)
+        largest.append(sanitized_smiles(largest_fragment(mol)) if smiles is not None else None)
+    return whole, largest
 
 
 def edm_fragment_counts(mols: MoleculeSet, graph: BondGraph) -> np.ndarray:

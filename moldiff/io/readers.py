@@ -1,0 +1,109 @@
+"""Users' molecules from SDF, XYZ, or a folder of them, into a ``MoleculeSet``.
+
+SDF goes through RDKit (``ForwardSDMolSupplier``, without sanitising, so a molecule RDKit finds
+chemically odd is still read: judging chemistry is the metrics' job). XYZ goes through ASE.
+Unreadable records are counted in the ``InputReport`` and skipped; the rest is read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from moldiff.data import report as R
+from moldiff.data.elements import symbol_to_number
+from moldiff.data.molecules import MoleculeSet
+
+SUFFIXES = (".sdf", ".sd", ".mol", ".xyz", ".extxyz")
+
+
+def _read_sdf(path: Path, report: R.InputReport):
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    with open(path, "rb") as fh:
+        supplier = Chem.ForwardSDMolSupplier(fh, sanitize=False, removeHs=False)
+        for k, mol in enumerate(supplier):
+            report.n_records += 1
+            where = f"{path.name}#{k}"
+            if mol is None:
+                report.reject(R.UNREADABLE, where, "RDKit could not parse the record")
+                continue
+            if mol.GetNumConformers() == 0:
+                if mol.GetNumAtoms() == 0:
+                    yield where, np.zeros(0, np.int64), np.zeros((0, 3))
+                else:
+                    report.reject(R.UNREADABLE, where, "no coordinates")
+                continue
+            numbers = np.array([a.GetAtomicNum() for a in mol.GetAtoms()], np.int64)
+            name = mol.GetProp("_Name") if mol.HasProp("_Name") and mol.GetProp("_Name") else where
+            yield name, numbers, mol.GetConformer().GetPositions()
+
+
+def _read_xyz(path: Path, report: R.InputReport):
+    """Frame by frame, so one bad frame costs one record (ASE would fail the whole file)."""
+    from io import StringIO
+
+    import ase.io
+
+    lines = path.read_text().splitlines()
+    pos, k = 0, 0
+    while pos < len(lines):
+        if not lines[pos].strip():
+            pos += 1
+            continue
+        where = f"{path.name}#{k}"
+        report.n_records += 1
+        k += 1
+        try:
+            n = int(lines[pos].split()[0])
+        except (ValueError, IndexError):
+            report.reject(R.UNREADABLE, where, f"line {pos + 1}: atom count expected")
+            break  # the frame boundaries are lost; later frames can't be located
+        frame = lines[pos : pos + n + 2]
+        pos += n + 2
+        if n == 0:
+            yield where, np.zeros(0, np.int64), np.zeros((0, 3))
+            continue
+        try:
+            atoms = ase.io.read(StringIO("\n".join(frame) + "\n"), format="xyz")
+            numbers = atoms.get_atomic_numbers()
+        except Exception as err:  # ASE raises many types on malformed text
+            # Unknown symbols make ASE fail; read them ourselves so they count as unknown elements.
+            rows = [r.split() for r in frame[2:]]
+            if len(rows) == n and all(len(r) >= 4 for r in rows):
+                try:
+                    xyz = np.array([[float(v) for v in r[1:4]] for r in rows])
+                    yield where, np.array([symbol_to_number(r[0]) for r in rows]), xyz
+                    continue
+                except ValueError:
+                    pass
+            report.reject(R.UNREADABLE, where, str(err).splitlines()[0][:80] if str(err) else type(err).__name__)
+            continue
+        yield where, numbers, atoms.get_positions()
+
+
+def read_molecules(path, report: R.InputReport | None = None) -> tuple[MoleculeSet, list[str]]:
+    """All molecules in an SDF/XYZ file or a folder of them (sorted by name), with their names.
+
+    Records that cannot be read are counted in ``report``; checking elements and coordinates is
+    ``MoleculeSet.checked``'s job.
+    """
+    report = report if report is not None else R.InputReport()
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such file or folder: {path}")
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in SUFFIXES) if path.is_dir() else [path]
+    if path.is_dir() and not files:
+        raise ValueError(f"{path} holds no {', '.join(SUFFIXES)} files")
+    names, molecules = [], []
+    for f in files:
+        suffix = f.suffix.lower()
+        if suffix not in SUFFIXES:
+            raise ValueError(f"{f}: unsupported format {suffix!r}; use one of {', '.join(SUFFIXES)}")
+        reader = _read_xyz if suffix in (".xyz", ".extxyz") else _read_sdf
+        for name, numbers, positions in reader(f, report):
+            names.append(name)
+            molecules.append((numbers, positions))
+    return MoleculeSet.from_list(molecules), names

@@ -1,0 +1,59 @@
+"""SDF and XYZ writers. Every file is written to a temporary name and renamed into place, so an
+interrupted run never leaves a half-written file."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from moldiff.data.elements import SYMBOLS
+from moldiff.data.molecules import MoleculeSet
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w"):
+    """Open a temp file beside ``path``; rename it over ``path`` only if the block finishes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_xyz(path, mols: MoleculeSet, comments: Sequence[str] | None = None) -> None:
+    """Multi-frame XYZ: atom count, comment line, ``symbol x y z`` rows (Å)."""
+    with atomic_write(path) as f:
+        for m in range(len(mols)):
+            z, x = mols[m]
+            f.write(f"{len(z)}\n{comments[m] if comments else f'molecule {m}'}\n")
+            for zi, (a, b, c) in zip(z.tolist(), np.asarray(x, np.float64).tolist()):
+                f.write(f"{SYMBOLS[zi]:<2s} {a:12.6f} {b:12.6f} {c:12.6f}\n")
+
+
+def write_sdf(path, rdkit_mols: Iterable, names: Sequence[str] | None = None, properties: Sequence[dict] | None = None) -> None:
+    """SDF from RDKit molecules (with a 3D conformer). ``None`` entries must be replaced by the caller."""
+    from rdkit import Chem
+
+    with atomic_write(path) as f:
+        writer = Chem.SDWriter(f)
+        writer.SetKekulize(False)  # a molecule that cannot be kekulised is still written
+        for k, mol in enumerate(rdkit_mols):
+            mol = Chem.Mol(mol)
+            if names is not None:
+                mol.SetProp("_Name", str(names[k]))
+            for key, value in (properties[k] if properties else {}).items():
+                mol.SetProp(str(key), str(value))
+            writer.write(mol)
+        writer.close()

@@ -1,0 +1,71 @@
+"""Running both chemistry protocols over a ``MoleculeSet``: per-atom and per-molecule outcomes."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+import multiprocessing as mp
+import numpy as np
+
+from moldiff.data.elements import GEOM_VOCAB, Vocabulary
+from moldiff.data.molecules import MoleculeSet
+
+
+@dataclass
+class ProtocolOutcome:
+    atom_stable: np.ndarray  # (A,) bool
+    mol_stable: np.ndarray  # (M,) bool
+    smiles: list  # (M,) validity/uniqueness key, None where invalid
+    whole_smiles: list  # (M,) whole-molecule SMILES (novelty reference), None where invalid
+    n_fragments: np.ndarray  # (M,)
+    bonds: tuple[np.ndarray, np.ndarray]  # (i, j) global atom indices of the protocol's bonds
+    failures: dict[str, int]
+
+
+def run_edm(mols: MoleculeSet, vocab: Vocabulary) -> ProtocolOutcome:
+    from moldiff.chem.edm_protocol import edm_bond_graph, edm_stability
+    from moldiff.chem.edm_rdkit import edm_fragment_counts, edm_validity
+
+    graph = edm_bond_graph(mols, vocab)
+    atom_ok, mol_ok = edm_stability(mols, vocab, graph)
+    whole, largest = edm_validity(mols, graph, single_bonds_only=vocab.name == GEOM_VOCAB.name)
+    return ProtocolOutcome(atom_ok, mol_ok, largest, whole, edm_fragment_counts(mols, graph), (graph.i, graph.j), {})
+
+
+def _perceive_chunk(mols: MoleculeSet):
+    from moldiff.chem.determine_bonds import perceive
+
+    out = []
+    for m in range(len(mols)):
+        p = perceive(*mols[m])
+        out.append((p.atom_stable, p.smiles, p.n_fragments, p.failure, p.connectivity))
+    return out
+
+
+def default_workers() -> int:
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def run_corrected(mols: MoleculeSet, workers: int | None = None, chunk: int = 500) -> ProtocolOutcome:
+    """rdDetermineBonds perception, molecule by molecule, over ``workers`` processes."""
+    workers = default_workers() if workers is None else workers
+    pieces = [mols.subset(np.arange(a, min(a + chunk, len(mols)))) for a in range(0, len(mols), chunk)]
+    if workers > 1 and len(pieces) > 1:
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
+            results = [r for part in pool.map(_perceive_chunk, pieces) for r in part]
+    else:
+        results = [r for piece in pieces for r in _perceive_chunk(piece)]
+    failures: dict[str, int] = {}
+    for r in results:
+        if r[3]:
+            key = r[3].split(":")[0] if r[3].startswith("bond orders") else r[3]
+            failures[key] = failures.get(key, 0) + 1
+    atom_ok = np.concatenate([r[0] for r in results]) if results else np.zeros(0, bool)
+    mol_ok = np.array([r[0].all() and r[3] is None for r in results], bool)
+    smiles = [r[1] for r in results]
+    conn = [r[4] + off for r, off in zip(results, mols.offsets[:-1])]
+    conn = np.concatenate(conn) if conn else np.zeros((0, 2), np.int64)
+    n_frag = np.array([r[2] for r in results], np.int64)
+    return ProtocolOutcome(atom_ok, mol_ok, smiles, smiles, n_frag, (conn[:, 0], conn[:, 1]), failures)

@@ -1,0 +1,15 @@
+"""Evaluate molecules: ``python scripts/evaluate.py input=samples.sdf`` (or ``input=qm9:test``)."""
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+
+from moldiff.metrics.run import run_evaluation
+
+
+@hydra.main(config_path="../configs", config_name="evaluate", version_base="1.3")
+def main(cfg) -> None:
+    run_evaluation(cfg, HydraConfig.get().runtime.output_dir)
+
+
+if __name__ == "__main__":
+    main()
