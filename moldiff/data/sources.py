@@ -37,8 +37,13 @@ def load_source(spec: str, report: InputReport | None = None) -> tuple[MoleculeS
 
 
 def infer_vocabulary(mols: MoleculeSet) -> Vocabulary:
-    """QM9's vocabulary when every element fits it, else GEOM-Drugs'."""
-    return QM9_VOCAB if (QM9_VOCAB.encode(mols.numbers) >= 0).all() else GEOM_VOCAB
+    """QM9's vocabulary when every element fits it, else GEOM-Drugs'.
+
+    Elements in neither vocabulary don't decide: one stray Se must not switch a QM9-like file to
+    GEOM's rules (it is rejected as an unknown element either way).
+    """
+    known = GEOM_VOCAB.encode(mols.numbers) >= 0
+    return QM9_VOCAB if (QM9_VOCAB.encode(mols.numbers[known]) >= 0).all() else GEOM_VOCAB
 
 
 def vocabulary(name: str) -> Vocabulary:
