@@ -1,0 +1,297 @@
+"""GEOM-Drugs readers on small files written in both published formats from RDKit conformers."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import msgpack
+import numpy as np
+import pytest
+from rdkit import Chem
+from rdkit.Chem import AllChem
+from rdkit.Geometry import Point3D
+
+from moldiff.data import report as R
+from moldiff.data.geom import (
+    build_geom_cache,
+    load_geom,
+    load_geom_smiles,
+    read_geom_msgpack,
+    read_geom_rdkit_folder,
+)
+
+K = 4
+DRUGS = {
+    "aspirin": "CC(=O)Oc1ccccc1C(=O)O",
+    "caffeine": "Cn1cnc2c1c(=O)n(C)c(=O)n2C",
+    "ibuprofen": "CC(C)Cc1ccc(cc1)C(C)C(=O)O",
+    "paracetamol": "CC(=O)Nc1ccc(O)cc1",
+    "nicotine": "CN1CCC[C@H]1c1cccnc1",
+    "benzocaine": "CCOC(=O)c1ccc(N)cc1",
+    "lidocaine": "CCN(CC)CC(=O)Nc1c(C)cccc1C",
+    "phenacetin": "CCOc1ccc(NC(C)=O)cc1",
+    "procaine": "CCN(CC)CCOC(=O)c1ccc(N)cc1",
+    "metformin": "CN(C)C(=N)NC(=N)N",
+    "chlorzoxazone": "O=c1[nH]c2cc(Cl)ccc2o1",
+    "sulfamethoxazole": "Cc1cc(NS(=O)(=O)c2ccc(N)cc2)no1",
+    "ebselen": "O=C1N(c2ccccc2)[Se]c2ccccc12",  # Se: outside EDM's GEOM vocabulary
+}
+NAN_MOLECULE = "ibuprofen"  # its lowest-energy conformer gets a NaN coordinate
+
+
+def _energy(mol, cid):
+    props = AllChem.MMFFGetMoleculeProperties(mol)
+    ff = AllChem.MMFFGetMoleculeForceField(mol, props, confId=cid) if props is not None else None
+    ff = ff or AllChem.UFFGetMoleculeForceField(mol, confId=cid)  # MMFF has no Se parameters
+    return ff.CalcEnergy()
+
+
+def _make_molecules():
+    """Per molecule: SMILES, its RDKit Mol and conformer records in (shuffled) source order."""
+    rng = np.random.default_rng(0)
+    out = []
+    for i, (name, smi) in enumerate(DRUGS.items()):
+        mol = Chem.AddHs(Chem.MolFromSmiles(smi))
+        cids = list(AllChem.EmbedMultipleConfs(mol, numConfs=2 + i % 5, randomSeed=42 + i))
+        assert cids, name
+        energies = {cid: _energy(mol, cid) for cid in cids}
+        if name == NAN_MOLECULE:
+            lowest = min(cids, key=energies.get)
+            mol.GetConformer(lowest).SetAtomPosition(0, Point3D(float("nan"), 0.0, 0.0))
+        e = np.array([energies[c] for c in cids])
+        w = np.exp(-(e - e.min()) / 5.0)
+        w /= w.sum()
+        confs = []
+        for j in rng.permutation(len(cids)):  # source order is not energy order
+            cid = cids[j]
+            confs.append(
+                {
+                    "cid": cid,
+                    "geom_id": 1000 * i + cid,
+                    "energy": float(e[j]),
+                    "weight": float(w[j]),
+                    "numbers": np.array([a.GetAtomicNum() for a in mol.GetAtoms()]),
+                    "positions": mol.GetConformer(cid).GetPositions(),
+                }
+            )
+        out.append({"name": name, "smiles": Chem.MolToSmiles(Chem.MolFromSmiles(smi)), "mol": mol, "confs": confs})
+    return out
+
+
+def _single_conformer(mol, cid):
+    m = Chem.Mol(mol)
+    m.RemoveAllConformers()
+    m.AddConformer(Chem.Conformer(mol.GetConformer(cid)), assignId=True)
+    return m
+
+
+def _write_rdkit_folder(root, molecules):
+    """rdkit_folder with every molecule, plus a corrupt pickle and a missing one in the middle."""
+    folder = root / "rdkit_folder"
+    (folder / "drugs").mkdir(parents=True)
+    summary = {}
+    for i, m in enumerate(molecules):
+        if i == 5:
+            summary["CCO"] = {"pickle_path": "drugs/CCO.pickle", "uniqueconfs": 3, "charge": 0}
+            (folder / "drugs" / "CCO.pickle").write_bytes(b"\x80\x04not a pickle at all")
+            summary["CCN"] = {"pickle_path": "drugs/CCN.pickle", "uniqueconfs": 2, "charge": 0}
+        rel = f"drugs/{m['smiles'].replace('/', '_')}.pickle"
+        n = len(m["confs"])
+        record = {
+            "smiles": m["smiles"],
+            "charge": 0,
+            "uniqueconfs": n,
+            "conformers": [
+                {
+                    "rd_mol": _single_conformer(m["mol"], c["cid"]),
+                    "totalenergy": c["energy"],
+                    "boltzmannweight": c["weight"],
+                    "relativeenergy": c["energy"] - min(x["energy"] for x in m["confs"]),
+                    "geom_id": c["geom_id"],
+                }
+                for c in m["confs"]
+            ],
+        }
+        with open(folder / rel, "wb") as f:
+            pickle.dump(record, f)
+        summary[m["smiles"]] = {"pickle_path": rel, "uniqueconfs": n, "totalconfs": n, "charge": 0}
+    (folder / "summary_drugs.json").write_text(json.dumps(summary, indent=1))
+    return folder
+
+
+def _msgpack_molecule(m, key=str):
+    conf_key = key
+    return {
+        conf_key("conformers"): [
+            {
+                conf_key("xyz"): np.column_stack([c["numbers"], c["positions"]]).tolist(),
+                conf_key("totalenergy"): c["energy"],
+                conf_key("boltzmannweight"): c["weight"],
+                conf_key("geom_id"): c["geom_id"],
+            }
+            for c in m["confs"]
+        ],
+        conf_key("charge"): 0,
+        conf_key("uniqueconfs"): len(m["confs"]),
+    }
+
+
+def _write_msgpack(path, molecules, per_chunk=4):
+    """A stream of maps of ``per_chunk`` molecules; the second map uses bytes keys throughout."""
+    with open(path, "wb") as f:
+        for c, start in enumerate(range(0, len(molecules), per_chunk)):
+            if c == 1:
+                enc = lambda s: s.encode()  # noqa: E731
+                chunk = {m["smiles"].encode(): _msgpack_molecule(m, enc) for m in molecules[start : start + per_chunk]}
+            else:
+                chunk = {m["smiles"]: _msgpack_molecule(m) for m in molecules[start : start + per_chunk]}
+            f.write(msgpack.packb(chunk, use_bin_type=True))
+    return path
+
+
+def _expected(m, k):
+    """The k lowest-energy usable conformers of a molecule, ascending."""
+    if m["name"] == "ebselen":
+        return []
+    ok = [c for c in m["confs"] if np.isfinite(c["positions"]).all()]
+    return sorted(ok, key=lambda c: c["energy"])[:k]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("geom")
+    molecules = _make_molecules()
+    return {
+        "molecules": molecules,
+        "folder": _write_rdkit_folder(root, molecules),
+        "msgpack": _write_msgpack(root / "drugs_crude.msgpack", molecules),
+        "root": root,
+    }
+
+
+def _by_smiles(rows):
+    out = {}
+    for smi, z, x, e, w in rows:
+        out.setdefault(smi, []).append((z, x, e, w))
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["rdkit_folder", "msgpack"])
+@pytest.mark.parametrize("k", [1, K, None])
+def test_keeps_lowest_k_in_ascending_energy(data, fmt, k):
+    rep = R.InputReport()
+    if fmt == "rdkit_folder":
+        rows = list(read_geom_rdkit_folder(data["folder"], k, report=rep))
+    else:
+        rows = list(read_geom_msgpack(data["msgpack"], k, report=rep))
+    got = _by_smiles(rows)
+    for m in data["molecules"]:
+        want = _expected(m, k)
+        have = got.get(m["smiles"], [])
+        assert len(have) == len(want), m["name"]
+        energies = [h[2] for h in have]
+        assert energies == sorted(energies)
+        for (z, x, e, w), c in zip(have, want):
+            assert e == c["energy"] and w == c["weight"]
+            assert x.dtype == np.float32 and x.shape == (len(z), 3)
+            np.testing.assert_array_equal(z, c["numbers"])
+            np.testing.assert_allclose(x, c["positions"], atol=1e-5, rtol=0)
+    # Molecules with enough usable conformers hit exactly k; the rest keep all they have.
+    if k == K:
+        assert any(len(v) == k for v in got.values())
+        assert any(len(v) < k for v in got.values())
+
+
+def test_bad_input_counted_rest_read(data):
+    n_se = len(next(m for m in data["molecules"] if m["name"] == "ebselen")["confs"])
+    rep = R.InputReport()
+    rows = list(read_geom_rdkit_folder(data["folder"], K, report=rep))
+    assert rep.rejected == {R.UNREADABLE: 2, R.NONFINITE: 1, R.UNKNOWN_ELEMENT: n_se}
+    assert any("CCO" in s and "pickle" in s for s in rep.examples)
+    assert any("CCN" in s and "missing" in s for s in rep.examples)
+    assert len(_by_smiles(rows)) == len(DRUGS) - 1  # everything but ebselen
+
+    rep = R.InputReport()
+    rows = list(read_geom_msgpack(data["msgpack"], K, report=rep))
+    assert rep.rejected == {R.NONFINITE: 1, R.UNKNOWN_ELEMENT: n_se}
+    assert len(_by_smiles(rows)) == len(DRUGS) - 1
+    # A record is a conformer examined: up to k usable ones (plus the NaN one), and every one of
+    # ebselen's, since none is usable.
+    usable = [m for m in data["molecules"] if m["name"] != "ebselen"]
+    examined = [min(len(m["confs"]), K + (m["name"] == NAN_MOLECULE)) for m in usable]
+    assert rep.n_records == sum(examined) + n_se
+
+
+def test_msgpack_structural_faults(data, tmp_path):
+    mols = [m for m in data["molecules"] if m["name"] in ("aspirin", "caffeine", "nicotine")]
+    path = tmp_path / "bad.msgpack"
+    good = msgpack.packb({m["smiles"]: _msgpack_molecule(m) for m in mols}, use_bin_type=True)
+    empty_conf = {"conformers": [{"xyz": [], "totalenergy": -1.0}, {"xyz": [[6, 0.0, 0.0]], "totalenergy": -2.0}]}
+    odd = msgpack.packb({"C": empty_conf, "N": {"conformers": []}, "O": [1, 2]}, use_bin_type=True)
+    lido = next(m for m in data["molecules"] if m["name"] == "lidocaine")
+    last = msgpack.packb({lido["smiles"]: _msgpack_molecule(lido)})
+    path.write_bytes(good + odd + last[:-7])  # the last map is cut short
+    rep = R.InputReport()
+    rows = list(read_geom_msgpack(path, K, report=rep))
+    assert {r[0] for r in rows} == {m["smiles"] for m in mols}
+    # Bad-shape xyz, non-map molecule, truncated tail: unreadable; no atoms or no conformers: empty.
+    assert rep.rejected == {R.EMPTY: 2, R.UNREADABLE: 3}
+
+
+def test_formats_give_identical_sets(data, tmp_path):
+    p1, r1 = build_geom_cache(data["folder"], tmp_path / "a.npz", conformers_per_molecule=K)
+    p2, r2 = build_geom_cache(data["msgpack"], tmp_path / "b.npz", conformers_per_molecule=K)
+    a, b = load_geom(p1), load_geom(p2)
+    _assert_same(a, b)
+    assert load_geom_smiles(p1) == load_geom_smiles(p2)
+    assert r1.rejected[R.UNREADABLE] == 2 and R.UNREADABLE not in r2.rejected
+
+    smiles = load_geom_smiles(p1)
+    by_smiles = {m["smiles"]: m for m in data["molecules"]}
+    assert len(smiles) == len(DRUGS) - 1 and set(smiles) <= set(by_smiles)
+    assert a.numbers.dtype == np.int16 and a.positions.dtype == np.float32
+    assert set(a.properties) == {"mol_id", "energy", "boltzmann_weight", "conformer_rank"}
+    assert np.all(np.diff(a.properties["mol_id"]) >= 0)
+    for i in range(len(a)):
+        mol_id, rank = a.properties["mol_id"][i], a.properties["conformer_rank"][i]
+        c = _expected(by_smiles[smiles[mol_id]], K)[rank]
+        z, x = a[i]
+        assert a.properties["energy"][i] == c["energy"]
+        np.testing.assert_array_equal(z, c["numbers"])
+        np.testing.assert_allclose(x, c["positions"], atol=1e-5, rtol=0)
+    assert len(a) == sum(len(_expected(m, K)) for m in data["molecules"])
+
+
+def test_chunked_writing_matches(data, tmp_path):
+    p1, _ = build_geom_cache(data["msgpack"], tmp_path / "big.npz", "msgpack", K, chunk=10000)
+    p2, _ = build_geom_cache(data["msgpack"], tmp_path / "small.npz", "msgpack", K, chunk=2)
+    _assert_same(load_geom(p1), load_geom(p2))
+    assert load_geom_smiles(p1) == load_geom_smiles(p2)
+    assert sorted(q.name for q in tmp_path.iterdir()) == [
+        "big.npz", "big.npz.smiles.txt", "small.npz", "small.npz.smiles.txt"
+    ]  # no temporary files left behind
+
+
+def test_max_molecules_and_arguments(data, tmp_path):
+    rows = list(read_geom_msgpack(data["msgpack"], K, max_molecules=3))
+    assert len({r[0] for r in rows}) == 3
+    rows = list(read_geom_rdkit_folder(data["folder"] / "summary_drugs.json", K, max_molecules=2))
+    assert len({r[0] for r in rows}) == 2
+    with pytest.raises(ValueError):
+        read_geom_msgpack(data["msgpack"], 0)
+    with pytest.raises(ValueError):
+        build_geom_cache(data["msgpack"], tmp_path / "x.npz", fmt="sdf")
+    p, rep = build_geom_cache(data["msgpack"], tmp_path / "none.npz", max_molecules=0)
+    s = load_geom(p)
+    assert len(s) == 0 and len(s.numbers) == 0 and load_geom_smiles(p) == []
+
+
+def _assert_same(a, b):
+    np.testing.assert_array_equal(a.numbers, b.numbers)
+    np.testing.assert_array_equal(a.positions, b.positions)
+    np.testing.assert_array_equal(a.offsets, b.offsets)
+    assert a.properties.keys() == b.properties.keys()
+    for k in a.properties:
+        assert a.properties[k].dtype == b.properties[k].dtype
+        np.testing.assert_array_equal(a.properties[k], b.properties[k])
