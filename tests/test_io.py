@@ -3,7 +3,8 @@ import pytest
 
 from conftest import embedded
 from moldiff.data import InputReport, MoleculeSet
-from moldiff.io import atomic_write, read_molecules, write_sdf, write_xyz
+from moldiff.data.user import read_molecules, user_dataset
+from moldiff.io import atomic_write, write_sdf, write_xyz
 from moldiff.chem.determine_bonds import perceive
 
 
@@ -51,3 +52,15 @@ def test_bad_records_are_counted(tmp_path):
 def test_missing_path_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such file"):
         read_molecules(tmp_path / "nope.sdf")
+
+
+def test_user_dataset_checks_names_and_caches(tmp_path):
+    (tmp_path / "u.xyz").write_text(
+        "3\nwater\nO 0 0 0\nH 0.96 0 0\nH -0.24 0.93 0\n"
+        "2\nbad\nC 0 0 nan\nH 0 0 1\n"
+        "3\nwater2\nO 0 0 0\nH 0.96 0 0\nH -0.24 0.93 0\n"
+    )
+    mols, names, report = user_dataset(tmp_path / "u.xyz", save_to=tmp_path / "u.npz")
+    assert names == ["u.xyz#0", "u.xyz#2"] and len(mols) == 2
+    assert report.to_dict()["rejected"] == {"nonfinite_coordinates": 1}
+    assert MoleculeSet.load(tmp_path / "u.npz").n_atoms.tolist() == [3, 3]

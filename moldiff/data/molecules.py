@@ -117,11 +117,12 @@ class MoleculeSet:
         return MoleculeSet(self.numbers, pos, self.offsets, dict(self.properties))
 
     # --- checking ---------------------------------------------------------------------------
-    def checked(self, vocab: Vocabulary | None, report: R.InputReport, names: Sequence[str] | None = None) -> "MoleculeSet":
+    def checked(self, vocab: Vocabulary | None, report: R.InputReport, names: Sequence[str] | None = None, return_index: bool = False):
         """Molecules fit for evaluation; each one that is not is counted in ``report`` by reason.
 
         Rejected: no atoms, non-finite coordinates, an element outside ``vocab``. Flagged but kept:
         one-atom molecules (EDM evaluates them; QM9 without H has methane as a lone C).
+        With ``return_index``, also the indices of the molecules kept.
         """
         mol = self.molecule_index
         bad_xyz = np.zeros(len(self), bool)
@@ -142,7 +143,7 @@ class MoleculeSet:
             report.reject(R.UNKNOWN_ELEMENT, where(i), f"atomic numbers {unknown} not in {vocab.name}")
         for i in np.flatnonzero(keep & (self.n_atoms == 1)):
             report.flag(R.SINGLE_ATOM, where(i))
-        return self.subset(keep)
+        return (self.subset(keep), np.flatnonzero(keep)) if return_index else self.subset(keep)
 
     # --- storage ------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:

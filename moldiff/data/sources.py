@@ -30,7 +30,7 @@ def load_source(spec: str, report: InputReport | None = None) -> tuple[MoleculeS
         raise FileNotFoundError(
             f"input {spec!r} is neither a file/folder nor a dataset (qm9:<split>, qm9_noh:<split>, geom:<cache.npz>)"
         )
-    from moldiff.io.readers import read_molecules
+    from moldiff.data.user import read_molecules
 
     mols, names = read_molecules(spec, report)
     return mols, names, infer_vocabulary(mols)

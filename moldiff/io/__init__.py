@@ -1,6 +1,5 @@
-"""Reading users' molecules (SDF, XYZ, folders) and writing SDF/XYZ atomically."""
+"""Writing SDF and XYZ atomically (readers of users' files live in ``moldiff.data.user``)."""
 
-from moldiff.io.readers import read_molecules
-from moldiff.io.writers import write_sdf, write_xyz, atomic_write
+from moldiff.io.writers import atomic_write, write_sdf, write_xyz
 
-__all__ = ["read_molecules", "write_sdf", "write_xyz", "atomic_write"]
+__all__ = ["atomic_write", "write_sdf", "write_xyz"]

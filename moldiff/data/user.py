@@ -1,4 +1,4 @@
-"""Users' molecules from SDF, XYZ, or a folder of them, into a ``MoleculeSet``.
+"""Users' own molecules from SDF, XYZ, or a folder of them, as a dataset (a ``MoleculeSet``).
 
 SDF goes through RDKit (``ForwardSDMolSupplier``, without sanitising, so a molecule RDKit finds
 chemically odd is still read: judging chemistry is the metrics' job). XYZ goes through ASE.
@@ -107,3 +107,20 @@ def read_molecules(path, report: R.InputReport | None = None) -> tuple[MoleculeS
             names.append(name)
             molecules.append((numbers, positions))
     return MoleculeSet.from_list(molecules), names
+
+
+def user_dataset(path, vocab=None, report: R.InputReport | None = None, save_to=None) -> tuple[MoleculeSet, list[str], R.InputReport]:
+    """Users' molecules made fit for training or evaluation: read, checked, optionally cached.
+
+    ``vocab``: a ``Vocabulary``, or None to infer QM9's or GEOM's from the elements. Every record
+    left out is counted in the returned report (``report.to_dict()`` for a summary).
+    """
+    from moldiff.data.sources import infer_vocabulary
+
+    report = report if report is not None else R.InputReport()
+    mols, names = read_molecules(path, report)
+    vocab = vocab if vocab is not None else infer_vocabulary(mols)
+    mols, kept = mols.checked(vocab, report, names, return_index=True)
+    if save_to is not None:
+        mols.save(save_to)
+    return mols, [names[i] for i in kept], report
