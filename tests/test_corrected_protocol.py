@@ -61,3 +61,12 @@ def test_corrected_numbers_on_qm9_test_subset(qm9_test):
     # The same molecules under EDM's rule: its distance table rejects far more real molecules.
     g = edm_bond_graph(sub, QM9_VOCAB)
     assert edm_stability(sub, QM9_VOCAB, g)[1].mean() < s["molecule_stability"] - 0.02
+
+
+@pytest.mark.slow
+def test_corrected_numbers_on_full_qm9_train_split():
+    from moldiff.data.qm9 import load_qm9
+
+    mols = load_qm9("train")
+    s = summarize(run_corrected(mols), len(mols), None)
+    assert s["atom_stability"] > 0.999 and s["molecule_stability"] > 0.999 and s["validity"] > 0.999

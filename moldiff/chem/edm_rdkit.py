@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from rdkit import Chem
 
 from moldiff.chem.graph import BondGraph
 from moldiff.chem.rdkit_mol import largest_fragment, make_mol, sanitized_smiles
@@ -26,7 +27,9 @@ def edm_validity(mols: MoleculeSet, graph: BondGraph, single_bonds_only: bool = 
         mol = make_mol(mols.numbers[a : mols.offsets[m + 1]], bonds=(i - a, j - a, o))
         smiles = sanitized_smiles(mol)
         whole.append(smiles)
-        largest.append(sanitized_smiles(largest_fragment(mol)) if smiles is not None else None)
+        if smiles is not None and len(Chem.GetMolFrags(mol)) > 1:
+            smiles = sanitized_smiles(largest_fragment(mol))
+        largest.append(smiles)  # one fragment: EDM's second sanitisation would give the same SMILES
     return whole, largest
 
 
