@@ -6,7 +6,7 @@ import numpy as np
 from rdkit import Chem
 
 from moldiff.chem.graph import BondGraph
-from moldiff.chem.rdkit_mol import largest_fragment, make_mol, sanitized_smiles
+from moldiff.chem.rdkit_mol import largest_fragment, make_mol, quiet_rdkit, sanitized_smiles
 from moldiff.data.molecules import MoleculeSet
 
 
@@ -17,20 +17,21 @@ def edm_validity(mols: MoleculeSet, graph: BondGraph, single_bonds_only: bool = 
     what EDM stores for its training set (novelty reference). ``single_bonds_only`` is EDM's
     GEOM-Drugs setting (``limit_bonds_to_one=True`` when building RDKit molecules).
     """
-    whole: list[str | None] = []
-    largest: list[str | None] = []
-    for m in range(len(mols)):
-        a = mols.offsets[m]
-        i, j, o = graph.of(m)
-        if single_bonds_only:
-            o = np.ones_like(o)
-        mol = make_mol(mols.numbers[a : mols.offsets[m + 1]], bonds=(i - a, j - a, o))
-        smiles = sanitized_smiles(mol)
-        whole.append(smiles)
-        if smiles is not None and len(Chem.GetMolFrags(mol)) > 1:
-            smiles = sanitized_smiles(largest_fragment(mol))
-        largest.append(smiles)  # one fragment: EDM's second sanitisation would give the same SMILES
-    return whole, largest
+    with quiet_rdkit():
+        pairs = [_edm_smiles(mols, graph, m, single_bonds_only) for m in range(len(mols))]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def _edm_smiles(mols: MoleculeSet, graph: BondGraph, m: int, single_bonds_only: bool) -> tuple[str | None, str | None]:
+    a = mols.offsets[m]
+    i, j, o = graph.of(m)
+    if single_bonds_only:
+        o = np.ones_like(o)
+    mol = make_mol(mols.numbers[a : mols.offsets[m + 1]], bonds=(i - a, j - a, o))
+    whole = sanitized_smiles(mol)
+    if whole is None or len(Chem.GetMolFrags(mol)) == 1:
+        return whole, whole  # one fragment: EDM's second sanitisation would give the same SMILES
+    return whole, sanitized_smiles(largest_fragment(mol))
 
 
 def edm_fragment_counts(mols: MoleculeSet, graph: BondGraph) -> np.ndarray:

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
-from rdkit import Chem, RDLogger
+from rdkit import Chem, RDLogger, rdBase
 from rdkit.Geometry import Point3D
 
 RDLogger.DisableLog("rdApp.*")  # sanitisation failures are counted, not printed per molecule
+
+
+def quiet_rdkit():
+    """Block RDKit's log while alive (``with quiet_rdkit():``). Needed besides ``DisableLog``
+    because other packages (PoseBusters) switch RDKit's log back on."""
+    return rdBase.BlockLogs()
 
 BOND_TYPES = {1: Chem.BondType.SINGLE, 2: Chem.BondType.DOUBLE, 3: Chem.BondType.TRIPLE, 1.5: Chem.BondType.AROMATIC}
 

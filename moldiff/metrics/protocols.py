@@ -36,11 +36,13 @@ def run_edm(mols: MoleculeSet, vocab: Vocabulary) -> ProtocolOutcome:
 
 def _perceive_chunk(mols: MoleculeSet):
     from moldiff.chem.determine_bonds import perceive
+    from moldiff.chem.rdkit_mol import quiet_rdkit
 
     out = []
-    for m in range(len(mols)):
-        p = perceive(*mols[m])
-        out.append((p.atom_stable, p.smiles, p.n_fragments, p.failure, p.connectivity))
+    with quiet_rdkit():
+        for m in range(len(mols)):
+            p = perceive(*mols[m])
+            out.append((p.atom_stable, p.smiles, p.n_fragments, p.failure, p.connectivity))
     return out
 
 
