@@ -93,12 +93,8 @@ def evaluate(
 
 
 def _rdkit_mols(mols: MoleculeSet, n: int) -> list:
-    """Corrected-protocol RDKit molecules with conformers; molecules without one are left out
-    here and show up as PoseBusters' ``n_failed_to_check``."""
+    """Corrected-protocol RDKit molecules with conformers for the first ``n``; None where no
+    structure was found, which PoseBusters' summary counts in ``n_failed_to_check``."""
     from moldiff.chem.determine_bonds import perceive
 
-    out = []
-    for m in range(min(n, len(mols))):
-        p = perceive(*mols[m])
-        out.append(p.mol)
-    return out
+    return [perceive(*mols[m]).mol for m in range(min(n, len(mols)))]
