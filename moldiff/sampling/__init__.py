@@ -1,0 +1,11 @@
+"""Samplers. Each takes any eps function ``eps_fn(x, h, t, batch, n) -> (eps_x, eps_h)`` (a network,
+an analytic score, or a guided one) and a ``VPSDE``; none knows which it was given.
+
+* ``ancestral.py``: DDPM ancestral sampling.
+* ``reverse_sde.py``: reverse-SDE Euler-Maruyama and predictor-corrector (Langevin corrector).
+* ``ode.py``: probability-flow ODE with Heun, DPM-Solver-2 or an adaptive torchdiffeq solver.
+"""
+
+from moldiff.sampling.base import SAMPLERS, sample, sizes_to_batch
+
+__all__ = ["SAMPLERS", "sample", "sizes_to_batch"]
