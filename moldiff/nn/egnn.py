@@ -18,8 +18,8 @@ invariant. Architecture (EDM's ``egnn_new.EGNN`` with ``inv_sublayers=1``, ``sin
 with Z = ``normalization_factor`` (``aggregation="sum"``) or the in-degree (``"mean"``). Module
 and parameter names and shapes follow EDM's (one ``nn.Linear`` over the concatenation
 ``[h_i, h_j, d, d0]``), so its weights map one to one; EDM's output column for t is not produced
-(it drops it anyway). Note: EDM's ``EGNN`` class defaults to ``normalization_factor=100`` but its
-QM9 training script passes 1.
+(it drops it anyway). ``normalization_factor`` defaults to 1, the value EDM's QM9 training passes
+(its ``EGNN`` class default of 100 is not what its published models used).
 
 How it is made fast (CPU; ``benchmarks/bench_egnn.py`` has the numbers):
 
@@ -339,7 +339,7 @@ class EGNN(nn.Module):
         coords_range: float = 15.0,
         attention: bool = True,
         aggregation: str = "sum",
-        normalization_factor: float = 100.0,
+        normalization_factor: float = 1.0,
         max_num_neighbors: int | None = None,
         dtype: torch.dtype | None = None,
         fused: bool = True,

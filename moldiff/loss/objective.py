@@ -1,0 +1,86 @@
+"""The training loss: draw a time per molecule, noise the molecule, score the epsilon prediction.
+
+``DiffusionLoss(sde, layout, weighting, timesteps)(eps_fn, x0, h0, batch, n)`` returns the
+per-molecule loss (M,) and the times used. ``eps_fn`` is any ``(x, h, t, batch, n) -> (eps_x,
+eps_h)``; a network or an analytic model.
+
+* ``weighting="simple"``: the mean squared epsilon error per dimension (DDPM's L_simple; EDM's
+  ``l2`` training loss), t uniform on the grid i / T, i = 1..T, or on (0, 1] when continuous.
+* ``weighting="vlb"``: an unbiased one-sample estimate of the diffusion part of the ELBO
+  (``weights.py``). Discrete: i uniform on 0..T, the term scaled by T + 1, and at i = 0 the
+  reconstruction L0 (``reconstruction.py``). Continuous: -1/2 dlambda/dt ||eps - eps_hat||^2 at
+  uniform t, plus L0 at ``t0`` from a second network call.
+
+Prior KL and log p(N) do not depend on the network and are left to the likelihood code.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from moldiff.data.features import FeatureLayout
+from moldiff.geometry import segment_sum
+from moldiff.loss.reconstruction import feature_log_prob, position_log_prob
+from moldiff.loss.weights import continuous_vlb_weight, discrete_vlb_weight
+from moldiff.noise.vp_sde import VPSDE
+
+
+class DiffusionLoss:
+    def __init__(self, sde: VPSDE, layout: FeatureLayout, weighting: str = "simple", timesteps: int | None = 1000, t0: float = 0.0):
+        if weighting not in ("simple", "vlb"):
+            raise ValueError(f"weighting must be 'simple' or 'vlb', got {weighting!r}")
+        if timesteps is not None and int(timesteps) < 1:
+            raise ValueError(f"timesteps must be a positive integer or None (continuous), got {timesteps!r}")
+        self.sde, self.layout, self.weighting = sde, layout, weighting
+        if weighting == "vlb" and float(sde.schedule.sigma(torch.tensor(float(t0), dtype=torch.float64))) == 0.0:
+            raise ValueError(f"the VLB needs sigma(t0) > 0 for its L0 term; this schedule has sigma({t0}) = 0: set t0 > 0")
+        self.T = None if timesteps is None else int(timesteps)
+        self.t0 = float(t0)
+
+    # --- time ---------------------------------------------------------------------------------
+    def sample_times(self, n: int, like: torch.Tensor, generator=None) -> torch.Tensor:
+        """(M,) times: grid points i / T or uniform on (0, 1]."""
+        if self.T is None:
+            u = torch.rand(n, generator=generator, dtype=like.dtype, device=like.device)
+            return 1.0 - u  # (0, 1]: t = 0 has no noise to predict
+        low = 0 if self.weighting == "vlb" else 1
+        i = torch.randint(low, self.T + 1, (n,), generator=generator, device=like.device)
+        return i.to(like.dtype) / self.T
+
+    # --- terms --------------------------------------------------------------------------------
+    def squared_error(self, eps_fn, x0, h0, t, batch, n, generator=None):
+        """(M,) ||eps - eps_hat||^2 over positions and features, and the noised sample's pieces."""
+        xt, ht, ex, eh = self.sde.perturb(x0, h0, t, batch, n, generator)
+        px, ph = eps_fn(xt, ht, t, batch, n)
+        err = segment_sum((ex - px).square().sum(1) + (eh - ph).square().sum(1), batch, n)
+        return err, (ht, ex, px)
+
+    def reconstruction_terms(self, h0, t, ht, ex, px, batch, n):
+        """(M,) L0 = -log p(x, h | z_t) at time t (EDM's t = 0) from one network call's pieces."""
+        log_s_over_a = -0.5 * self.sde.schedule.log_snr(t)
+        logp = position_log_prob(ex, px, log_s_over_a, batch, n)
+        logp = logp + feature_log_prob(h0, ht, self.sde.sigma(t, batch), self.layout, batch, n)
+        return -logp
+
+    def reconstruction(self, eps_fn, x0, h0, t, batch, n, generator=None):
+        """(M,) L0 at times t (M,), constants included."""
+        _, (ht, ex, px) = self.squared_error(eps_fn, x0, h0, t, batch, n, generator)
+        return self.reconstruction_terms(h0, t, ht, ex, px, batch, n)
+
+    # --- the loss -----------------------------------------------------------------------------
+    def __call__(self, eps_fn, x0, h0, batch, n, generator=None):
+        t = self.sample_times(n, x0, generator)
+        err, pieces = self.squared_error(eps_fn, x0, h0, t, batch, n, generator)
+        if self.weighting == "simple":
+            dims = torch.bincount(batch, minlength=n).to(err.dtype) * (3 + h0.shape[1])
+            return err / dims, t
+        sched = self.sde.schedule
+        if self.T is None:
+            loss = continuous_vlb_weight(sched, t) * err
+            t0 = torch.full_like(t, self.t0)
+            return loss + self.reconstruction(eps_fn, x0, h0, t0, batch, n, generator), t
+        loss = discrete_vlb_weight(sched, t, self.T) * err
+        at_zero = t == 0
+        if bool(at_zero.any()):  # the network already saw z_0 for these molecules
+            loss = torch.where(at_zero, self.reconstruction_terms(h0, t, *pieces, batch, n), loss)
+        return (self.T + 1) * loss, t
