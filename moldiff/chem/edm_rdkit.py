@@ -46,3 +46,21 @@ def edm_fragment_counts(mols: MoleculeSet, graph: BondGraph) -> np.ndarray:
     mol = mols.molecule_index
     pairs = np.unique(np.stack([mol, labels]), axis=1)
     return np.bincount(pairs[0], minlength=len(mols))
+
+
+def edm_rdkit_mols(mols: MoleculeSet, graph: BondGraph) -> list:
+    """RDKit molecules with 3D conformers and EDM's bonds (for SDF files and pictures); sanitised
+    where RDKit accepts them, written as they are otherwise."""
+    out = []
+    with quiet_rdkit():
+        for m in range(len(mols)):
+            a, b = mols.offsets[m], mols.offsets[m + 1]
+            i, j, o = graph.of(m)
+            mol = make_mol(mols.numbers[a:b], mols.positions[a:b], bonds=(i - a, j - a, o), explicit_h_only=True)
+            mol = mol.GetMol()
+            try:
+                Chem.SanitizeMol(mol)
+            except Exception:  # invalid molecules are kept (and counted invalid by the evaluation)
+                mol.UpdatePropertyCache(strict=False)
+            out.append(mol)
+    return out

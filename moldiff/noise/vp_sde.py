@@ -42,4 +42,4 @@ class VPSDE:
 
     def prior(self, batch, n, feat_dim, dtype=torch.float32, generator=None):
         """z_1 ~ N(0, I) (positions in the zero-CoM subspace)."""
-        return self.noise(batch, n, feat_dim, torch.empty(0, dtype=dtype), generator)
+        return self.noise(batch, n, feat_dim, torch.empty(0, dtype=dtype, device=batch.device), generator)

@@ -15,7 +15,7 @@ EpsFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 def sizes_to_batch(sizes) -> tuple[torch.Tensor, int]:
     sizes = torch.as_tensor(sizes, dtype=torch.long)
-    return torch.repeat_interleave(torch.arange(len(sizes)), sizes), len(sizes)
+    return torch.repeat_interleave(torch.arange(len(sizes), device=sizes.device), sizes), len(sizes)
 
 
 def sample_sizes(histogram: dict[int, int] | torch.Tensor, n: int, generator=None) -> torch.Tensor:

@@ -1,0 +1,30 @@
+"""A PNG grid of 2D depictions (RDKit's drawing; coordinates from RDKit's 2D layout)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+
+def write_grid_png(path, rdkit_mols: Sequence, legends: Sequence[str] | None = None, per_row: int = 6, max_mols: int = 48, size: int = 220) -> None:
+    from rdkit import Chem
+    from rdkit.Chem import AllChem, Draw
+
+    from moldiff.chem.rdkit_mol import quiet_rdkit
+    from moldiff.io.writers import atomic_write
+
+    mols, labels = [], []
+    with quiet_rdkit():
+        for k, mol in enumerate(rdkit_mols[:max_mols]):
+            m = Chem.Mol(mol)
+            m.RemoveAllConformers()
+            try:
+                m = Chem.RemoveHs(m)
+            except Exception:  # unsanitisable: draw with its hydrogens
+                pass
+            AllChem.Compute2DCoords(m)
+            mols.append(m)
+            labels.append(legends[k] if legends else str(k))
+    image = Draw.MolsToGridImage(mols, molsPerRow=per_row, subImgSize=(size, size), legends=labels, returnPNG=False)
+    with atomic_write(Path(path), "wb") as f:
+        image.save(f, format="PNG")

@@ -1,0 +1,151 @@
+"""The sampling job behind ``scripts/sample.py``: load a checkpoint (the shipped one by default),
+sample, write ``samples.sdf``, ``samples.xyz``, ``samples.png`` and ``metrics.json``.
+
+``metrics.json`` is computed by the evaluation job on the written ``samples.sdf`` itself, so it is
+exactly what ``scripts/evaluate.py input=samples.sdf`` reports. Finished batches are kept in
+``.partial/`` until the end: rerunning an interrupted command resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from moldiff.data.molecules import MoleculeSet
+
+SHIPPED = Path(__file__).resolve().parent.parent / "checkpoints" / "qm9_egnn.ckpt"
+
+
+def checkpoint_path(ckpt: str) -> Path:
+    path = SHIPPED if ckpt == "shipped" else Path(ckpt)
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt: no checkpoint at {path}" + (" (the shipped model is missing from this install)" if ckpt == "shipped" else ""))
+    return path
+
+
+def resolve_sizes(sizes, n: int):
+    """None (the model's histogram), one atom count for all, or a list of n counts."""
+    if sizes is None:
+        return None
+    if isinstance(sizes, int) or (isinstance(sizes, str) and sizes.isdigit()):
+        sizes = [int(sizes)] * n
+    sizes = [int(s) for s in sizes]
+    if len(sizes) != n or min(sizes) < 1:
+        raise ValueError(f"sizes: give one positive atom count or a list of n={n} of them")
+    return sizes
+
+
+def check_config(cfg) -> None:
+    from moldiff.sampling.base import SAMPLERS
+
+    if int(cfg.n) < 1:
+        raise ValueError(f"n must be >= 1, got {cfg.n}")
+    if int(cfg.steps) < 1:
+        raise ValueError(f"steps must be >= 1, got {cfg.steps}")
+    if int(cfg.batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
+    if cfg.sampler not in SAMPLERS:
+        raise ValueError(f"sampler: unknown {cfg.sampler!r}; use one of {sorted(SAMPLERS)}")
+    torch.device(cfg.device)  # a malformed device string fails here
+    if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={cfg.device} but no CUDA device is available; use device=cpu")
+    resolve_sizes(_plain(cfg.sizes), int(cfg.n))
+    checkpoint_path(cfg.ckpt)
+    if cfg.evaluation is not None:
+        from moldiff.metrics.run import check_config as check_evaluation
+
+        check_evaluation(_evaluation_cfg(cfg, "x.sdf", "metrics.json"))
+
+
+def _plain(v):
+    return OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+
+
+def _evaluation_cfg(cfg, sdf, out):
+    ev = dict(_plain(cfg.evaluation))
+    return OmegaConf.create({**ev, "input": str(sdf), "output": str(out)})
+
+
+def load_module(path: Path, device):
+    from moldiff.train.module import DiffusionModule
+
+    module = DiffusionModule.load_from_checkpoint(path, map_location=device, weights_only=False)
+    return module.eval()
+
+
+def _key(cfg, path: Path) -> str:
+    """Identifies the molecules a run will produce: a partial run is resumed only under the same key."""
+    stat = path.stat()
+    fields = [str(path.resolve()), stat.st_size, int(stat.st_mtime), cfg.n, cfg.sampler, cfg.steps, cfg.seed, cfg.batch_size,
+              json.dumps(_plain(cfg.sizes)), json.dumps(_plain(cfg.options), sort_keys=True), cfg.ema]
+    return hashlib.sha256(repr(fields).encode()).hexdigest()[:16]
+
+
+def run_sampling(cfg, output_dir: str | Path) -> dict:
+    check_config(cfg)
+    out = Path(cfg.output) if cfg.output else Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = checkpoint_path(cfg.ckpt)
+    device = torch.device(cfg.device)
+    module = load_module(path, device)
+    n = int(cfg.n)
+
+    partial = out / ".partial"
+    key = _key(cfg, path)
+    done = {}
+    if (partial / "key").is_file() and (partial / "key").read_text() == key:
+        for f in sorted(partial.glob("batch_*.npz")):
+            done[int(f.stem.split("_")[1])] = MoleculeSet.load(f)
+        if done:
+            print(f"resuming: {len(done)} finished batches in {partial}")
+    else:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        (partial / "key").write_text(key)
+
+    t0 = time.perf_counter()
+    mols = _generate(module, cfg, n, device, done, partial)
+    seconds = time.perf_counter() - t0
+    print(f"sampled {n} molecules in {seconds:.1f} s ({cfg.sampler}, {cfg.steps} steps, {device})")
+    result = write_outputs(mols, module, out, cfg)
+    shutil.rmtree(partial, ignore_errors=True)
+    return result
+
+
+def _generate(module, cfg, n, device, done, partial):
+    from moldiff.sampling.generate import generate
+
+    def save(k, part):
+        part.save(partial / f"batch_{k:05d}.npz")  # atomic
+
+    return generate(
+        module, n, sampler=cfg.sampler, steps=int(cfg.steps), batch_size=int(cfg.batch_size), seed=int(cfg.seed), device=device,
+        sizes=resolve_sizes(_plain(cfg.sizes), n), ema=bool(cfg.ema), progress=True, on_batch=save, done=done, **(_plain(cfg.options) or {}),
+    )
+
+
+def write_outputs(mols: MoleculeSet, module, out: Path, cfg) -> dict:
+    from moldiff.chem.edm_protocol import edm_bond_graph
+    from moldiff.chem.edm_rdkit import edm_rdkit_mols
+    from moldiff.io.depict import write_grid_png
+    from moldiff.io.writers import write_sdf, write_xyz
+
+    vocab = module.layout.vocab
+    names = [f"sample_{k}" for k in range(len(mols))]
+    write_xyz(out / "samples.xyz", mols, names)
+    rd = edm_rdkit_mols(mols, edm_bond_graph(mols, vocab))
+    write_sdf(out / "samples.sdf", rd, names)
+    write_grid_png(out / "samples.png", rd)
+    print(f"wrote {out / 'samples.sdf'}, {out / 'samples.xyz'}, {out / 'samples.png'}")
+    if cfg.evaluation is None:
+        return {}
+    from moldiff.metrics.run import run_evaluation
+
+    return run_evaluation(_evaluation_cfg(cfg, out / "samples.sdf", out / "metrics.json"), out)

@@ -1,0 +1,71 @@
+"""Networks, noise processes and losses from plain config dicts (the same dicts are stored in
+checkpoints, so a checkpoint rebuilds its model without the config files)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from moldiff.data.elements import GEOM_VOCAB, QM9_VOCAB, Vocabulary
+from moldiff.data.features import FeatureLayout
+from moldiff.loss.objective import DiffusionLoss
+from moldiff.noise.schedules import SCHEDULES, get_schedule
+from moldiff.noise.vp_sde import VPSDE
+
+VOCABS = {"qm9": QM9_VOCAB, "geom": GEOM_VOCAB}
+NETWORKS = ("egnn", "e3nn")
+
+
+def vocabulary(name: str) -> Vocabulary:
+    if name not in VOCABS:
+        raise ValueError(f"unknown vocabulary {name!r}; use one of {sorted(VOCABS)}")
+    return VOCABS[name]
+
+
+def feature_layout(features: dict[str, Any]) -> FeatureLayout:
+    return FeatureLayout(
+        vocabulary(features["vocabulary"]),
+        include_charges=bool(features.get("include_charges", True)),
+        onehot_scale=float(features.get("onehot_scale", 4.0)),
+        charge_scale=float(features.get("charge_scale", 10.0)),
+    )
+
+
+def network(model: dict[str, Any], in_features: int) -> nn.Module:
+    kwargs = {k: v for k, v in model.items() if k != "name"}
+    name = model.get("name")
+    if name == "egnn":
+        from moldiff.nn.egnn import EGNN
+
+        return EGNN(in_features, **kwargs)
+    if name == "e3nn":
+        from moldiff.nn.e3nn_net import E3NNNet
+
+        return E3NNNet(in_features, **kwargs)
+    raise ValueError(f"unknown model name {name!r}; use one of {NETWORKS}")
+
+
+def sde(noise: dict[str, Any]) -> VPSDE:
+    kwargs = {k: v for k, v in noise.items() if k != "schedule"}
+    return VPSDE(get_schedule(noise["schedule"], **kwargs))
+
+
+def loss(loss_cfg: dict[str, Any], process: VPSDE, layout: FeatureLayout) -> DiffusionLoss:
+    return DiffusionLoss(process, layout, loss_cfg["weighting"], loss_cfg.get("timesteps"), loss_cfg.get("t0", 0.0))
+
+
+def check(model: dict, noise: dict, loss_cfg: dict, features: dict) -> None:
+    """Build everything once on the CPU: a bad name or argument fails here, before any work."""
+    if noise.get("schedule") not in SCHEDULES:
+        raise ValueError(f"noise.schedule: unknown {noise.get('schedule')!r}; use one of {sorted(SCHEDULES)}")
+    layout = feature_layout(features)
+    try:
+        network(model, layout.dim)
+    except TypeError as e:  # an unknown keyword of the network class
+        raise ValueError(f"model: {e}") from None
+    try:
+        process = sde(noise)
+    except TypeError as e:
+        raise ValueError(f"noise: {e}") from None
+    loss(loss_cfg, process, layout)

@@ -1,0 +1,75 @@
+"""Callbacks and plugins of the training job: atomic checkpoint files and periodic
+sample-and-evaluate with the evaluation metrics."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytorch_lightning as pl
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from moldiff.io.writers import atomic_write
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write each checkpoint to a temporary file in the same folder and rename it into place,
+    so a run killed while saving leaves the previous checkpoint intact, never half a file."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        with atomic_write(path, "wb") as f:
+            torch.save(checkpoint, f)
+
+
+class SampleAndEvaluate(pl.Callback):
+    """Every ``every_n_epochs`` epochs, sample ``n`` molecules with the EMA network and log EDM's
+    atom and molecule stability and validity (``eval/...``). Needs RDKit for validity; without
+    it (e.g. on a bare GPU machine) only stability is logged."""
+
+    def __init__(self, every_n_epochs: int = 10, n: int = 100, steps: int = 100, sampler: str = "ancestral", seed: int = 0):
+        self.every, self.n, self.steps, self.sampler, self.seed = int(every_n_epochs), int(n), int(steps), sampler, int(seed)
+
+    def on_train_epoch_end(self, trainer, module):
+        if self.every <= 0 or self.n <= 0 or (trainer.current_epoch + 1) % self.every:
+            return
+        if trainer.global_rank != 0:
+            return
+        from moldiff.sampling.generate import generate
+
+        was_training = module.training
+        module.eval()
+        try:
+            mols = generate(module, self.n, sampler=self.sampler, steps=self.steps, seed=self.seed, device=module.device, progress=False)
+        finally:
+            module.train(was_training)
+        metrics = quick_metrics(mols, module.layout.vocab)
+        for k, v in metrics.items():
+            module.log(f"eval/{k}", v, rank_zero_only=True)
+
+
+def quick_metrics(mols, vocab) -> dict[str, float]:
+    """EDM-protocol atom/molecule stability (numpy only) and, with RDKit, validity."""
+    from moldiff.chem.edm_protocol import edm_bond_graph, edm_stability
+
+    graph = edm_bond_graph(mols, vocab)
+    atom_ok, mol_ok = edm_stability(mols, vocab, graph)
+    out = {"atom_stability": float(atom_ok.mean()), "molecule_stability": float(mol_ok.mean())}
+    try:
+        from moldiff.chem.edm_rdkit import edm_validity
+    except ImportError:
+        warnings.warn("RDKit is not installed: periodic evaluation logs stability only", stacklevel=2)
+        return out
+    _, largest = edm_validity(mols, graph)
+    out["validity"] = float(sum(s is not None for s in largest) / max(len(mols), 1))
+    return out
+
+
+class SaveAtEnd(pl.Callback):
+    """``last.ckpt`` also when training stops between periodic checkpoints (max_steps, max_time,
+    max_epochs), so no finished step is lost and a rerun continues from exactly there."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def on_train_end(self, trainer, module):
+        trainer.save_checkpoint(self.path)

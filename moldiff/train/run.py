@@ -1,0 +1,141 @@
+"""The training job behind ``scripts/train.py``: check the config, build data, model and trainer,
+fit (resuming from ``last.ckpt`` in the run folder when there is one)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from moldiff.data.loader import EpochBatchSampler, MoleculeDataset, ResumableLoader
+from moldiff.train import build
+from moldiff.train.callbacks import AtomicCheckpointIO, SampleAndEvaluate, SaveAtEnd
+from moldiff.train.module import DiffusionModule, TrainingRecord
+
+SHIPPED = Path(__file__).resolve().parent.parent / "checkpoints" / "qm9_egnn.ckpt"
+
+
+def _plain(cfg) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+
+
+def check_config(cfg) -> None:
+    """Every value is checked here, before data are loaded (Hydra already rejects unknown keys)."""
+    build.check(_plain(cfg.model), _plain(cfg.noise), _plain(cfg.loss), _plain(cfg.dataset.features))
+    for key in ("batch_size",):
+        if int(cfg[key]) < 1:
+            raise ValueError(f"{key} must be >= 1, got {cfg[key]}")
+    if not 0.0 <= float(cfg.ema_decay) < 1.0:
+        raise ValueError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
+    if float(cfg.optim.lr) <= 0:
+        raise ValueError(f"optim.lr must be > 0, got {cfg.optim.lr}")
+    if cfg.checkpoint.resume not in (None, "auto") and not Path(cfg.checkpoint.resume).is_file():
+        raise FileNotFoundError(f"checkpoint.resume: no file {cfg.checkpoint.resume}")
+    if cfg.init_from not in (None, "shipped") and not Path(cfg.init_from).is_file():
+        raise FileNotFoundError(f"init_from: no file {cfg.init_from}")
+    if cfg.init_from is not None and cfg.checkpoint.resume not in (None, "auto"):
+        raise ValueError("give either init_from (new run, warm start) or checkpoint.resume (continue a run), not both")
+    from moldiff.sampling.base import SAMPLERS
+
+    if cfg.evaluate.sampler not in SAMPLERS:
+        raise ValueError(f"evaluate.sampler: unknown {cfg.evaluate.sampler!r}; use one of {sorted(SAMPLERS)}")
+    try:
+        pl.Trainer(**{**_trainer_kwargs(cfg), "logger": False, "enable_checkpointing": False, "enable_progress_bar": False})
+    except (TypeError, ValueError) as e:  # e.g. an unknown trainer option or accelerator
+        raise ValueError(f"trainer: {e}") from None
+
+
+def _trainer_kwargs(cfg) -> dict:
+    kw = _plain(cfg.trainer)
+    kw.pop("name", None)
+    return kw
+
+
+def load_split(spec: str, layout, limit: int | None = None, seed: int = 0) -> MoleculeDataset:
+    from moldiff.data.report import InputReport
+    from moldiff.data.sources import load_source
+
+    report = InputReport()
+    mols, _, _ = load_source(spec, report)
+    mols = mols.checked(layout.vocab, report)
+    if report.n_rejected:
+        print(f"{spec}: {report.n_rejected} molecules rejected: {report.to_dict()['rejected']}")
+    if limit is not None and len(mols) > limit:
+        mols = mols.subset(np.sort(np.random.default_rng(seed).permutation(len(mols))[:limit]))
+    return MoleculeDataset(mols, layout)
+
+
+def size_histogram(ds: MoleculeDataset) -> dict[int, int]:
+    sizes, counts = np.unique(ds.mols.n_atoms, return_counts=True)
+    return {int(s): int(c) for s, c in zip(sizes, counts)}
+
+
+def run_training(cfg, output_dir: str | Path) -> DiffusionModule:
+    check_config(cfg)
+    pl.seed_everything(int(cfg.seed), workers=True)
+    output_dir = Path(output_dir)
+    ckpt_dir = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else output_dir / "checkpoints"
+    layout = build.feature_layout(_plain(cfg.dataset.features))
+
+    train = load_split(cfg.dataset.train, layout, cfg.dataset.get("train_max"), int(cfg.seed))
+    val = load_split(cfg.dataset.val, layout, cfg.val_max, int(cfg.seed)) if cfg.dataset.val else None
+    sampler = EpochBatchSampler(len(train), int(cfg.batch_size), seed=int(cfg.seed))
+    train_loader = ResumableLoader(train, sampler, num_workers=int(cfg.num_workers), persistent_workers=int(cfg.num_workers) > 0)
+    val_loader = None
+    if val is not None:
+        vs = EpochBatchSampler(len(val), int(cfg.batch_size), shuffle=False, drop_last=False)
+        val_loader = ResumableLoader(val, vs)
+
+    module = DiffusionModule(
+        model=_plain(cfg.model), noise=_plain(cfg.noise), loss=_plain(cfg.loss), features=_plain(cfg.dataset.features),
+        optim=_plain(cfg.optim), size_histogram=size_histogram(train), ema_decay=float(cfg.ema_decay), seed=int(cfg.seed),
+        dataset=str(cfg.dataset.name),
+    )
+    record = TrainingRecord()
+    if cfg.init_from is not None:
+        record.history = warm_start(module, SHIPPED if cfg.init_from == "shipped" else Path(cfg.init_from))
+
+    resume = None
+    if cfg.checkpoint.resume == "auto":
+        last = ckpt_dir / "last.ckpt"
+        resume = str(last) if last.is_file() else None
+    elif cfg.checkpoint.resume:
+        resume = str(cfg.checkpoint.resume)
+    if resume:
+        print(f"resuming from {resume}")
+
+    callbacks = [
+        pl.callbacks.ModelCheckpoint(
+            dirpath=ckpt_dir, save_last=True, every_n_train_steps=int(cfg.checkpoint.every_n_train_steps), save_top_k=0, save_on_train_epoch_end=True
+        ),
+        record,
+        SaveAtEnd(ckpt_dir / "last.ckpt"),
+        SampleAndEvaluate(**_plain(cfg.evaluate)),
+    ]
+    loggers = []
+    if "csv" in cfg.logs:
+        loggers.append(pl.loggers.CSVLogger(output_dir, name="logs"))
+    if "tensorboard" in cfg.logs:
+        loggers.append(pl.loggers.TensorBoardLogger(output_dir, name="tensorboard"))
+    trainer = pl.Trainer(
+        **_trainer_kwargs(cfg), callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False, default_root_dir=output_dir,
+    )
+    trainer.fit(module, train_loader, val_loader, ckpt_path=resume)
+    return module
+
+
+def warm_start(module: DiffusionModule, path: Path) -> list:
+    """Copy network and EMA weights from a checkpoint of the same architecture (a new run that
+    continues training a model, e.g. the shipped one, with a fresh optimizer). Returns its record."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    theirs = ckpt["hyper_parameters"]
+    for key in ("model", "noise", "features"):
+        if theirs[key] != module.hparams[key]:
+            raise ValueError(f"init_from {path}: its {key} config {theirs[key]} differs from this run's {module.hparams[key]}")
+    module.load_state_dict(ckpt["state_dict"], strict=True)
+    print(f"warm start from {path}")
+    return list(ckpt.get("moldiff_record", []))

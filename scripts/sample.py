@@ -1,0 +1,16 @@
+"""Sample molecules: ``python scripts/sample.py n=1000`` (configs/sample.yaml; the shipped QM9
+model by default)."""
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+
+from moldiff.sampling.run import run_sampling
+
+
+@hydra.main(config_path="../configs", config_name="sample", version_base="1.3")
+def main(cfg) -> None:
+    run_sampling(cfg, HydraConfig.get().runtime.output_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,15 @@
+"""Train a diffusion model: ``python scripts/train.py dataset=qm9`` (configs/train.yaml)."""
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+
+from moldiff.train.run import run_training
+
+
+@hydra.main(config_path="../configs", config_name="train", version_base="1.3")
+def main(cfg) -> None:
+    run_training(cfg, HydraConfig.get().runtime.output_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""``scripts/sample.py``: all files written, metrics.json equal to the evaluation of samples.sdf,
+an interrupted run resumed without losing finished batches, bad options refused up front."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from moldiff.sampling import run as sample_run
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST_EVAL = ["evaluation.reference=null", "evaluation.novelty=null", "evaluation.workers=1"]
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    from moldiff.train.run import run_training
+
+    tmp = tmp_path_factory.mktemp("train")
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", ["experiment=tiny", "trainer.max_steps=4", "trainer.enable_progress_bar=false", "logs=[]", f"checkpoint.dir={tmp}/ckpt"])
+    run_training(cfg, tmp)
+    return tmp / "ckpt" / "last.ckpt"
+
+
+def sample_cfg(*overrides):
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        return compose("sample", list(overrides))
+
+
+def test_sample_writes_everything_and_metrics_match_evaluate(tiny_ckpt, tmp_path):
+    out = tmp_path / "run"
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "sample.py"), f"ckpt={tiny_ckpt}", "n=10", "steps=4", "batch_size=4", f"output={out}",
+         f"hydra.run.dir={tmp_path / 'hydra'}", *FAST_EVAL],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    for name in ("samples.sdf", "samples.xyz", "samples.png", "metrics.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert not (out / ".partial").exists()
+    assert (out / "samples.sdf").read_text().count("$$$$") == 10
+    # the same numbers as the evaluation job on the written SDF
+    e = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "evaluate.py"), f"input={out / 'samples.sdf'}", "reference=null", "novelty=null", "workers=1",
+         f"output={tmp_path / 'eval.json'}", f"hydra.run.dir={tmp_path / 'hydra2'}"],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert e.returncode == 0, e.stderr[-3000:]
+    a, b = json.loads((out / "metrics.json").read_text()), json.loads((tmp_path / "eval.json").read_text())
+    a.pop("seconds"), b.pop("seconds")  # run times differ, every metric must not
+    assert a == b
+
+
+def test_interrupted_sampling_resumes_without_losing_batches(tiny_ckpt, tmp_path, monkeypatch):
+    overrides = [f"ckpt={tiny_ckpt}", "n=9", "steps=3", "batch_size=3", "evaluation=null"]
+    sample_run.run_sampling(sample_cfg(*overrides, f"output={tmp_path / 'ref'}"), tmp_path)
+    reference = (tmp_path / "ref" / "samples.xyz").read_text()
+
+    from moldiff.sampling import generate as gen
+
+    real_sample, calls = gen.sample, []
+
+    def dying_sample(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_sample(*args, **kwargs)
+
+    monkeypatch.setattr(gen, "sample", dying_sample)
+    out = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        sample_run.run_sampling(sample_cfg(*overrides, f"output={out}"), tmp_path)
+    assert len(list((out / ".partial").glob("batch_*.npz"))) == 2
+    assert not (out / "samples.xyz").exists() and not list(out.glob(".*.tmp"))
+    calls.clear()
+    monkeypatch.setattr(gen, "sample", lambda *a, **k: (calls.append(1), real_sample(*a, **k))[1])
+    sample_run.run_sampling(sample_cfg(*overrides, f"output={out}"), tmp_path)
+    assert len(calls) == 1  # only the unfinished batch was sampled again
+    assert (out / "samples.xyz").read_text() == reference
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [("sampler=ddim", "sampler"), ("steps=0", "steps"), ("n=0", "n must"), ("ckpt=/nonexistent.ckpt", "no checkpoint"),
+     ("sizes=[3,4]", "sizes"), ("device=cuda", "CUDA"), ("evaluation.protocols=[edm,foo]", "protocols")],
+)
+def test_bad_sample_options_fail_before_any_work(tiny_ckpt, tmp_path, monkeypatch, override, message):
+    if override.startswith("device") and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    monkeypatch.setattr(sample_run, "load_module", lambda *a: pytest.fail("the model was loaded before the config was checked"))
+    args = [f"ckpt={tiny_ckpt}", "n=5", *([] if override.startswith("ckpt") else []), override]
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        sample_run.run_sampling(sample_cfg(*args), tmp_path)
+
+
+def test_generate_with_given_sizes_is_reproducible_and_centred(tiny_ckpt):
+    from moldiff.sampling.generate import generate
+
+    module = sample_run.load_module(tiny_ckpt, torch.device("cpu"))
+    a = generate(module, 5, steps=3, sizes=[3, 4, 5, 6, 7], batch_size=2, seed=1, progress=False)
+    b = generate(module, 5, steps=3, sizes=[3, 4, 5, 6, 7], batch_size=2, seed=1, progress=False)
+    assert a.n_atoms.tolist() == [3, 4, 5, 6, 7]
+    assert (a.positions == b.positions).all() and (a.numbers == b.numbers).all()
+    com = torch.zeros(5, 3, dtype=torch.float64).index_add_(0, torch.from_numpy(a.molecule_index), torch.from_numpy(a.positions).double())
+    assert com.abs().max() < 1e-4

@@ -1,0 +1,160 @@
+"""The training pipeline on a tiny config: exact resume after a crash mid-epoch, DDP with two
+CPU processes, clear config errors before any work, and the data loader's batches."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra import compose, initialize_config_dir
+
+from moldiff.data.loader import EpochBatchSampler, MoleculeDataset
+from moldiff.train import run as train_run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_cfg(tmp_path, *overrides):
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", ["experiment=tiny", "trainer.enable_progress_bar=false", "logs=[]", f"checkpoint.dir={tmp_path}/ckpt", *overrides])
+    return cfg
+
+
+def params(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+class Crash(pl.Callback):
+    """Stands in for a kill: dies after the given step's update, mid-epoch, with no checkpoint of it."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise RuntimeError("killed")
+
+
+def test_resume_mid_epoch_gives_the_same_parameters(tmp_path, monkeypatch):
+    # 64 molecules / batch 8 = 8 steps per epoch; checkpoints every 2 steps; 13 steps in all
+    full = train_run.run_training(tiny_cfg(tmp_path / "a", "trainer.max_steps=13", "trainer.max_epochs=-1"), tmp_path / "a")
+
+    real_trainer = pl.Trainer
+
+    def crashing_trainer(*args, **kwargs):
+        kwargs["callbacks"] = [*kwargs.get("callbacks", []), Crash(11)]
+        return real_trainer(*args, **kwargs)
+
+    monkeypatch.setattr(train_run.pl, "Trainer", crashing_trainer)
+    with pytest.raises(RuntimeError, match="killed"):
+        train_run.run_training(tiny_cfg(tmp_path / "b", "trainer.max_steps=13", "trainer.max_epochs=-1"), tmp_path / "b")
+    monkeypatch.setattr(train_run.pl, "Trainer", real_trainer)
+    ckpt = torch.load(tmp_path / "b" / "ckpt" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 10  # the last checkpoint before the crash, 2 batches into epoch 1
+    assert not list((tmp_path / "b" / "ckpt").glob("*.tmp"))
+    resumed = train_run.run_training(tiny_cfg(tmp_path / "b", "trainer.max_steps=13", "trainer.max_epochs=-1"), tmp_path / "b")
+    a, b = params(full), params(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_training_record_and_warm_start(tmp_path):
+    train_run.run_training(tiny_cfg(tmp_path / "a", "trainer.max_steps=3"), tmp_path / "a")
+    last = tmp_path / "a" / "ckpt" / "last.ckpt"
+    record = torch.load(last, weights_only=False)["moldiff_record"]
+    assert record[-1]["last_step"] == 3 and record[-1]["device"].startswith("cpu")
+    warm = train_run.run_training(tiny_cfg(tmp_path / "b", "trainer.max_steps=1", f"init_from={last}"), tmp_path / "b")
+    rec2 = torch.load(tmp_path / "b" / "ckpt" / "last.ckpt", weights_only=False)["moldiff_record"]
+    assert len(rec2) == 2 and rec2[0] == record[-1]
+    with pytest.raises(ValueError, match="model config"):
+        train_run.run_training(tiny_cfg(tmp_path / "c", "trainer.max_steps=1", f"init_from={last}", "model.hidden=32"), tmp_path / "c")
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.name=transformer", "unknown model name"),
+        ("model.depth=3", "depth"),
+        ("noise.schedule=sigmoid", "noise.schedule"),
+        ("loss.weighting=l1", "weighting"),
+        ("evaluate.sampler=euler", "evaluate.sampler"),
+        ("optim.lr=-1", "optim.lr"),
+        ("batch_size=0", "batch_size"),
+        ("trainer.accelerator=tpu9", "trainer"),
+        ("dataset.features.vocabulary=zinc", "vocabulary"),
+    ],
+)
+def test_bad_config_values_fail_before_any_work(tmp_path, monkeypatch, override, message):
+    def no_data(*a, **k):
+        raise AssertionError("data were loaded before the config was checked")
+
+    monkeypatch.setattr(train_run, "load_split", no_data)
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        if override.startswith("model.depth"):
+            cfg = compose("train", ["experiment=tiny", "+" + override])
+        else:
+            cfg = compose("train", ["experiment=tiny", override])
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        train_run.run_training(cfg, tmp_path)
+
+
+def test_unknown_config_key_is_rejected_by_the_cli(tmp_path):
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train.py"), "experiment=tiny", "trainer.max_epocs=3", f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert p.returncode != 0 and "max_epocs" in p.stderr
+
+
+def test_ddp_with_two_cpu_processes(tmp_path):
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train.py"), "experiment=tiny", "trainer=ddp_cpu", "trainer.max_steps=3",
+         "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, cwd=ROOT, timeout=600,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 3
+    assert ckpt["moldiff_record"][-1]["world_size"] == 2
+
+
+def test_loader_batches_cover_the_epoch_and_are_reproducible():
+    from moldiff.data.elements import QM9_VOCAB
+    from moldiff.data.features import FeatureLayout
+    from moldiff.data.molecules import MoleculeSet
+
+    mols = MoleculeSet.from_list([([6] + [1] * k, np.random.default_rng(k).normal(size=(k + 1, 3))) for k in range(20)])
+    ds = MoleculeDataset(mols, FeatureLayout(QM9_VOCAB))
+    s = EpochBatchSampler(len(ds), 6, seed=3)
+    first = [b.tolist() for b in s]
+    assert len(first) == 3 and len({i for b in first for i in b}) == 18
+    assert first == [b.tolist() for b in s]  # same epoch, same order
+    s.set_epoch(1)
+    assert first != [b.tolist() for b in s]
+    s.set_epoch(0)
+    s.skip = 2
+    assert [b.tolist() for b in s] == first[2:]
+    batch = ds[np.array(first[0])]
+    assert batch.n_mol == 6 and batch.x.shape[0] == batch.h.shape[0] == len(batch.batch)
+    com = torch.zeros(6, 3).index_add_(0, batch.batch, batch.x)
+    assert com.abs().max() < 1e-5  # centred molecules
+    with pytest.raises(ValueError, match="not in the qm9 vocabulary"):
+        MoleculeDataset(MoleculeSet.from_list([([16, 1], np.zeros((2, 3)))]), FeatureLayout(QM9_VOCAB))
+
+
+def test_training_path_imports_no_rdkit_or_ase(tmp_path):
+    """The GPU machines have neither: training must not import them (evaluation imports lazily)."""
+    code = (
+        "import sys\n"
+        "for m in ('rdkit', 'ase'): sys.modules[m] = None\n"
+        "sys.argv = ['train.py', 'experiment=tiny', 'trainer.max_steps=2', 'trainer.enable_progress_bar=false', "
+        f"'evaluate.every_n_epochs=1', 'evaluate.n=2', 'evaluate.steps=2', 'hydra.run.dir={tmp_path}']\n"
+        f"import runpy; runpy.run_path({str(ROOT / 'scripts' / 'train.py')!r}, run_name='__main__')\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
