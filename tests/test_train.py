@@ -67,7 +67,12 @@ def test_training_record_and_warm_start(tmp_path):
     last = tmp_path / "a" / "ckpt" / "last.ckpt"
     record = torch.load(last, weights_only=False)["moldiff_record"]
     assert record[-1]["last_step"] == 3 and record[-1]["device"].startswith("cpu")
-    warm = train_run.run_training(tiny_cfg(tmp_path / "b", "trainer.max_steps=1", f"init_from={last}"), tmp_path / "b")
+    from moldiff.train.export import export_checkpoint
+
+    small = tmp_path / "small.ckpt"
+    export_checkpoint(last, small)
+    assert "optimizer_states" not in torch.load(small, weights_only=False)
+    warm = train_run.run_training(tiny_cfg(tmp_path / "b", "trainer.max_steps=1", f"init_from={small}"), tmp_path / "b")
     rec2 = torch.load(tmp_path / "b" / "ckpt" / "last.ckpt", weights_only=False)["moldiff_record"]
     assert len(rec2) == 2 and rec2[0] == record[-1]
     with pytest.raises(ValueError, match="model config"):

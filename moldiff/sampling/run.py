@@ -8,17 +8,15 @@ exactly what ``scripts/evaluate.py input=samples.sdf`` reports. Finished batches
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import OmegaConf
 
 from moldiff.data.molecules import MoleculeSet
+from moldiff.io.partial import PartialResults, run_key
 
 SHIPPED = Path(__file__).resolve().parent.parent / "checkpoints" / "qm9_egnn.ckpt"
 
@@ -83,9 +81,8 @@ def load_module(path: Path, device):
 def _key(cfg, path: Path) -> str:
     """Identifies the molecules a run will produce: a partial run is resumed only under the same key."""
     stat = path.stat()
-    fields = [str(path.resolve()), stat.st_size, int(stat.st_mtime), cfg.n, cfg.sampler, cfg.steps, cfg.seed, cfg.batch_size,
-              json.dumps(_plain(cfg.sizes)), json.dumps(_plain(cfg.options), sort_keys=True), cfg.ema]
-    return hashlib.sha256(repr(fields).encode()).hexdigest()[:16]
+    return run_key(str(path.resolve()), stat.st_size, int(stat.st_mtime), cfg.n, cfg.sampler, cfg.steps, cfg.seed, cfg.batch_size,
+                   json.dumps(_plain(cfg.sizes)), json.dumps(_plain(cfg.options), sort_keys=True), cfg.ema)
 
 
 def run_sampling(cfg, output_dir: str | Path) -> dict:
@@ -97,25 +94,17 @@ def run_sampling(cfg, output_dir: str | Path) -> dict:
     module = load_module(path, device)
     n = int(cfg.n)
 
-    partial = out / ".partial"
-    key = _key(cfg, path)
-    done = {}
-    if (partial / "key").is_file() and (partial / "key").read_text() == key:
-        for f in sorted(partial.glob("batch_*.npz")):
-            done[int(f.stem.split("_")[1])] = MoleculeSet.load(f)
-        if done:
-            print(f"resuming: {len(done)} finished batches in {partial}")
-    else:
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        (partial / "key").write_text(key)
+    partial = PartialResults(out / ".partial", _key(cfg, path))
+    done = {k: MoleculeSet.load(partial.path(k)) for k in partial.finished()}
+    if done:
+        print(f"resuming: {len(done)} finished batches in {partial.folder}")
 
     t0 = time.perf_counter()
     mols = _generate(module, cfg, n, device, done, partial)
     seconds = time.perf_counter() - t0
     print(f"sampled {n} molecules in {seconds:.1f} s ({cfg.sampler}, {cfg.steps} steps, {device})")
     result = write_outputs(mols, module, out, cfg)
-    shutil.rmtree(partial, ignore_errors=True)
+    partial.clear()
     return result
 
 
@@ -123,7 +112,7 @@ def _generate(module, cfg, n, device, done, partial):
     from moldiff.sampling.generate import generate
 
     def save(k, part):
-        part.save(partial / f"batch_{k:05d}.npz")  # atomic
+        part.save(partial.path(k))  # atomic
 
     return generate(
         module, n, sampler=cfg.sampler, steps=int(cfg.steps), batch_size=int(cfg.batch_size), seed=int(cfg.seed), device=device,

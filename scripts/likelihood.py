@@ -1,0 +1,16 @@
+"""Negative log-likelihoods of molecules: ``python scripts/likelihood.py split=test n=1000
+method=elbo|ode`` (configs/likelihood.yaml; the shipped QM9 model by default)."""
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+
+from moldiff.likelihood.run import run_likelihood
+
+
+@hydra.main(config_path="../configs", config_name="likelihood", version_base="1.3")
+def main(cfg) -> None:
+    run_likelihood(cfg, HydraConfig.get().runtime.output_dir)
+
+
+if __name__ == "__main__":
+    main()
