@@ -344,6 +344,7 @@ class EGNN(nn.Module):
         dtype: torch.dtype | None = None,
         fused: bool = True,
         compile: bool = False,
+        out_features: int | None = None,
     ):
         super().__init__()
         if edges not in ("full", "radius"):
@@ -369,7 +370,8 @@ class EGNN(nn.Module):
         self.blocks = nn.ModuleList(
             EquivariantBlock(hidden, edge_features, attention, tanh, float(coords_range) / layers) for _ in range(layers)
         )
-        self.embedding_out = nn.Linear(hidden, in_features)
+        # out_features: width of the invariant atom output (eps_h: in_features; an encoder: any)
+        self.embedding_out = nn.Linear(hidden, in_features if out_features is None else out_features)
         if dtype is not None:
             self.to(dtype)
         self._compiled_core = torch.compile(self._plain_core, dynamic=True) if compile else None

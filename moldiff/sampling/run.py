@@ -91,6 +91,10 @@ def run_sampling(cfg, output_dir: str | Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     path = checkpoint_path(cfg.ckpt)
     device = torch.device(cfg.device)
+    if device.type == "cpu":
+        from moldiff.nn.egnn import tune_cpu_allocator
+
+        tune_cpu_allocator()
     module = load_module(path, device)
     n = int(cfg.n)
 

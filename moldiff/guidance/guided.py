@@ -1,0 +1,113 @@
+"""Guided epsilon functions: score <- score - s(t) grad E(z_t, t) for any sampler.
+
+With score = -eps / sigma_t, subtracting s(t) grad E from the score is adding sigma_t s(t) grad E
+to eps. The position gradient is projected to zero centre of mass (the energy may not be
+translation invariant, the process lives in the zero-CoM subspace). Several energies add up, each
+with its own scale schedule.
+
+Failures are molecule-level outcomes, never a crash: an energy may report molecules it could not
+evaluate (xTB not converging), and a non-finite gradient is detected here; either way that
+molecule gets no guidance from that energy at that step, and ``GuidanceReport`` counts it by
+reason. With every scale 0 at a time t, the unguided eps is returned untouched (bit-identical
+sampling with the same seed).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from moldiff.geometry import remove_mean
+
+
+@dataclass
+class GuidanceReport:
+    """Counts of (molecule, step) pairs where an energy could not guide, by energy and reason."""
+
+    failures: Counter = field(default_factory=Counter)
+    failed_molecules: dict = field(default_factory=dict)  # energy name -> set of molecule indices
+    steps: int = 0
+
+    def record(self, energy: str, reason: str, molecules) -> None:
+        idx = [int(i) for i in molecules]
+        if not idx:
+            return
+        self.failures[(energy, reason)] += len(idx)
+        self.failed_molecules.setdefault(energy, set()).update(idx)
+
+    def to_dict(self) -> dict:
+        return {
+            "guided_steps": self.steps,
+            "failures": {f"{e}: {r}": c for (e, r), c in sorted(self.failures.items())},
+            "molecules_with_failures": {e: len(s) for e, s in self.failed_molecules.items()},
+        }
+
+
+class Scale:
+    """s(t): ``value`` where ``t_min <= t <= t_max``, else 0; ``kind="linear"`` ramps it as (1 - t)."""
+
+    def __init__(self, value: float, t_min: float = 0.0, t_max: float = 1.0, kind: str = "constant"):
+        if kind not in ("constant", "linear"):
+            raise ValueError(f"scale kind must be 'constant' or 'linear', got {kind!r}")
+        self.value, self.t_min, self.t_max, self.kind = float(value), float(t_min), float(t_max), kind
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        s = torch.full_like(t, self.value)
+        if self.kind == "linear":
+            s = s * (1 - t)
+        return torch.where((t >= self.t_min) & (t <= self.t_max), s, torch.zeros_like(s))
+
+
+class Energy:
+    """E(z_t, t) per molecule. ``gradient`` returns (grad_x, grad_h, ok) with ok (M,) bool;
+    the default differentiates ``energy`` with autograd."""
+
+    name = "energy"
+
+    def energy(self, x, h, t, batch, n, eps=None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def gradient(self, x, h, t, batch, n, eps=None):
+        with torch.enable_grad():
+            xg, hg = x.detach().requires_grad_(True), h.detach().requires_grad_(True)
+            e = self.energy(xg, hg, t, batch, n, eps)
+            gx, gh = torch.autograd.grad(e.sum(), (xg, hg), allow_unused=True)
+        gx = torch.zeros_like(x) if gx is None else gx
+        gh = torch.zeros_like(h) if gh is None else gh
+        return gx, gh, torch.ones(n, dtype=torch.bool, device=x.device)
+
+
+def guided(eps_fn: Callable, sde, terms: list[tuple[Energy, Scale]], report: GuidanceReport | None = None) -> Callable:
+    """An eps function for the samplers: ``eps_fn`` plus the guidance of every (energy, scale)."""
+    report = report if report is not None else GuidanceReport()
+
+    def fn(x, h, t, batch, n):
+        ex, eh = eps_fn(x, h, t, batch, n)
+        active = [(e, s(t)) for e, s in terms]
+        active = [(e, w) for e, w in active if bool((w != 0).any())]
+        if not active:
+            return ex, eh
+        report.steps += 1
+        sigma = sde.sigma(t, batch).to(x.dtype)
+        for energy, w in active:
+            gx, gh, ok = energy.gradient(x, h, t, batch, n, (ex, eh))
+            reasons = getattr(energy, "last_reasons", None)  # per-molecule failure reasons, if the energy keeps them
+            for m in torch.nonzero(~ok).flatten().tolist():
+                report.record(energy.name, (reasons[m] if reasons and reasons[m] else "energy evaluation failed"), [m])
+            bad_atom = ~(torch.isfinite(gx).all(1) & torch.isfinite(gh).all(1))
+            finite = torch.zeros(n, dtype=torch.long, device=x.device).index_add_(0, batch, bad_atom.long()) == 0
+            report.record(energy.name, "non-finite gradient", torch.nonzero(ok & ~finite).flatten().tolist())
+            use = (ok & finite)[batch, None]
+            gx = torch.where(use, torch.nan_to_num(gx), torch.zeros_like(gx))
+            gh = torch.where(use, torch.nan_to_num(gh), torch.zeros_like(gh))
+            gx = remove_mean(gx, batch, n)
+            wa = w[batch, None].to(x.dtype)
+            ex = ex + sigma * wa * gx
+            eh = eh + sigma * wa * gh
+        return ex, eh
+
+    fn.report = report
+    return fn
