@@ -120,3 +120,26 @@ def test_xtb_guidance_on_a_real_molecule_and_a_failure():
     assert torch.isfinite(gx).all() and float(gx[batch == 0].abs().max()) > 0
     # a relaxed QM9 geometry: small forces (Hartree / Angstrom)
     assert float(gx[batch == 0].norm(dim=1).max()) < 0.1
+
+
+@pytest.mark.parametrize("role", ["guide", "evaluator"])
+def test_property_models_train_and_load(tmp_path, role):
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from moldiff.train.property_module import PropertyModule
+    from moldiff.train.property_run import run_property_training
+
+    root = str(Path(__file__).resolve().parents[1] / "configs")
+    overrides = [f"role={role}", "property=gap", "train_max=64", "val_max=16", "batch_size=16", "model.hidden=16", "model.layers=2",
+                 "trainer.max_steps=6", "trainer.enable_progress_bar=false", "logs=[]", f"checkpoint.dir={tmp_path}"]
+    with initialize_config_dir(root, version_base="1.3"):
+        cfg = compose("train_property", overrides)
+        bad = compose("train_property", ["property=polarity"])
+    module = run_property_training(cfg, tmp_path)
+    assert module.net.encoder.time_conditioning == (role == "guide")
+    loaded = PropertyModule.load_from_checkpoint(tmp_path / "last.ckpt", weights_only=False)
+    assert abs(float(loaded.net.mean) - float(module.net.mean)) < 1e-6 and float(loaded.net.std) > 0
+    with pytest.raises(ValueError, match="unknown 'polarity'"):
+        run_property_training(bad, tmp_path)

@@ -26,9 +26,11 @@ class MoleculeBatch:
     h: torch.Tensor
     batch: torch.Tensor
     n_mol: int
+    y: torch.Tensor | None = None  # (M,) a molecular property, when the dataset has a target
 
     def to(self, device) -> "MoleculeBatch":
-        return MoleculeBatch(self.x.to(device), self.h.to(device), self.batch.to(device), self.n_mol)
+        y = None if self.y is None else self.y.to(device)
+        return MoleculeBatch(self.x.to(device), self.h.to(device), self.batch.to(device), self.n_mol, y)
 
     def __len__(self) -> int:
         return self.n_mol
@@ -37,7 +39,7 @@ class MoleculeBatch:
 class MoleculeDataset(Dataset):
     """Indexable by a whole array of molecule indices (one call per batch, no per-molecule work)."""
 
-    def __init__(self, mols: MoleculeSet, layout: FeatureLayout):
+    def __init__(self, mols: MoleculeSet, layout: FeatureLayout, target: str | None = None):
         idx = layout.vocab.encode(mols.numbers)
         if (idx < 0).any():
             bad = sorted(set(mols.numbers[idx < 0].tolist()))
@@ -45,6 +47,11 @@ class MoleculeDataset(Dataset):
         self.mols = mols.centered()
         self.types = idx
         self.layout = layout
+        self.y = None
+        if target is not None:
+            if target not in mols.properties:
+                raise ValueError(f"unknown property {target!r}; this dataset has {sorted(mols.properties)}")
+            self.y = torch.as_tensor(np.asarray(mols.properties[target], dtype=np.float64), dtype=torch.float32)
 
     def __len__(self) -> int:
         return len(self.mols)
@@ -58,7 +65,8 @@ class MoleculeDataset(Dataset):
         x = torch.from_numpy(self.mols.positions[atoms])
         h = self.layout.encode_indices(torch.from_numpy(self.types[atoms]))
         batch = torch.from_numpy(np.repeat(np.arange(len(index)), counts))
-        return MoleculeBatch(x, h, batch, len(index))
+        y = None if self.y is None else self.y[torch.from_numpy(index)]
+        return MoleculeBatch(x, h, batch, len(index), y)
 
 
 def _dist_rank_world() -> tuple[int, int]:

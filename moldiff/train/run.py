@@ -73,35 +73,24 @@ def size_histogram(ds: MoleculeDataset) -> dict[int, int]:
     return {int(s): int(c) for s, c in zip(sizes, counts)}
 
 
-def run_training(cfg, output_dir: str | Path) -> DiffusionModule:
-    check_config(cfg)
+def prepare(cfg) -> None:
     if cfg.trainer.accelerator == "cpu":
         from moldiff.nn.egnn import tune_cpu_allocator
 
         tune_cpu_allocator()  # ~25% faster CPU steps (see its docstring); process-wide, so only in the job
     pl.seed_everything(int(cfg.seed), workers=True)
-    output_dir = Path(output_dir)
-    ckpt_dir = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else output_dir / "checkpoints"
-    layout = build.feature_layout(_plain(cfg.dataset.features))
 
-    train = load_split(cfg.dataset.train, layout, cfg.dataset.get("train_max"), int(cfg.seed))
-    val = load_split(cfg.dataset.val, layout, cfg.val_max, int(cfg.seed)) if cfg.dataset.val else None
+
+def make_loaders(cfg, train: MoleculeDataset, val: MoleculeDataset | None):
     sampler = EpochBatchSampler(len(train), int(cfg.batch_size), seed=int(cfg.seed))
     train_loader = ResumableLoader(train, sampler, num_workers=int(cfg.num_workers), persistent_workers=int(cfg.num_workers) > 0)
     val_loader = None
     if val is not None:
-        vs = EpochBatchSampler(len(val), int(cfg.batch_size), shuffle=False, drop_last=False)
-        val_loader = ResumableLoader(val, vs)
+        val_loader = ResumableLoader(val, EpochBatchSampler(len(val), int(cfg.batch_size), shuffle=False, drop_last=False))
+    return train_loader, val_loader
 
-    module = DiffusionModule(
-        model=_plain(cfg.model), noise=_plain(cfg.noise), loss=_plain(cfg.loss), features=_plain(cfg.dataset.features),
-        optim=_plain(cfg.optim), size_histogram=size_histogram(train), ema_decay=float(cfg.ema_decay), seed=int(cfg.seed),
-        dataset=str(cfg.dataset.name),
-    )
-    record = TrainingRecord()
-    if cfg.init_from is not None:
-        record.history = warm_start(module, SHIPPED if cfg.init_from == "shipped" else Path(cfg.init_from))
 
+def resume_path(cfg, ckpt_dir: Path) -> str | None:
     resume = None
     if cfg.checkpoint.resume == "auto":
         last = ckpt_dir / "last.ckpt"
@@ -110,14 +99,18 @@ def run_training(cfg, output_dir: str | Path) -> DiffusionModule:
         resume = str(cfg.checkpoint.resume)
     if resume:
         print(f"resuming from {resume}")
+    return resume
 
+
+def fit(cfg, module, train_loader, val_loader, output_dir: Path, ckpt_dir: Path, record: TrainingRecord, extra_callbacks=()):
+    """Lightning fit with moldiff's checkpointing (atomic, periodic, at the end), record and logs."""
     callbacks = [
         pl.callbacks.ModelCheckpoint(
             dirpath=ckpt_dir, save_last=True, every_n_train_steps=int(cfg.checkpoint.every_n_train_steps), save_top_k=0, save_on_train_epoch_end=True
         ),
         record,
         SaveAtEnd(ckpt_dir / "last.ckpt"),
-        SampleAndEvaluate(**_plain(cfg.evaluate)),
+        *extra_callbacks,
     ]
     loggers = []
     if "csv" in cfg.logs:
@@ -128,8 +121,27 @@ def run_training(cfg, output_dir: str | Path) -> DiffusionModule:
         **_trainer_kwargs(cfg), callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False, default_root_dir=output_dir,
     )
-    trainer.fit(module, train_loader, val_loader, ckpt_path=resume)
+    trainer.fit(module, train_loader, val_loader, ckpt_path=resume_path(cfg, ckpt_dir))
     return module
+
+
+def run_training(cfg, output_dir: str | Path) -> DiffusionModule:
+    check_config(cfg)
+    prepare(cfg)
+    output_dir = Path(output_dir)
+    ckpt_dir = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else output_dir / "checkpoints"
+    layout = build.feature_layout(_plain(cfg.dataset.features))
+    train = load_split(cfg.dataset.train, layout, cfg.dataset.get("train_max"), int(cfg.seed))
+    val = load_split(cfg.dataset.val, layout, cfg.val_max, int(cfg.seed)) if cfg.dataset.val else None
+    module = DiffusionModule(
+        model=_plain(cfg.model), noise=_plain(cfg.noise), loss=_plain(cfg.loss), features=_plain(cfg.dataset.features),
+        optim=_plain(cfg.optim), size_histogram=size_histogram(train), ema_decay=float(cfg.ema_decay), seed=int(cfg.seed),
+        dataset=str(cfg.dataset.name),
+    )
+    record = TrainingRecord()
+    if cfg.init_from is not None:
+        record.history = warm_start(module, SHIPPED if cfg.init_from == "shipped" else Path(cfg.init_from))
+    return fit(cfg, module, *make_loaders(cfg, train, val), output_dir, ckpt_dir, record, [SampleAndEvaluate(**_plain(cfg.evaluate))])
 
 
 def warm_start(module: DiffusionModule, path: Path) -> list:

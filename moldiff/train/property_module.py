@@ -1,0 +1,73 @@
+"""Property regressors on QM9 as LightningModules (EEGSDE's two roles):
+
+* ``role="guide"``: g(z_t, t), time-conditioned, trained on molecules noised by the diffusion's
+  own VP process at uniform t (the guidance energy needs predictions on noisy molecules);
+* ``role="evaluator"``: phi_c(x, h), trained on clean molecules only, EDM's protocol for scoring
+  generated molecules.
+
+The loss is the mean squared error in normalised units ((y - mean) / std of the training set);
+validation reports the MAE in the property's units (noisy at uniform t for a guide, clean always).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from moldiff.data.loader import MoleculeBatch
+from moldiff.guidance.property_energy import PropertyPredictor
+from moldiff.train import build
+
+
+class PropertyModule(pl.LightningModule):
+    def __init__(self, target: str, role: str, model: dict[str, Any], noise: dict[str, Any], features: dict[str, Any], optim: dict[str, Any],
+                 mean: float, std: float, seed: int = 0):
+        super().__init__()
+        if role not in ("guide", "evaluator"):
+            raise ValueError(f"role must be 'guide' or 'evaluator', got {role!r}")
+        self.save_hyperparameters()
+        self.layout = build.feature_layout(features)
+        self.net = PropertyPredictor(self.layout.dim, time_conditioning=(role == "guide"), mean=mean, std=std, **model)
+        self.sde = build.sde(noise)
+
+    def _inputs(self, batch: MoleculeBatch, generator, noisy: bool):
+        n = batch.n_mol
+        if not noisy:
+            return batch.x, batch.h, torch.zeros(n, dtype=batch.x.dtype, device=batch.x.device)
+        t = torch.rand(n, generator=generator, dtype=batch.x.dtype, device=batch.x.device)
+        xt, ht, _, _ = self.sde.perturb(batch.x, batch.h, t, batch.batch, n, generator)
+        return xt, ht, t
+
+    def _generator(self, device, offset: int) -> torch.Generator:
+        return torch.Generator(device=device).manual_seed((self.hparams.seed * 1_000_003 + offset) % (2**63))
+
+    def training_step(self, batch: MoleculeBatch, batch_idx: int):
+        loader = self.trainer.train_dataloader
+        if hasattr(loader, "mark_trained"):
+            loader.mark_trained(self.current_epoch, batch_idx + 1)
+        x, h, t = self._inputs(batch, self._generator(batch.x.device, self.global_step * 64 + self.global_rank), self.hparams.role == "guide")
+        target = (batch.y - self.net.mean) / self.net.std
+        loss = (self.net(x, h, t, batch.batch, batch.n_mol) - target).square().mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch.n_mol)
+        return loss
+
+    def validation_step(self, batch: MoleculeBatch, batch_idx: int):
+        g = self._generator(batch.x.device, 10_000_000 + batch_idx)
+        x, h, t = self._inputs(batch, g, False)
+        self.log("val/mae", (self.net.predict(x, h, t, batch.batch, batch.n_mol) - batch.y).abs().mean(), prog_bar=True,
+                 batch_size=batch.n_mol, sync_dist=True)
+        if self.hparams.role == "guide":
+            x, h, t = self._inputs(batch, g, True)
+            self.log("val/mae_noisy", (self.net.predict(x, h, t, batch.batch, batch.n_mol) - batch.y).abs().mean(), batch_size=batch.n_mol, sync_dist=True)
+
+    def configure_optimizers(self):
+        o = self.hparams.optim
+        opt = torch.optim.AdamW(self.net.parameters(), lr=float(o["lr"]), weight_decay=float(o.get("weight_decay", 0.0)))
+        if not o.get("cosine", True) or self.trainer.max_epochs in (None, -1):
+            return opt
+        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.trainer.max_epochs)}
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        return batch.to(device) if isinstance(batch, MoleculeBatch) else super().transfer_batch_to_device(batch, device, dataloader_idx)

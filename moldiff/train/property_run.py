@@ -1,0 +1,53 @@
+"""The job behind ``scripts/train_property.py``: a property guide g(z_t, t) or an evaluator phi_c on
+QM9's first training half (EEGSDE / EDM protocol), with the diffusion trainer's checkpointing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from moldiff.data.loader import MoleculeDataset
+from moldiff.guidance.property_energy import QM9_TARGETS
+from moldiff.train import build
+from moldiff.train.module import TrainingRecord
+from moldiff.train.property_module import PropertyModule
+from moldiff.train.run import _plain, _trainer_kwargs, fit, load_split, make_loaders, prepare
+
+
+def check_config(cfg) -> None:
+    import pytorch_lightning as pl
+
+    if cfg.property not in QM9_TARGETS:
+        raise ValueError(f"property: unknown {cfg.property!r}; use one of {list(QM9_TARGETS)}")
+    if cfg.role not in ("guide", "evaluator"):
+        raise ValueError(f"role: 'guide' (noisy, time-conditioned) or 'evaluator' (clean), got {cfg.role!r}")
+    if int(cfg.batch_size) < 1 or float(cfg.optim.lr) <= 0:
+        raise ValueError("batch_size must be >= 1 and optim.lr > 0")
+    layout = build.feature_layout(_plain(cfg.dataset.features))
+    try:
+        from moldiff.guidance.property_energy import PropertyPredictor
+
+        PropertyPredictor(layout.dim, **_plain(cfg.model))
+    except TypeError as e:
+        raise ValueError(f"model: {e}") from None
+    build.sde(_plain(cfg.noise))
+    try:
+        pl.Trainer(**{**_trainer_kwargs(cfg), "logger": False, "enable_checkpointing": False, "enable_progress_bar": False})
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"trainer: {e}") from None
+
+
+def run_property_training(cfg, output_dir) -> PropertyModule:
+    check_config(cfg)
+    prepare(cfg)
+    output_dir = Path(output_dir)
+    ckpt_dir = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else output_dir / "checkpoints"
+    layout = build.feature_layout(_plain(cfg.dataset.features))
+    train = load_split(f"{cfg.dataset.name}:{cfg.split}", layout, cfg.train_max, int(cfg.seed))
+    val = load_split(f"{cfg.dataset.name}:{cfg.val}", layout, cfg.val_max, int(cfg.seed)) if cfg.val else None
+    train, val = MoleculeDataset(train.mols, layout, cfg.property), (MoleculeDataset(val.mols, layout, cfg.property) if val else None)
+    y = np.asarray(train.y, dtype=np.float64)
+    module = PropertyModule(cfg.property, cfg.role, _plain(cfg.model), _plain(cfg.noise), _plain(cfg.dataset.features), _plain(cfg.optim),
+                            float(y.mean()), float(y.std()), int(cfg.seed))
+    return fit(cfg, module, *make_loaders(cfg, train, val), output_dir, ckpt_dir, TrainingRecord())

@@ -1,0 +1,16 @@
+"""Train a QM9 property guide or evaluator: ``python scripts/train_property.py property=alpha
+role=guide`` (configs/train_property.yaml)."""
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+
+from moldiff.train.property_run import run_property_training
+
+
+@hydra.main(config_path="../configs", config_name="train_property", version_base="1.3")
+def main(cfg) -> None:
+    run_property_training(cfg, HydraConfig.get().runtime.output_dir)
+
+
+if __name__ == "__main__":
+    main()
