@@ -1,6 +1,8 @@
 """Energy guidance through the eps interface: zero scale changes nothing, guidance moves samples
 the way the energy says, positions stay centred, failures are counted and never crash."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -143,3 +145,71 @@ def test_property_models_train_and_load(tmp_path, role):
     assert abs(float(loaded.net.mean) - float(module.net.mean)) < 1e-6 and float(loaded.net.std) > 0
     with pytest.raises(ValueError, match="unknown 'polarity'"):
         run_property_training(bad, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    """A tiny diffusion checkpoint, and a gap guide and evaluator, trained for a few steps."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from moldiff.train.property_run import run_property_training
+    from moldiff.train.run import run_training
+
+    tmp = tmp_path_factory.mktemp("models")
+    root = str(Path(__file__).resolve().parents[1] / "configs")
+    with initialize_config_dir(root, version_base="1.3"):
+        run_training(compose("train", ["experiment=tiny", "trainer.max_steps=3", "trainer.enable_progress_bar=false", "logs=[]",
+                                       f"checkpoint.dir={tmp}/diff"]), tmp)
+        for role in ("guide", "evaluator"):
+            run_property_training(compose("train_property", [f"role={role}", "property=gap", "train_max=32", "val_max=8", "batch_size=16",
+                                                             "model.hidden=16", "model.layers=2", "trainer.max_steps=2",
+                                                             "trainer.enable_progress_bar=false", "logs=[]", f"checkpoint.dir={tmp}/{role}"]), tmp)
+    return tmp
+
+
+def _guide_cfg(models, *overrides):
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    root = str(Path(__file__).resolve().parents[1] / "configs")
+    base = [f"ckpt={models}/diff/last.ckpt", f"guide_ckpt={models}/guide/last.ckpt", f"evaluator_ckpt={models}/evaluator/last.ckpt",
+            "property=gap", "n=4", "steps=3", "batch_size=2", "evaluation=null"]
+    with initialize_config_dir(root, version_base="1.3"):
+        return compose("guide", base + list(overrides))
+
+
+def test_guide_design_and_protocol_modes(tiny_models, tmp_path):
+    import json
+
+    from moldiff.guidance.run import run_guidance
+
+    r = run_guidance(_guide_cfg(tiny_models, "target=7.0", f"output={tmp_path / 'd'}"), tmp_path)
+    assert r["targets"] == [7.0] * 4 and len(r["predictions"]) == 4 and math.isfinite(r["mae"])
+    assert json.loads((tmp_path / "d" / "guidance.json").read_text())["mae"] == r["mae"]
+    assert (tmp_path / "d" / "samples.sdf").exists()
+    p = run_guidance(_guide_cfg(tiny_models, "mode=protocol", f"output={tmp_path / 'p'}"), tmp_path)
+    assert p["scored_by"] == "evaluator" and len(set(p["targets"])) > 1
+
+
+def test_xtb_guidance_failures_are_counted_not_fatal(tiny_models, tmp_path):
+    pytest.importorskip("tblite")
+    from moldiff.guidance.run import run_guidance
+
+    # an almost untrained model makes geometries xTB often cannot handle: counted, sampling finishes
+    r = run_guidance(_guide_cfg(tiny_models, "property=null", "xtb.scale=0.1", "xtb.t_max=0.4", "xtb.workers=1", "n=2", f"output={tmp_path}"), tmp_path)
+    g = r["guidance"]
+    assert g["guided_steps"] > 0 and (tmp_path / "samples.xyz").exists()
+    assert sum(g["failures"].values()) >= 0 and set(g["molecules_with_failures"]) <= {"xtb"}
+
+
+@pytest.mark.parametrize("override, message", [("property=polarity", "unknown 'polarity'"), ("target=null", "target"),
+                                                ("scale=-1", "scales"), ("sampler=ddim", "sampler"), ("guide_ckpt=/nope.ckpt", "no checkpoint")])
+def test_bad_guidance_options_fail_up_front(tiny_models, tmp_path, override, message):
+    from moldiff.guidance.run import run_guidance
+
+    cfg = _guide_cfg(tiny_models, "target=7.0", override)
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        run_guidance(cfg, tmp_path)

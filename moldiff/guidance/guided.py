@@ -30,9 +30,10 @@ class GuidanceReport:
     failures: Counter = field(default_factory=Counter)
     failed_molecules: dict = field(default_factory=dict)  # energy name -> set of molecule indices
     steps: int = 0
+    offset: int = 0  # index of the current batch's first molecule in the whole run
 
     def record(self, energy: str, reason: str, molecules) -> None:
-        idx = [int(i) for i in molecules]
+        idx = [self.offset + int(i) for i in molecules]
         if not idx:
             return
         self.failures[(energy, reason)] += len(idx)

@@ -28,25 +28,32 @@ def generate(
     progress: bool = True,
     on_batch=None,
     done: dict | None = None,
+    eps_fn=None,
+    before_batch=None,
     **options,
 ) -> MoleculeSet:
     """``n`` molecules. ``on_batch(k, MoleculeSet)`` is called after each finished batch;
-    ``done`` maps batch numbers to batches finished by an interrupted run (not sampled again)."""
+    ``done`` maps batch numbers to batches finished by an interrupted run (not sampled again).
+    ``eps_fn`` replaces the module's (e.g. a guided one); ``before_batch(k, first, last)`` is
+    called before sampling molecules first..last-1 (to set per-molecule targets of guidance)."""
     if sizes is None:
         sizes = sample_sizes(module.size_histogram, n, torch.Generator().manual_seed(seed))
     sizes = torch.as_tensor(sizes, dtype=torch.long)
     if len(sizes) != n or (sizes < 1).any():
         raise ValueError(f"need {n} positive atom counts, got {len(sizes)} (min {int(sizes.min()) if len(sizes) else None})")
-    eps_fn = module.eps_fn(ema=ema)
+    eps_fn = eps_fn if eps_fn is not None else module.eps_fn(ema=ema)
     layout = module.layout
     parts = []
     chunks = list(torch.split(sizes, batch_size))
     bar = _progress(len(chunks), n, progress)
+    starts = np.cumsum([0] + [len(c) for c in chunks])
     with torch.no_grad():
         for k, chunk in enumerate(chunks):
             if done and k in done:
                 parts.append(done[k])
             else:
+                if before_batch is not None:
+                    before_batch(k, int(starts[k]), int(starts[k + 1]))
                 g = torch.Generator(device=device).manual_seed(int(seed) * 100_003 + k)
                 x, h, batch = sample(sampler, eps_fn, module.sde, chunk.to(device), layout.dim, steps=steps, generator=g, **options)
                 parts.append(_decode(x, h, chunk, layout))

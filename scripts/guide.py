@@ -1,0 +1,16 @@
+"""Energy-guided design: ``python scripts/guide.py property=alpha target=80 n=100``
+(configs/guide.yaml)."""
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+
+from moldiff.guidance.run import run_guidance
+
+
+@hydra.main(config_path="../configs", config_name="guide", version_base="1.3")
+def main(cfg) -> None:
+    run_guidance(cfg, HydraConfig.get().runtime.output_dir)
+
+
+if __name__ == "__main__":
+    main()
