@@ -145,6 +145,11 @@ def run_guidance(cfg, output_dir) -> dict:
         pred = predict(net, mols, module.layout, device)
         result.update({"scored_by": scorer if scorer == "evaluator" else "guide at t=0 (not an independent evaluator)",
                        "mae": float(np.abs(pred - targets).mean()), "targets": targets.tolist(), "predictions": pred.tolist()})
+        if cfg.mode == "protocol":  # EDM's reference rows, on as many real held-out molecules
+            from moldiff.guidance.baselines import atoms_baseline, evaluator_bounds
+
+            result["baselines"] = {"atoms": atoms_baseline(cfg.property, n, int(cfg.seed)),
+                                   **evaluator_bounds(cfg.property, net, module.layout, device, n, int(cfg.seed))}
     metrics = write_outputs(mols, module, out, cfg)  # files always; metrics unless evaluation=null
     result["metrics"] = metrics
     with atomic_write(out / "guidance.json") as f:
