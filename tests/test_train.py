@@ -163,3 +163,9 @@ def test_training_path_imports_no_rdkit_or_ase(tmp_path):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_e3nn_network_trains_through_the_same_pipeline(tmp_path):
+    module = train_run.run_training(tiny_cfg(tmp_path, "model=e3nn", "~model.hidden", "model.layers=1", "trainer.max_steps=2"), tmp_path)
+    assert type(module.net).__name__ == "E3NNNet"
+    assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["global_step"] == 2
