@@ -70,7 +70,8 @@ def score_batch(module, method: str, batch, cfg, generator) -> dict[str, np.ndar
         else:
             o = cfg.ode
             out = ode_nll(eps_fn, module.sde, x, h, b, m, layout=module.layout, histogram=module.size_histogram, divergence=o.divergence,
-                          probes=int(o.probes), t0=float(o.t0), rtol=float(o.rtol), atol=float(o.atol), generator=generator)
+                          probes=int(o.probes), t0=float(o.t0), rtol=float(o.rtol), atol=float(o.atol), generator=generator,
+                          dequantization=str(o.dequantization))
     finally:
         net.float()
     out["dims"] = dimensions(b, m, h.shape[1])
