@@ -111,7 +111,7 @@ class TrainingRecord(pl.Callback):
         self._start = None
         self._entry = None
 
-    def on_fit_start(self, trainer, module):
+    def on_train_start(self, trainer, module):  # after a resumed checkpoint is restored
         import platform
 
         device = "cpu: " + (platform.processor() or platform.machine()) + f" ({torch.get_num_threads()} threads)"
