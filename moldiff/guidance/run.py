@@ -18,15 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
 from moldiff.guidance.guided import GuidanceReport, Scale, guided
 from moldiff.guidance.property_energy import QM9_TARGETS, PropertyEnergy
 from moldiff.io.writers import atomic_write
 
 
-def _plain(v):
-    return OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
 
 
 def property_checkpoint(cfg, role: str) -> Path:

@@ -24,21 +24,15 @@ import torch
 
 from moldiff.geometry import segment_sum
 from moldiff.likelihood.terms import log_p_atoms, prior_kl
+from moldiff.loss.objective import noised_error
 from moldiff.loss.reconstruction import feature_log_prob, position_log_prob
 from moldiff.loss.weights import discrete_vlb_weight
-
-
-def _squared_error(eps_fn, sde, x0, h0, t, batch, n, generator):
-    xt, ht, ex, eh = sde.perturb(x0, h0, t, batch, n, generator)
-    px, ph = eps_fn(xt, ht, t, batch, n)
-    err = segment_sum((ex - px).square().sum(1) + (eh - ph).square().sum(1), batch, n)
-    return err, (xt, ht, ex, eh, px, ph)
 
 
 def reconstruction_nll(eps_fn, sde, x0, h0, batch, n, layout=None, generator=None):
     """L_0 (M,) at t = 0, constants included."""
     t = torch.zeros(n, dtype=x0.dtype, device=x0.device)
-    _, (xt, ht, ex, eh, px, ph) = _squared_error(eps_fn, sde, x0, h0, t, batch, n, generator)
+    _, (xt, ht, ex, eh, px, ph) = noised_error(eps_fn, sde, x0, h0, t, batch, n, generator)
     log_s_over_a = -0.5 * sde.schedule.log_snr(t)
     logp = position_log_prob(ex, px, log_s_over_a, batch, n)
     if layout is not None:
@@ -66,7 +60,7 @@ def elbo(eps_fn, sde, x0, h0, batch, n, T: int = 1000, timesteps="all", layout=N
     diffusion = torch.zeros(n, dtype=dtype, device=device)
     for i in steps.tolist():
         t = torch.full((n,), i / T, dtype=dtype, device=device)
-        err, _ = _squared_error(eps_fn, sde, x0, h0, t, batch, n, generator)
+        err, _ = noised_error(eps_fn, sde, x0, h0, t, batch, n, generator)
         diffusion = diffusion + scale * discrete_vlb_weight(sched, t, T) * err
         if progress is not None:
             progress(1)

@@ -25,6 +25,15 @@ from moldiff.loss.weights import continuous_vlb_weight, discrete_vlb_weight
 from moldiff.noise.vp_sde import VPSDE
 
 
+def noised_error(eps_fn, sde, x0, h0, t, batch, n, generator=None):
+    """(M,) ||eps - eps_hat||^2 over positions and features at times t, and the pieces
+    (x_t, h_t, eps_x, eps_h, eps_x_hat, eps_h_hat) the reconstruction terms need."""
+    xt, ht, ex, eh = sde.perturb(x0, h0, t, batch, n, generator)
+    px, ph = eps_fn(xt, ht, t, batch, n)
+    err = segment_sum((ex - px).square().sum(1) + (eh - ph).square().sum(1), batch, n)
+    return err, (xt, ht, ex, eh, px, ph)
+
+
 class DiffusionLoss:
     def __init__(self, sde: VPSDE, layout: FeatureLayout, weighting: str = "simple", timesteps: int | None = 1000, t0: float = 0.0):
         if weighting not in ("simple", "vlb"):
@@ -49,10 +58,8 @@ class DiffusionLoss:
 
     # --- terms --------------------------------------------------------------------------------
     def squared_error(self, eps_fn, x0, h0, t, batch, n, generator=None):
-        """(M,) ||eps - eps_hat||^2 over positions and features, and the noised sample's pieces."""
-        xt, ht, ex, eh = self.sde.perturb(x0, h0, t, batch, n, generator)
-        px, ph = eps_fn(xt, ht, t, batch, n)
-        err = segment_sum((ex - px).square().sum(1) + (eh - ph).square().sum(1), batch, n)
+        """(M,) ||eps - eps_hat||^2 and the pieces (h_t, eps_x, eps_x_hat) L0 needs."""
+        err, (_, ht, ex, _, px, _) = noised_error(eps_fn, self.sde, x0, h0, t, batch, n, generator)
         return err, (ht, ex, px)
 
     def reconstruction_terms(self, h0, t, ht, ex, px, batch, n):

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from moldiff.data.molecules import MoleculeSet
 from moldiff.io.partial import PartialResults, run_key
+from moldiff.train.build import plain as _plain
 
 SHIPPED = Path(__file__).resolve().parent.parent / "checkpoints" / "qm9_egnn.ckpt"
 
@@ -62,8 +63,6 @@ def check_config(cfg) -> None:
         check_evaluation(_evaluation_cfg(cfg, "x.sdf", "metrics.json"))
 
 
-def _plain(v):
-    return OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
 
 
 def _evaluation_cfg(cfg, sdf, out):

@@ -17,6 +17,13 @@ VOCABS = {"qm9": QM9_VOCAB, "geom": GEOM_VOCAB}
 NETWORKS = ("egnn", "e3nn")
 
 
+def plain(cfg):
+    """A resolved OmegaConf node as plain Python containers (anything else unchanged)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
+
+
 def vocabulary(name: str) -> Vocabulary:
     if name not in VOCABS:
         raise ValueError(f"unknown vocabulary {name!r}; use one of {sorted(VOCABS)}")

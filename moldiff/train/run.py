@@ -8,18 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from moldiff.data.loader import EpochBatchSampler, MoleculeDataset, ResumableLoader
 from moldiff.train import build
+from moldiff.train.build import plain as _plain
 from moldiff.train.callbacks import AtomicCheckpointIO, SampleAndEvaluate, SaveAtEnd
 from moldiff.train.module import DiffusionModule, TrainingRecord
 
-SHIPPED = Path(__file__).resolve().parent.parent / "checkpoints" / "qm9_egnn.ckpt"
+from moldiff.sampling.run import SHIPPED  # one place for the shipped checkpoint
 
 
-def _plain(cfg) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
 
 
 def check_config(cfg) -> None:
