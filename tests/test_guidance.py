@@ -142,14 +142,41 @@ def test_property_models_train_and_load(tmp_path, role):
     module = run_property_training(cfg, tmp_path)
     assert module.net.encoder.time_conditioning == (role == "guide")
     loaded = PropertyModule.load_from_checkpoint(tmp_path / "last.ckpt", weights_only=False)
-    assert abs(float(loaded.net.mean) - float(module.net.mean)) < 1e-6 and float(loaded.net.std) > 0
-    with pytest.raises(ValueError, match="unknown 'polarity'"):
+    assert torch.allclose(loaded.net.mean, module.net.mean) and float(loaded.net.std) > 0
+    with pytest.raises(ValueError, match="unknown"):
         run_property_training(bad, tmp_path)
+
+
+def test_multi_task_property_model_has_one_column_per_target(tmp_path):
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from moldiff.data.loader import MoleculeDataset
+    from moldiff.train.property_module import PropertyModule
+    from moldiff.train.property_run import run_property_training
+    from moldiff.train.run import load_split
+
+    root = str(Path(__file__).resolve().parents[1] / "configs")
+    with initialize_config_dir(root, version_base="1.3"):
+        cfg = compose("train_property", ["property=all", "train_max=64", "val_max=16", "batch_size=16", "model.hidden=16", "model.layers=2",
+                                         "trainer.max_steps=4", "trainer.enable_progress_bar=false", "logs=[]", f"checkpoint.dir={tmp_path}"])
+    run_property_training(cfg, tmp_path)
+    module = PropertyModule.load_from_checkpoint(tmp_path / "last.ckpt", weights_only=False)
+    assert module.targets == ["alpha", "gap", "homo", "lumo", "mu", "Cv"] and module.column("mu") == 4
+    mols = load_split("qm9:train_first_half", module.layout, 64, 0).mols  # the run's training subset
+    y = MoleculeDataset(mols, module.layout, module.targets).y
+    # normalisation per column: the six properties live on scales from 0.01 (Hartree) to 75 (Bohr^3)
+    assert torch.allclose(module.net.mean, y.mean(0), rtol=1e-4) and torch.allclose(module.net.std, y.std(0, unbiased=False), rtol=1e-3)
+    b = MoleculeDataset(mols.subset(np.arange(3)), module.layout)[np.arange(3)]
+    assert module.net.predict(b.x, b.h, torch.zeros(3), b.batch, 3).shape == (3, 6)
+    with pytest.raises(ValueError, match="predicts"):
+        module.column("polarity")
 
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
-    """A tiny diffusion checkpoint, and a gap guide and evaluator, trained for a few steps."""
+    """A tiny diffusion checkpoint, a multi-task (gap, homo) guide and a gap evaluator, trained for a few steps."""
     from pathlib import Path
 
     from hydra import compose, initialize_config_dir
@@ -162,8 +189,8 @@ def tiny_models(tmp_path_factory):
     with initialize_config_dir(root, version_base="1.3"):
         run_training(compose("train", ["experiment=tiny", "trainer.max_steps=3", "trainer.enable_progress_bar=false", "logs=[]",
                                        f"checkpoint.dir={tmp}/diff"]), tmp)
-        for role in ("guide", "evaluator"):
-            run_property_training(compose("train_property", [f"role={role}", "property=gap", "train_max=32", "val_max=8", "batch_size=16",
+        for role, prop in (("guide", "[gap,homo]"), ("evaluator", "gap")):
+            run_property_training(compose("train_property", [f"role={role}", f"property={prop}", "name=tiny", "train_max=32", "val_max=8", "batch_size=16",
                                                              "model.hidden=16", "model.layers=2", "trainer.max_steps=2",
                                                              "trainer.enable_progress_bar=false", "logs=[]", f"checkpoint.dir={tmp}/{role}"]), tmp)
     return tmp
@@ -193,6 +220,8 @@ def test_guide_design_and_protocol_modes(tiny_models, tmp_path):
     p = run_guidance(_guide_cfg(tiny_models, "mode=protocol", f"output={tmp_path / 'p'}"), tmp_path)
     assert p["scored_by"] == "evaluator" and len(set(p["targets"])) > 1
     assert set(p["baselines"]) == {"atoms", "upper_bound", "lower_bound"} and all(v > 0 for v in p["baselines"].values())
+    homo = run_guidance(_guide_cfg(tiny_models, "property=homo", "target=-0.25", "evaluator_ckpt=null", f"output={tmp_path / 'h'}"), tmp_path)
+    assert homo["scored_by"].startswith("guide") and math.isfinite(homo["mae"])  # the multi-task guide's homo column
 
 
 def test_xtb_guidance_failures_are_counted_not_fatal(tiny_models, tmp_path):
@@ -207,7 +236,8 @@ def test_xtb_guidance_failures_are_counted_not_fatal(tiny_models, tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [("property=polarity", "unknown 'polarity'"), ("target=null", "target"),
-                                                ("scale=-1", "scales"), ("sampler=ddim", "sampler"), ("guide_ckpt=/nope.ckpt", "no checkpoint")])
+                                                ("scale=-1", "scales"), ("sampler=ddim", "sampler"), ("guide_ckpt=/nope.ckpt", "no checkpoint"),
+                                                ("property=alpha", "predicts")])
 def test_bad_guidance_options_fail_up_front(tiny_models, tmp_path, override, message):
     from moldiff.guidance.run import run_guidance
 

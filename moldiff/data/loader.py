@@ -10,6 +10,7 @@ checkpoints through ``state_dict``/``load_state_dict``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +27,7 @@ class MoleculeBatch:
     h: torch.Tensor
     batch: torch.Tensor
     n_mol: int
-    y: torch.Tensor | None = None  # (M,) a molecular property, when the dataset has a target
+    y: torch.Tensor | None = None  # (M,) or (M, K): molecular properties, when the dataset has targets
 
     def to(self, device) -> "MoleculeBatch":
         y = None if self.y is None else self.y.to(device)
@@ -39,7 +40,7 @@ class MoleculeBatch:
 class MoleculeDataset(Dataset):
     """Indexable by a whole array of molecule indices (one call per batch, no per-molecule work)."""
 
-    def __init__(self, mols: MoleculeSet, layout: FeatureLayout, target: str | None = None):
+    def __init__(self, mols: MoleculeSet, layout: FeatureLayout, target: str | Sequence[str] | None = None):
         idx = layout.vocab.encode(mols.numbers)
         if (idx < 0).any():
             bad = sorted(set(mols.numbers[idx < 0].tolist()))
@@ -48,10 +49,13 @@ class MoleculeDataset(Dataset):
         self.types = idx
         self.layout = layout
         self.y = None
-        if target is not None:
-            if target not in mols.properties:
-                raise ValueError(f"unknown property {target!r}; this dataset has {sorted(mols.properties)}")
-            self.y = torch.as_tensor(np.asarray(mols.properties[target], dtype=np.float64), dtype=torch.float32)
+        if target is not None:  # one name: y (M,); a list of names: y (M, K)
+            names = [target] if isinstance(target, str) else list(target)
+            for name in names:
+                if name not in mols.properties:
+                    raise ValueError(f"unknown property {name!r}; this dataset has {sorted(mols.properties)}")
+            y = np.stack([np.asarray(mols.properties[name], dtype=np.float64) for name in names], axis=1)
+            self.y = torch.as_tensor(y[:, 0] if isinstance(target, str) else y, dtype=torch.float32)
 
     def __len__(self) -> int:
         return len(self.mols)

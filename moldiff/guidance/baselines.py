@@ -25,7 +25,7 @@ def atoms_baseline(prop: str, n: int, seed: int = 0) -> float:
     return float(np.abs(guess - y2).mean())
 
 
-def evaluator_bounds(prop: str, evaluator, layout, device, n: int, seed: int = 0) -> dict[str, float]:
+def evaluator_bounds(prop: str, evaluator, layout, device, n: int, seed: int = 0, column: int = 0) -> dict[str, float]:
     from moldiff.data.qm9 import load_qm9
     from moldiff.guidance.run import predict
 
@@ -33,6 +33,6 @@ def evaluator_bounds(prop: str, evaluator, layout, device, n: int, seed: int = 0
     idx = np.random.default_rng(seed).choice(len(second), size=min(n, len(second)), replace=False)
     mols = second.subset(idx)
     y = np.asarray(mols.properties[prop], dtype=np.float64)
-    pred = predict(evaluator, mols, layout, device)
+    pred = predict(evaluator, mols, layout, device, column)
     shuffled = np.random.default_rng(seed + 1).permutation(y)
     return {"upper_bound": float(np.abs(pred - shuffled).mean()), "lower_bound": float(np.abs(pred - y).mean())}

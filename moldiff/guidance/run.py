@@ -24,15 +24,16 @@ from moldiff.guidance.property_energy import QM9_TARGETS, PropertyEnergy
 from moldiff.io.writers import atomic_write
 
 
-
-
 def property_checkpoint(cfg, role: str) -> Path:
+    """The given checkpoint, else the property's own model, else the multi-task one (``property=all``)."""
     given = cfg.guide_ckpt if role == "guide" else cfg.evaluator_ckpt
-    path = Path(given) if given else Path("outputs/property") / f"{cfg.property}_{role}" / "checkpoints" / "last.ckpt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{role}_ckpt: no checkpoint at {path}; train one with "
-                                f"`python scripts/train_property.py property={cfg.property} role={role}`")
-    return path
+    candidates = [Path(given)] if given else [Path("outputs/property") / f"{name}_{role}" / "checkpoints" / "last.ckpt"
+                                              for name in (cfg.property, "all")]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"{role}_ckpt: no checkpoint at {' or '.join(map(str, candidates))}; train one with "
+                            f"`python scripts/train_property.py property={cfg.property} role={role}` (or property=all)")
 
 
 def check_config(cfg) -> None:
@@ -68,10 +69,16 @@ def check_config(cfg) -> None:
     checkpoint_path(cfg.ckpt)
 
 
-def load_property_net(path: Path, device):
+def load_property_net(path: Path, device, prop: str):
+    """(predictor, its output column for ``prop``); a clear error if the model does not predict it."""
     from moldiff.train.property_module import PropertyModule
 
-    return PropertyModule.load_from_checkpoint(path, map_location=device, weights_only=False).net.eval()
+    module = PropertyModule.load_from_checkpoint(path, map_location=device, weights_only=False)
+    try:
+        column = module.column(prop)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    return module.net.eval(), column
 
 
 def protocol_pairs(prop: str, n: int, seed: int, remove_h: bool = False):
@@ -83,8 +90,8 @@ def protocol_pairs(prop: str, n: int, seed: int, remove_h: bool = False):
     return mols.n_atoms[idx].astype(np.int64), np.asarray(mols.properties[prop], dtype=np.float64)[idx]
 
 
-def predict(net, mols, layout, device, batch_size: int = 500) -> np.ndarray:
-    """Property predictions on clean molecules (t = 0)."""
+def predict(net, mols, layout, device, column: int = 0, batch_size: int = 500) -> np.ndarray:
+    """Predictions of output ``column`` on clean molecules (t = 0)."""
     from moldiff.data.loader import MoleculeDataset
 
     ds = MoleculeDataset(mols, layout)
@@ -93,7 +100,7 @@ def predict(net, mols, layout, device, batch_size: int = 500) -> np.ndarray:
         for start in range(0, len(ds), batch_size):
             b = ds[np.arange(start, min(start + batch_size, len(ds)))].to(device)
             t = torch.zeros(b.n_mol, device=device)
-            out.append(net.predict(b.x, b.h, t, b.batch, b.n_mol).double().cpu().numpy())
+            out.append(net.predict(b.x, b.h, t, b.batch, b.n_mol)[:, column].double().cpu().numpy())
     return np.concatenate(out)
 
 
@@ -116,7 +123,8 @@ def run_guidance(cfg, output_dir) -> dict:
     terms = []
     energy = None
     if cfg.property is not None:
-        energy = PropertyEnergy(load_property_net(property_checkpoint(cfg, "guide"), device), None, name=cfg.property)
+        net, column = load_property_net(property_checkpoint(cfg, "guide"), device, cfg.property)
+        energy = PropertyEnergy(net, None, name=cfg.property, column=column)
         terms.append((energy, Scale(cfg.scale, cfg.t_min, cfg.t_max, cfg.scale_kind)))
     if float(cfg.xtb.scale) > 0:
         from moldiff.guidance.xtb_energy import XTBEnergy
@@ -138,15 +146,15 @@ def run_guidance(cfg, output_dir) -> dict:
               "sampling_seconds": round(seconds, 1), "guidance": report.to_dict()}
     if cfg.property is not None:
         scorer = "evaluator" if (cfg.mode == "protocol" or cfg.evaluator_ckpt) else "guide"
-        net = load_property_net(property_checkpoint(cfg, scorer), device)
-        pred = predict(net, mols, module.layout, device)
+        net, column = load_property_net(property_checkpoint(cfg, scorer), device, cfg.property)
+        pred = predict(net, mols, module.layout, device, column)
         result.update({"scored_by": scorer if scorer == "evaluator" else "guide at t=0 (not an independent evaluator)",
                        "mae": float(np.abs(pred - targets).mean()), "targets": targets.tolist(), "predictions": pred.tolist()})
         if cfg.mode == "protocol":  # EDM's reference rows, on as many real held-out molecules
             from moldiff.guidance.baselines import atoms_baseline, evaluator_bounds
 
             result["baselines"] = {"atoms": atoms_baseline(cfg.property, n, int(cfg.seed)),
-                                   **evaluator_bounds(cfg.property, net, module.layout, device, n, int(cfg.seed))}
+                                   **evaluator_bounds(cfg.property, net, module.layout, device, n, int(cfg.seed), column)}
     metrics = write_outputs(mols, module, out, cfg)  # files always; metrics unless evaluation=null
     result["metrics"] = metrics
     with atomic_write(out / "guidance.json") as f:

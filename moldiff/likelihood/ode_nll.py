@@ -11,8 +11,9 @@ Jacobian trace over all 3N coordinates is the divergence on the (N - 1) * 3 subs
 
 * ``divergence="exact"``: one backward pass per dimension (at most N_max * (3 + F) per batch,
   all molecules at once): exact, feasible at QM9 size.
-* ``divergence="hutchinson"``: E[v^T J v] with Gaussian v (positions projected to zero CoM),
-  one backward pass; the probe is fixed along each trajectory, ``probes`` independent solves
+* ``divergence="hutchinson"``: E[v^T J v] with Rademacher v (positions projected to zero CoM,
+  so E[v v^T] is the centring projection), one backward pass; Rademacher rather than Gaussian
+  probes because their variance lacks the diagonal of J; the probe is fixed along each trajectory, ``probes`` independent solves
   give the estimator's spread (reported as a standard error).
 
 Discrete features (``layout`` given) need a dequantisation, and both give a lower bound on
@@ -89,6 +90,10 @@ def _divergence_exact(fx, fh, x, h, batch, n, slots, n_max):
     return div
 
 
+def _rademacher(like, generator):
+    return torch.randint(0, 2, like.shape, generator=generator, device=like.device).to(like.dtype) * 2 - 1
+
+
 def _divergence_hutchinson(fx, fh, x, h, batch, n, vx, vh):
     gx, gh = torch.autograd.grad((fx * vx).sum() + (fh * vh).sum(), (x, h), allow_unused=True)
     gx = torch.zeros_like(x) if gx is None else gx
@@ -113,8 +118,8 @@ def ode_log_likelihood(
     n_max = int(atom_counts(batch, n).max())
     vx = vh = None
     if divergence == "hutchinson":
-        vx = remove_mean(torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device), batch, n)
-        vh = torch.randn(h0.shape, generator=generator, dtype=h0.dtype, device=h0.device)
+        vx = remove_mean(_rademacher(x0, generator), batch, n)
+        vh = _rademacher(h0, generator)
     lo, hi = float(t0), float(t1)
 
     def f(t, y):

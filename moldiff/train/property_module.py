@@ -5,8 +5,10 @@
 * ``role="evaluator"``: phi_c(x, h), trained on clean molecules only, EDM's protocol for scoring
   generated molecules.
 
-The loss is the mean squared error in normalised units ((y - mean) / std of the training set);
-validation reports the MAE in the property's units (noisy at uniform t for a guide, clean always).
+``target`` is one property name or a list (one output column each, one shared encoder). The loss
+is the mean squared error in normalised units ((y - mean) / std of the training set), averaged
+over targets; validation reports the MAE in each property's units (clean always; noisy at uniform
+t for a guide).
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from moldiff.train import build
 
 
 class PropertyModule(pl.LightningModule):
-    def __init__(self, target: str, role: str, model: dict[str, Any], noise: dict[str, Any], features: dict[str, Any], optim: dict[str, Any],
-                 mean: float, std: float, seed: int = 0):
+    def __init__(self, target: str | list[str], role: str, model: dict[str, Any], noise: dict[str, Any], features: dict[str, Any],
+                 optim: dict[str, Any], mean: float | list[float], std: float | list[float], seed: int = 0):
         super().__init__()
         if role not in ("guide", "evaluator"):
             raise ValueError(f"role must be 'guide' or 'evaluator', got {role!r}")
@@ -31,6 +33,22 @@ class PropertyModule(pl.LightningModule):
         self.layout = build.feature_layout(features)
         self.net = PropertyPredictor(self.layout.dim, time_conditioning=(role == "guide"), mean=mean, std=std, **model)
         self.sde = build.sde(noise)
+
+    @property
+    def targets(self) -> list[str]:
+        t = self.hparams.target
+        return [t] if isinstance(t, str) else list(t)
+
+    def column(self, name: str) -> int:
+        if name not in self.targets:
+            raise ValueError(f"this property model predicts {self.targets}, not {name!r}")
+        return self.targets.index(name)
+
+    def _log_mae(self, key: str, pred, y, n: int) -> None:
+        mae = (pred - y.view(n, -1)).abs().mean(0)
+        for name, value in zip(self.targets, mae):
+            self.log(f"{key}_{name}" if len(self.targets) > 1 else key, value, batch_size=n, sync_dist=True,
+                     prog_bar=key == "val/mae" and len(self.targets) == 1)
 
     def _inputs(self, batch: MoleculeBatch, generator, noisy: bool):
         n = batch.n_mol
@@ -48,7 +66,7 @@ class PropertyModule(pl.LightningModule):
         if hasattr(loader, "mark_trained"):
             loader.mark_trained(self.current_epoch, batch_idx + 1)
         x, h, t = self._inputs(batch, self._generator(batch.x.device, self.global_step * 64 + self.global_rank), self.hparams.role == "guide")
-        target = (batch.y - self.net.mean) / self.net.std
+        target = (batch.y.view(batch.n_mol, -1) - self.net.mean) / self.net.std
         loss = (self.net(x, h, t, batch.batch, batch.n_mol) - target).square().mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=batch.n_mol)
         return loss
@@ -56,11 +74,10 @@ class PropertyModule(pl.LightningModule):
     def validation_step(self, batch: MoleculeBatch, batch_idx: int):
         g = self._generator(batch.x.device, 10_000_000 + batch_idx)
         x, h, t = self._inputs(batch, g, False)
-        self.log("val/mae", (self.net.predict(x, h, t, batch.batch, batch.n_mol) - batch.y).abs().mean(), prog_bar=True,
-                 batch_size=batch.n_mol, sync_dist=True)
+        self._log_mae("val/mae", self.net.predict(x, h, t, batch.batch, batch.n_mol), batch.y, batch.n_mol)
         if self.hparams.role == "guide":
             x, h, t = self._inputs(batch, g, True)
-            self.log("val/mae_noisy", (self.net.predict(x, h, t, batch.batch, batch.n_mol) - batch.y).abs().mean(), batch_size=batch.n_mol, sync_dist=True)
+            self._log_mae("val/mae_noisy", self.net.predict(x, h, t, batch.batch, batch.n_mol), batch.y, batch.n_mol)
 
     def configure_optimizers(self):
         o = self.hparams.optim

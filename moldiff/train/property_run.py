@@ -15,11 +15,22 @@ from moldiff.train.property_module import PropertyModule
 from moldiff.train.run import _plain, _trainer_kwargs, fit, load_split, make_loaders, prepare
 
 
+def property_names(value) -> str | list[str]:
+    """``property`` from the config: one name, ``all`` (the six QM9 targets, one shared model) or a list."""
+    if isinstance(value, str) and value != "all":
+        names = [value]
+    else:
+        names = list(QM9_TARGETS) if value == "all" else [str(v) for v in value]
+    unknown = [v for v in names if v not in QM9_TARGETS]
+    if unknown or not names or len(set(names)) != len(names):
+        raise ValueError(f"property: unknown or repeated {unknown or names}; use one of {list(QM9_TARGETS)}, 'all' or a list of them")
+    return value if isinstance(value, str) and value != "all" else names
+
+
 def check_config(cfg) -> None:
     import pytorch_lightning as pl
 
-    if cfg.property not in QM9_TARGETS:
-        raise ValueError(f"property: unknown {cfg.property!r}; use one of {list(QM9_TARGETS)}")
+    property_names(_plain(cfg.property))
     if cfg.role not in ("guide", "evaluator"):
         raise ValueError(f"role: 'guide' (noisy, time-conditioned) or 'evaluator' (clean), got {cfg.role!r}")
     if int(cfg.batch_size) < 1 or float(cfg.optim.lr) <= 0:
@@ -46,8 +57,9 @@ def run_property_training(cfg, output_dir) -> PropertyModule:
     layout = build.feature_layout(_plain(cfg.dataset.features))
     train = load_split(f"{cfg.dataset.name}:{cfg.split}", layout, cfg.train_max, int(cfg.seed))
     val = load_split(f"{cfg.dataset.name}:{cfg.val}", layout, cfg.val_max, int(cfg.seed)) if cfg.val else None
-    train, val = MoleculeDataset(train.mols, layout, cfg.property), (MoleculeDataset(val.mols, layout, cfg.property) if val else None)
+    target = property_names(_plain(cfg.property))
+    train, val = MoleculeDataset(train.mols, layout, target), (MoleculeDataset(val.mols, layout, target) if val else None)
     y = np.asarray(train.y, dtype=np.float64)
-    module = PropertyModule(cfg.property, cfg.role, _plain(cfg.model), _plain(cfg.noise), _plain(cfg.dataset.features), _plain(cfg.optim),
-                            float(y.mean()), float(y.std()), int(cfg.seed))
+    module = PropertyModule(target, cfg.role, _plain(cfg.model), _plain(cfg.noise), _plain(cfg.dataset.features), _plain(cfg.optim),
+                            y.mean(0).tolist(), y.std(0).tolist(), int(cfg.seed))
     return fit(cfg, module, *make_loaders(cfg, train, val), output_dir, ckpt_dir, TrainingRecord())
