@@ -62,6 +62,7 @@ def sample(
     feat_dim: int,
     steps: int = 100,
     t_min: float = 1e-3,
+    t_max: float = 1.0,
     grid: str | None = None,
     generator: torch.Generator | None = None,
     dtype=torch.float32,
@@ -74,7 +75,8 @@ def sample(
     ``name`` is a key of ``SAMPLERS``; ``options`` go to its step (e.g. ``snr``, ``corrector_steps``
     for ``pc``; ``rtol``/``atol`` for ``ode_adaptive``). ``x_init``/``h_init`` replace the prior
     draw (the ODE encodes data this way and back). ``grid``: ``uniform`` or ``logsnr`` time
-    steps; by default log-SNR for DPM-Solver-2, uniform for the rest.
+    steps; by default log-SNR for DPM-Solver-2, uniform for the rest. ``t_max``: where sampling
+    starts from N(0, I) (below 1 for a model refined as a bridge over a shorter horizon).
     """
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; use one of {sorted(SAMPLERS)}")
@@ -83,7 +85,7 @@ def sample(
         x, h = sde.prior(batch, n, feat_dim, dtype, generator)
     else:
         x, h = remove_mean(x_init.to(dtype), batch, n), h_init.to(dtype)
-    times = time_grid(steps, t_min, kind=grid or ("logsnr" if name == "ode_dpm2" else "uniform"), schedule=sde.schedule)
+    times = time_grid(steps, t_min, t_max, kind=grid or ("logsnr" if name == "ode_dpm2" else "uniform"), schedule=sde.schedule)
     x, h = SAMPLERS[name](eps_fn, sde, x, h, times, batch, n, generator, **options)
     x, h = denoise(eps_fn, sde, x, h, times[-1], batch, n)
     return x, h, batch
