@@ -154,3 +154,64 @@ def test_refinement_reaches_the_data_from_the_prior_where_the_base_does_not(refi
     for got, var in [*zip(ref[1].tolist(), want_x.tolist()), *zip(ref[3].tolist(), want_h.tolist())]:
         want = closed_form_coupling_covariance(var, math.sqrt(aT2), 1 - aT2)
         assert abs(got - want) < 0.05 * math.sqrt(var), (got, want, var)  # the base misses axis 3 by 0.28 = 0.14 sqrt(var)
+
+
+# --- the refinement job (Lightning + Hydra) on a tiny QM9 model ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from moldiff.train.run import run_training
+
+    tmp = tmp_path_factory.mktemp("base")
+    root = str(Path(__file__).resolve().parents[1] / "configs")
+    with initialize_config_dir(root, version_base="1.3"):
+        run_training(compose("train", ["experiment=tiny", "trainer.max_steps=3", "trainer.enable_progress_bar=false", "logs=[]",
+                                       f"checkpoint.dir={tmp}"]), tmp)
+    return tmp / "last.ckpt"
+
+
+def _refine_cfg(base, out, *overrides):
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    root = str(Path(__file__).resolve().parents[1] / "configs")
+    with initialize_config_dir(root, version_base="1.3"):
+        return compose("refine_bridge", [f"ckpt={base}", "steps=4", "horizon=0.7", "phase_steps=3", "coupling=8", "batch_size=4",
+                                         "sim_batch_size=4", "data_max=32", "logs=[]", "trainer.enable_progress_bar=false",
+                                         f"checkpoint.dir={out}", f"export={out}/refined.ckpt", *overrides])
+
+
+def test_refinement_resumes_exactly_and_exports_a_sampling_checkpoint(tiny_base, tmp_path):
+    from moldiff.bridge.run import run_refinement
+    from moldiff.sampling.generate import generate
+    from moldiff.sampling.run import load_module
+
+    whole, path = run_refinement(_refine_cfg(tiny_base, tmp_path / "a", "iterations=2"), tmp_path / "a")
+    run_refinement(_refine_cfg(tiny_base, tmp_path / "b", "iterations=1"), tmp_path / "b")  # stops half-way
+    resumed, _ = run_refinement(_refine_cfg(tiny_base, tmp_path / "b", "iterations=2"), tmp_path / "b")  # continues from step 6
+    assert whole.global_step == resumed.global_step == 12
+    sessions = torch.load(tmp_path / "b" / "refined.ckpt", weights_only=False)["moldiff_record"][-1]["sessions"]
+    assert [s["first_step"] for s in sessions] == [0, 6]  # the second run did continue, not start over
+    for (k, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), k
+    base = load_module(tiny_base, "cpu")
+    refined = load_module(path, "cpu")
+    assert refined.horizon == 0.7 and base.horizon == 1.0
+    changed = [k for k, v in refined.net.state_dict().items() if not torch.equal(v, base.ema.module.state_dict()[k])]
+    assert changed  # the backward network was trained
+    mols = generate(refined, 6, steps=5, batch_size=3, progress=False)
+    assert len(mols) == 6 and all(abs(mols[i][1].mean(0)).max() < 1e-4 for i in range(6))
+
+
+def test_bad_refinement_options_fail_up_front(tiny_base, tmp_path):
+    from moldiff.bridge.run import run_refinement
+
+    for override, message in [("horizon=1.5", "horizon"), ("steps=0", "steps"), ("ckpt=/nope.ckpt", "no checkpoint")]:
+        with pytest.raises((ValueError, FileNotFoundError), match=message):
+            run_refinement(_refine_cfg(tiny_base, tmp_path, override), tmp_path)

@@ -42,6 +42,7 @@ def generate(
     if len(sizes) != n or (sizes < 1).any():
         raise ValueError(f"need {n} positive atom counts, got {len(sizes)} (min {int(sizes.min()) if len(sizes) else None})")
     eps_fn = eps_fn if eps_fn is not None else module.eps_fn(ema=ema)
+    options.setdefault("t_max", getattr(module, "horizon", 1.0))
     layout = module.layout
     parts = []
     chunks = list(torch.split(sizes, batch_size))

@@ -31,6 +31,7 @@ class DiffusionModule(pl.LightningModule):
         ema_decay: float = 0.999,
         seed: int = 0,
         dataset: str = "",
+        horizon: float = 1.0,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -48,6 +49,11 @@ class DiffusionModule(pl.LightningModule):
     def eps_fn(self, ema: bool = True):
         net = self.ema.module if (ema and self.ema is not None) else self.net
         return lambda x, h, t, batch, n: net(x, h, t, batch, n)
+
+    @property
+    def horizon(self) -> float:
+        """Where sampling starts from N(0, I): 1, or less for a model refined as a bridge (``moldiff.bridge``)."""
+        return float(self.hparams.get("horizon", 1.0))
 
     @property
     def size_histogram(self) -> dict[int, int]:

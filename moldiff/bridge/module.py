@@ -1,0 +1,142 @@
+"""Bridge refinement as a LightningModule: two equivariant networks (backward eps, forward residual)
+fitted alternately by IMF (``bridge/imf.py``), each phase on couplings simulated by the other.
+
+Phase p (``phase_steps`` optimizer steps each): even p fits the forward network on couplings the
+backward network samples from N(0, I) at the horizon; odd p fits the backward network on couplings
+the forward network makes from training molecules. Couplings are simulated at the start of a
+phase from seeds (seed, p) with the *other*, frozen network, so a resumed run rebuilds exactly the
+coupling it was using; minibatches and noise are seeded by the global step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from moldiff.bridge.imf import backward_loss, forward_loss, simulate_backward, simulate_forward
+from moldiff.sampling.base import sample_sizes, sizes_to_batch
+from moldiff.train import build
+
+
+class Coupling:
+    """Simulated (x_0, h_0, x_T, h_T) molecule pairs, gathered into minibatches by molecule index."""
+
+    def __init__(self, x0, h0, xT, hT, sizes: torch.Tensor):
+        self.x0, self.h0, self.xT, self.hT = x0, h0, xT, hT
+        self.sizes = sizes
+        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(sizes, 0)])
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def batch(self, idx: torch.Tensor):
+        counts = self.sizes[idx]
+        atoms = torch.cat([torch.arange(int(self.offsets[i]), int(self.offsets[i + 1])) for i in idx.tolist()])
+        batch, n = sizes_to_batch(counts)
+        return self.x0[atoms], self.h0[atoms], self.xT[atoms], self.hT[atoms], batch, n
+
+
+class BridgeModule(pl.LightningModule):
+    def __init__(self, base: dict[str, Any], horizon: float = 1.0, steps: int = 50, t_min: float = 1e-3, phase_steps: int = 500,
+                 coupling: int = 2000, batch_size: int = 64, sim_batch_size: int = 500, lr: float = 1e-4, ema_decay: float = 0.999,
+                 seed: int = 0, clip: float = 1.0):
+        super().__init__()
+        self.save_hyperparameters()
+        if not 0 < horizon <= 1 or not 0 < t_min < horizon:
+            raise ValueError(f"need 0 < t_min < horizon <= 1, got t_min={t_min}, horizon={horizon}")
+        self.automatic_optimization = False
+        self.layout = build.feature_layout(base["features"])
+        self.sde = build.sde(base["noise"])
+        self.backward_net = build.network(base["model"], self.layout.dim)
+        self.forward_net = build.network(base["model"], self.layout.dim)
+        avg = get_ema_multi_avg_fn(ema_decay)
+        self.backward_ema = AveragedModel(self.backward_net, multi_avg_fn=avg, use_buffers=True).requires_grad_(False)
+        self.forward_ema = AveragedModel(self.forward_net, multi_avg_fn=avg, use_buffers=True).requires_grad_(False)
+        self.data = None  # training molecules (a MoleculeDataset), attached by the job; not saved
+        self._coupling: tuple[int, Coupling] | None = None
+
+    def start_from(self, base_state: dict[str, torch.Tensor]) -> None:
+        """Iteration 0: the pretrained network (its EMA weights) is the backward process."""
+        self.backward_net.load_state_dict(base_state)
+        self.backward_ema.module.load_state_dict(base_state)
+
+    # --- phases and couplings ---------------------------------------------------------------------
+    def phase(self, step: int | None = None) -> int:
+        return int(self.global_step if step is None else step) // int(self.hparams.phase_steps)
+
+    def _net_fn(self, net):
+        return lambda x, h, t, batch, n: net(x, h, t, batch, n)
+
+    def _simulate(self, phase: int) -> Coupling:
+        hp = self.hparams
+        g = torch.Generator(device=self.device).manual_seed(hp.seed * 1_000_003 + phase)
+        parts = []
+        if phase % 2 == 0:  # backward samples from the prior, for the forward fit
+            sizes = sample_sizes(build_histogram(hp.base), hp.coupling, torch.Generator().manual_seed(hp.seed * 1_000_003 + phase))
+            for chunk in torch.split(sizes, hp.sim_batch_size):
+                x0, h0, xT, hT, _ = simulate_backward(self._net_fn(self.backward_ema.module), self.sde, chunk.to(self.device), self.layout.dim,
+                                                      hp.steps, hp.t_min, hp.horizon, g)
+                parts.append((x0.cpu(), h0.cpu(), xT.cpu(), hT.cpu(), chunk))
+        else:  # forward trajectories from the data, for the backward fit
+            if self.data is None:
+                raise RuntimeError("BridgeModule.data: attach the training molecules before fitting")
+            rng = np.random.default_rng(hp.seed * 1_000_003 + phase)
+            idx = torch.from_numpy(rng.choice(len(self.data), size=hp.coupling, replace=hp.coupling > len(self.data)))
+            for chunk in torch.split(idx, hp.sim_batch_size):
+                b = self.data[chunk.numpy()].to(self.device)
+                xT, hT = simulate_forward(self._net_fn(self.forward_ema.module), self.sde, b.x, b.h, b.batch, b.n_mol, hp.steps, hp.t_min,
+                                          hp.horizon, g)
+                parts.append((b.x.cpu(), b.h.cpu(), xT.cpu(), hT.cpu(), torch.bincount(b.batch, minlength=b.n_mol).cpu()))
+        return Coupling(*(torch.cat([p[k] for p in parts]) for k in range(5)))
+
+    def coupling(self) -> Coupling:
+        phase = self.phase()
+        if self._coupling is None or self._coupling[0] != phase:
+            with torch.no_grad():
+                self._coupling = (phase, self._simulate(phase))
+        return self._coupling[1]
+
+    # --- training ----------------------------------------------------------------------------------
+    def training_step(self, _, batch_idx: int):
+        hp = self.hparams
+        coupling = self.coupling()
+        fit_forward = self.phase() % 2 == 0
+        key = (hp.seed * 1_000_003 + self.global_step) % (2**63)
+        idx = torch.randint(len(coupling), (min(hp.batch_size, len(coupling)),), generator=torch.Generator().manual_seed(key))
+        g = torch.Generator(device=self.device).manual_seed(key)
+        x0, h0, xT, hT, batch, n = (v.to(self.device) if torch.is_tensor(v) else v for v in coupling.batch(idx))
+        opt_f, opt_b = self.optimizers()
+        opt, net, ema = (opt_f, self.forward_net, self.forward_ema) if fit_forward else (opt_b, self.backward_net, self.backward_ema)
+        if fit_forward:
+            loss = forward_loss(self._net_fn(net), self.sde, x0, h0, xT, hT, batch, n, hp.horizon, g)
+        else:
+            loss = backward_loss(self._net_fn(net), self.sde, x0, h0, xT, hT, batch, n, hp.t_min, hp.horizon, g)
+        opt.zero_grad()
+        self.manual_backward(loss)
+        self.clip_gradients(opt, gradient_clip_val=hp.clip, gradient_clip_algorithm="norm")
+        opt.step()
+        ema.update_parameters(net)
+        self.log("bridge/forward_loss" if fit_forward else "bridge/backward_loss", loss, prog_bar=True, batch_size=n)
+        self.log("bridge/phase", float(self.phase()), prog_bar=True, batch_size=n)
+        return loss
+
+    def configure_optimizers(self):
+        lr = float(self.hparams.lr)
+        return [torch.optim.Adam(self.forward_net.parameters(), lr=lr), torch.optim.Adam(self.backward_net.parameters(), lr=lr)]
+
+    # --- the refined model as a diffusion checkpoint -------------------------------------------------
+    def refined_state(self) -> dict[str, torch.Tensor]:
+        """The backward network's EMA weights, as a DiffusionModule state dict (net and EMA)."""
+        weights = self.backward_ema.module.state_dict()
+        state = {f"net.{k}": v.detach().clone() for k, v in weights.items()}
+        state.update({f"ema.module.{k}": v.detach().clone() for k, v in weights.items()})
+        state["ema.n_averaged"] = self.backward_ema.n_averaged.detach().clone()
+        return state
+
+
+def build_histogram(base: dict) -> dict[int, int]:
+    return {int(k): int(v) for k, v in base["size_histogram"].items()}
