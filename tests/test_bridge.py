@@ -207,6 +207,33 @@ def test_refinement_resumes_exactly_and_exports_a_sampling_checkpoint(tiny_base,
     assert changed  # the backward network was trained
     mols = generate(refined, 6, steps=5, batch_size=3, progress=False)
     assert len(mols) == 6 and all(abs(mols[i][1].mean(0)).max() < 1e-4 for i in range(6))
+    # the likelihood job takes it (prior at the horizon) like any diffusion checkpoint
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from moldiff.likelihood.run import run_likelihood
+
+    with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "configs"), version_base="1.3"):
+        lk = compose("likelihood", [f"ckpt={path}", "n=4", "batch_size=2", "elbo.T=10", f"output={tmp_path / 'lk'}"])
+    assert math.isfinite(run_likelihood(lk, tmp_path)["nats_per_molecule"])
+
+
+def test_elbo_over_a_shorter_horizon_is_still_a_bound():
+    """With the exact score the ELBO over [0, T] stays above the exact NLL; its prior term grows
+    as the reference at T moves away from N(0, I)."""
+    from moldiff.likelihood.elbo import elbo
+    from moldiff.noise.schedules import PolynomialSchedule
+
+    sde = VPSDE(PolynomialSchedule())
+    data = GaussianPointClouds(sde, axis_std=(0.5, 1.0, 2.0), feat_std=(0.3, 1.5))
+    batch, n = sizes_to_batch([5] * 200)
+    x, h = data.sample(batch, n, torch.Generator().manual_seed(0))
+    exact = -data.log_prob(x, h, batch, n)
+    full = elbo(data.eps, sde, x, h, batch, n, T=200, generator=torch.Generator().manual_seed(1))
+    short = elbo(data.eps, sde, x, h, batch, n, T=200, generator=torch.Generator().manual_seed(1), horizon=0.6)
+    assert float((short["nll"] - exact).mean()) > 0 and float((full["nll"] - exact).mean()) > 0
+    assert float(short["prior"].mean()) > float(full["prior"].mean()) + 1
 
 
 def test_bad_refinement_options_fail_up_front(tiny_base, tmp_path):

@@ -43,9 +43,11 @@ def reconstruction_nll(eps_fn, sde, x0, h0, batch, n, layout=None, generator=Non
     return -logp
 
 
-def elbo(eps_fn, sde, x0, h0, batch, n, T: int = 1000, timesteps="all", layout=None, histogram=None, generator=None, progress=None):
+def elbo(eps_fn, sde, x0, h0, batch, n, T: int = 1000, timesteps="all", layout=None, histogram=None, generator=None, progress=None,
+         horizon: float = 1.0):
     """Per-molecule terms (M,) of the negative ELBO and their sum ``nll``; ``timesteps``: "all"
-    (every step; T network calls) or an int K (unbiased estimate from K uniform steps)."""
+    (every step; T network calls) or an int K (unbiased estimate from K uniform steps).
+    ``horizon``: the T steps cover [0, horizon] and the prior N(0, I) sits there (a bridge-refined model)."""
     sched = sde.schedule
     if float(sched.sigma(torch.tensor(0.0, dtype=torch.float64))) == 0.0:
         raise ValueError("the ELBO's L_0 needs sigma(0) > 0: use a schedule with precision > 0 (polynomial, cosine)")
@@ -59,13 +61,13 @@ def elbo(eps_fn, sde, x0, h0, batch, n, T: int = 1000, timesteps="all", layout=N
         scale = T / K
     diffusion = torch.zeros(n, dtype=dtype, device=device)
     for i in steps.tolist():
-        t = torch.full((n,), i / T, dtype=dtype, device=device)
+        t = torch.full((n,), i * horizon / T, dtype=dtype, device=device)
         err, _ = noised_error(eps_fn, sde, x0, h0, t, batch, n, generator)
-        diffusion = diffusion + scale * discrete_vlb_weight(sched, t, T) * err
+        diffusion = diffusion + scale * discrete_vlb_weight(sched, t, T, horizon) * err
         if progress is not None:
             progress(1)
     terms = {
-        "prior": prior_kl(sde, x0, h0, batch, n),
+        "prior": prior_kl(sde, x0, h0, batch, n, horizon),
         "diffusion": diffusion,
         "reconstruction": reconstruction_nll(eps_fn, sde, x0, h0, batch, n, layout, generator),
     }

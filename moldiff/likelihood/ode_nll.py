@@ -144,12 +144,14 @@ def ode_log_likelihood(
 
 def ode_nll(
     eps_fn, sde, x0, h0, batch, n, layout=None, histogram=None, divergence: str = "exact", probes: int = 1,
-    t0: float = 0.0, rtol: float = 1e-5, atol: float = 1e-5, generator=None, dequantization: str = "diffusion",
+    t0: float = 0.0, rtol: float = 1e-5, atol: float = 1e-5, generator=None, dequantization: str = "diffusion", t1: float = 1.0,
 ) -> dict:
     """Per-molecule negative log-likelihood (M,) in nats, with its pieces:
 
     ``nll`` = -(mean over probes of log p) + dequantisation volume - log p(N), ``nll_se`` the
-    standard error over probes (Hutchinson; 0 for one probe or exact divergence)."""
+    standard error over probes (Hutchinson; 0 for one probe or exact divergence). ``t1``: where
+    N(0, I) is assumed (the horizon of a bridge-refined model; its ODE is the one of its backward
+    network's score under the reference, an approximation of the bridge's own probability flow)."""
     if dequantization not in ("diffusion", "uniform"):
         raise ValueError(f"dequantization must be 'diffusion' or 'uniform', got {dequantization!r}")
     values = []
@@ -160,7 +162,8 @@ def ode_nll(
             h, volume = dequantize(h0, layout, batch, n, generator)
         else:
             h, volume = diffusion_dequantize(h0, sde, layout, batch, n, t0, generator)
-        logp, _ = ode_log_likelihood(eps_fn, sde, x0, h, batch, n, t0=t0, divergence=divergence, rtol=rtol, atol=atol, generator=generator)
+        logp, _ = ode_log_likelihood(eps_fn, sde, x0, h, batch, n, t0=t0, t1=t1, divergence=divergence, rtol=rtol, atol=atol,
+                                     generator=generator)
         values.append(-logp + volume)
     stack = torch.stack(values)
     out = {"ode_nll": stack.mean(0)}

@@ -66,12 +66,12 @@ def score_batch(module, method: str, batch, cfg, generator) -> dict[str, np.ndar
             timesteps = "all" if cfg.elbo.timesteps == "all" else int(cfg.elbo.timesteps)
             with torch.no_grad():
                 out = elbo(eps_fn, module.sde, x, h, b, m, T=int(cfg.elbo.T), timesteps=timesteps, layout=module.layout,
-                           histogram=module.size_histogram, generator=generator)
+                           histogram=module.size_histogram, generator=generator, horizon=module.horizon)
         else:
             o = cfg.ode
             out = ode_nll(eps_fn, module.sde, x, h, b, m, layout=module.layout, histogram=module.size_histogram, divergence=o.divergence,
                           probes=int(o.probes), t0=float(o.t0), rtol=float(o.rtol), atol=float(o.atol), generator=generator,
-                          dequantization=str(o.dequantization))
+                          dequantization=str(o.dequantization), t1=module.horizon)
     finally:
         net.float()
     out["dims"] = dimensions(b, m, h.shape[1])

@@ -21,9 +21,9 @@ import torch
 from moldiff.noise.schedules import Schedule
 
 
-def discrete_vlb_weight(schedule: Schedule, t: torch.Tensor, T: int) -> torch.Tensor:
-    """1/2 (SNR(t - 1/T) / SNR(t) - 1) for grid times t = i / T, i >= 1."""
-    s = (t - 1.0 / T).clamp(min=0)
+def discrete_vlb_weight(schedule: Schedule, t: torch.Tensor, T: int, horizon: float = 1.0) -> torch.Tensor:
+    """1/2 (SNR(t - horizon/T) / SNR(t) - 1) for grid times t = i horizon / T, i >= 1."""
+    s = (t - horizon / T).clamp(min=0)
     return 0.5 * torch.expm1(schedule.log_snr(s) - schedule.log_snr(t))
 
 
