@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from moldiff.bridge.imf import backward_loss, forward_loss, simulate_backward, simulate_forward
@@ -40,6 +41,20 @@ class Coupling:
         return self.x0[atoms], self.h0[atoms], self.xT[atoms], self.hT[atoms], batch, n
 
 
+class Gated(nn.Module):
+    """net's outputs times learnable gates that start at 0: the forward network starts as the
+    reference process itself (r = 0) instead of at a random drift."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self.gate = nn.Parameter(torch.zeros(2))
+
+    def forward(self, x, h, t, batch, n):
+        ox, oh = self.net(x, h, t, batch, n)
+        return self.gate[0] * ox, self.gate[1] * oh
+
+
 class BridgeModule(pl.LightningModule):
     def __init__(self, base: dict[str, Any], horizon: float = 1.0, steps: int = 50, t_min: float = 1e-3, phase_steps: int = 500,
                  coupling: int = 2000, batch_size: int = 64, sim_batch_size: int = 500, lr: float = 1e-4, ema_decay: float = 0.999,
@@ -52,7 +67,7 @@ class BridgeModule(pl.LightningModule):
         self.layout = build.feature_layout(base["features"])
         self.sde = build.sde(base["noise"])
         self.backward_net = build.network(base["model"], self.layout.dim)
-        self.forward_net = build.network(base["model"], self.layout.dim)
+        self.forward_net = Gated(build.network(base["model"], self.layout.dim))
         avg = get_ema_multi_avg_fn(ema_decay)
         self.backward_ema = AveragedModel(self.backward_net, multi_avg_fn=avg, use_buffers=True).requires_grad_(False)
         self.forward_ema = AveragedModel(self.forward_net, multi_avg_fn=avg, use_buffers=True).requires_grad_(False)
