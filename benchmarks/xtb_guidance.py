@@ -13,7 +13,6 @@ import argparse
 import json
 import math
 import time
-from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import torch
@@ -21,7 +20,7 @@ import torch
 from moldiff.guidance.guided import GuidanceReport, Scale, guided
 from moldiff.guidance.xtb_energy import XTBEnergy
 from moldiff.metrics.protocols import run_edm
-from moldiff.metrics.xtb_energy import strain_energies
+from moldiff.metrics.xtb_energy import strain_energies, xtb_pool
 from moldiff.nn.egnn import tune_cpu_allocator
 from moldiff.sampling.generate import generate
 from moldiff.sampling.run import checkpoint_path, load_module
@@ -52,9 +51,10 @@ def main():
     rows = []
     for scale in map(float, a.scales.split(",")):
         report = GuidanceReport()
-        eps_fn = module.eps_fn()
+        eps_fn, energy = module.eps_fn(), None
         if scale > 0:
-            eps_fn = guided(eps_fn, module.sde, [(XTBEnergy(module.sde, module.layout, a.workers), Scale(scale, 0.0, a.t_max))], report)
+            energy = XTBEnergy(module.sde, module.layout, a.workers)
+            eps_fn = guided(eps_fn, module.sde, [(energy, Scale(scale, 0.0, a.t_max))], report)
 
         def before_batch(k, first, last, report=report):
             report.offset = first
@@ -63,9 +63,11 @@ def main():
         mols = generate(module, a.n, sampler=a.sampler, steps=a.steps, batch_size=a.batch_size, seed=a.seed, eps_fn=eps_fn,
                         before_batch=before_batch, progress=False)
         seconds = time.perf_counter() - t0
+        if energy is not None:
+            energy.close()
         valid = np.array([s is not None for s in run_edm(mols, module.layout.vocab).smiles])
         t0 = time.perf_counter()
-        with ProcessPoolExecutor(a.workers) as pool:
+        with xtb_pool(a.workers) as pool:
             out = list(pool.map(_strain, [(mols[i][0], mols[i][1], a.relax_steps) for i in range(len(mols))], chunksize=8))
         strain = np.array([s for s, _ in out])
         failures = {}

@@ -129,7 +129,8 @@ def run_guidance(cfg, output_dir) -> dict:
     if float(cfg.xtb.scale) > 0:
         from moldiff.guidance.xtb_energy import XTBEnergy
 
-        terms.append((XTBEnergy(module.sde, module.layout, int(cfg.xtb.workers)), Scale(cfg.xtb.scale, 0.0, cfg.xtb.t_max)))
+        xtb = XTBEnergy(module.sde, module.layout, int(cfg.xtb.workers))
+        terms.append((xtb, Scale(cfg.xtb.scale, 0.0, cfg.xtb.t_max)))
     report = GuidanceReport()
     eps_fn = guided(module.eps_fn(), module.sde, terms, report)
 
@@ -142,6 +143,8 @@ def run_guidance(cfg, output_dir) -> dict:
     mols = generate(module, n, sampler=cfg.sampler, steps=int(cfg.steps), batch_size=int(cfg.batch_size), seed=int(cfg.seed), device=device,
                     sizes=sizes, eps_fn=eps_fn, before_batch=before_batch, progress=True)
     seconds = time.perf_counter() - t0
+    for energy_term, _ in terms:
+        getattr(energy_term, "close", lambda: None)()  # the xTB worker pool
     result = {"mode": cfg.mode, "property": cfg.property, "scale": float(cfg.scale), "xtb_scale": float(cfg.xtb.scale), "n": n,
               "sampling_seconds": round(seconds, 1), "guidance": report.to_dict()}
     if cfg.property is not None:

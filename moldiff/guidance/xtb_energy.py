@@ -10,7 +10,8 @@ is a molecule xTB can evaluate.
 
 A molecule xTB cannot evaluate (SCF not converging, atoms on top of each other, an odd electron
 count when ``require_closed_shell``) is reported as failed for that step and left unguided.
-Runs in a process pool of ``workers`` (tblite is fastest single-threaded on small molecules).
+Runs in a process pool of ``workers`` (tblite is fastest single-threaded on small molecules),
+started once and kept until ``close()`` (spawned processes take a second or two to start).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from moldiff.guidance.guided import Energy
-from moldiff.metrics.xtb_energy import ANGSTROM_TO_BOHR, xtb_energy_gradient
+from moldiff.metrics.xtb_energy import ANGSTROM_TO_BOHR, xtb_energy_gradient, xtb_pool
 
 
 def _one(args):
@@ -41,6 +42,15 @@ class XTBEnergy(Energy):
     def __init__(self, sde, layout, workers: int = 1, require_closed_shell: bool = False):
         self.sde, self.layout, self.workers, self.closed = sde, layout, int(workers), bool(require_closed_shell)
         self.last_reasons: list[str | None] = []
+        self._pool = None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def __del__(self):
+        self.close()
 
     def gradient(self, x, h, t, batch, n, eps=None):
         ex, eh = eps
@@ -50,10 +60,9 @@ class XTBEnergy(Energy):
         b = batch.cpu().numpy()
         jobs = [(numbers[b == m], x0[b == m], self.closed) for m in range(n)]
         if self.workers > 1:
-            from concurrent.futures import ProcessPoolExecutor
-
-            with ProcessPoolExecutor(self.workers) as pool:
-                results = list(pool.map(_one, jobs))
+            if self._pool is None:
+                self._pool = xtb_pool(self.workers)
+            results = list(self._pool.map(_one, jobs, chunksize=max(1, len(jobs) // (4 * self.workers))))
         else:
             results = [_one(j) for j in jobs]
         gx = np.zeros_like(x0)

@@ -10,6 +10,7 @@ threads here, and far faster on a busy machine, so parallelise over molecules (p
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable
 
 import numpy as np
@@ -27,6 +28,20 @@ def _require_tblite():
             "xTB metrics need tblite: `pip install tblite` (or `pip install moldiff[extra]`)."
         ) from err
     return Calculator
+
+
+def _one_thread() -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"  # before tblite's OpenMP runtime starts in this worker
+
+
+def xtb_pool(workers: int):
+    """A process pool for xTB work. Spawned, not forked: a worker forked from a process whose
+    OpenMP runtime (torch's) is running hangs when tblite starts its own OpenMP work (measured:
+    every worker idle forever); each worker runs tblite single-threaded (see the module note)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_one_thread)
 
 
 def _default_uhf(numbers: np.ndarray, charge: int) -> int:
