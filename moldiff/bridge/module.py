@@ -83,9 +83,6 @@ class BridgeModule(pl.LightningModule):
     def phase(self, step: int | None = None) -> int:
         return int(self.global_step if step is None else step) // int(self.hparams.phase_steps)
 
-    def _net_fn(self, net):
-        return lambda x, h, t, batch, n: net(x, h, t, batch, n)
-
     def _simulate(self, phase: int) -> Coupling:
         hp = self.hparams
         g = torch.Generator(device=self.device).manual_seed(hp.seed * 1_000_003 + phase)
@@ -93,7 +90,7 @@ class BridgeModule(pl.LightningModule):
         if phase % 2 == 0:  # backward samples from the prior, for the forward fit
             sizes = sample_sizes(build_histogram(hp.base), hp.coupling, torch.Generator().manual_seed(hp.seed * 1_000_003 + phase))
             for chunk in torch.split(sizes, hp.sim_batch_size):
-                x0, h0, xT, hT, _ = simulate_backward(self._net_fn(self.backward_ema.module), self.sde, chunk.to(self.device), self.layout.dim,
+                x0, h0, xT, hT, _ = simulate_backward(self.backward_ema.module, self.sde, chunk.to(self.device), self.layout.dim,
                                                       hp.steps, hp.t_min, hp.horizon, g)
                 parts.append((x0.cpu(), h0.cpu(), xT.cpu(), hT.cpu(), chunk))
         else:  # forward trajectories from the data, for the backward fit
@@ -103,7 +100,7 @@ class BridgeModule(pl.LightningModule):
             idx = torch.from_numpy(rng.choice(len(self.data), size=hp.coupling, replace=hp.coupling > len(self.data)))
             for chunk in torch.split(idx, hp.sim_batch_size):
                 b = self.data[chunk.numpy()].to(self.device)
-                xT, hT = simulate_forward(self._net_fn(self.forward_ema.module), self.sde, b.x, b.h, b.batch, b.n_mol, hp.steps, hp.t_min,
+                xT, hT = simulate_forward(self.forward_ema.module, self.sde, b.x, b.h, b.batch, b.n_mol, hp.steps, hp.t_min,
                                           hp.horizon, g)
                 parts.append((b.x.cpu(), b.h.cpu(), xT.cpu(), hT.cpu(), torch.bincount(b.batch, minlength=b.n_mol).cpu()))
         return Coupling(*(torch.cat([p[k] for p in parts]) for k in range(5)))
@@ -119,7 +116,8 @@ class BridgeModule(pl.LightningModule):
     def training_step(self, _, batch_idx: int):
         hp = self.hparams
         coupling = self.coupling()
-        fit_forward = self.phase() % 2 == 0
+        phase = self.phase()
+        fit_forward = phase % 2 == 0
         key = (hp.seed * 1_000_003 + self.global_step) % (2**63)
         idx = torch.randint(len(coupling), (min(hp.batch_size, len(coupling)),), generator=torch.Generator().manual_seed(key))
         g = torch.Generator(device=self.device).manual_seed(key)
@@ -127,16 +125,16 @@ class BridgeModule(pl.LightningModule):
         opt_f, opt_b = self.optimizers()
         opt, net, ema = (opt_f, self.forward_net, self.forward_ema) if fit_forward else (opt_b, self.backward_net, self.backward_ema)
         if fit_forward:
-            loss = forward_loss(self._net_fn(net), self.sde, x0, h0, xT, hT, batch, n, hp.horizon, g)
+            loss = forward_loss(net, self.sde, x0, h0, xT, hT, batch, n, hp.horizon, g)
         else:
-            loss = backward_loss(self._net_fn(net), self.sde, x0, h0, xT, hT, batch, n, hp.t_min, hp.horizon, g)
+            loss = backward_loss(net, self.sde, x0, h0, xT, hT, batch, n, hp.t_min, hp.horizon, g)
         opt.zero_grad()
         self.manual_backward(loss)
         self.clip_gradients(opt, gradient_clip_val=hp.clip, gradient_clip_algorithm="norm")
         opt.step()
         ema.update_parameters(net)
         self.log("bridge/forward_loss" if fit_forward else "bridge/backward_loss", loss, prog_bar=True, batch_size=n)
-        self.log("bridge/phase", float(self.phase()), prog_bar=True, batch_size=n)
+        self.log("bridge/phase", float(phase), prog_bar=True, batch_size=n)
         return loss
 
     def configure_optimizers(self):
