@@ -18,3 +18,20 @@ def embedded(smiles: str, seed: int = 0):
     AllChem.EmbedMolecule(mol, randomSeed=seed)
     AllChem.MMFFOptimizeMolecule(mol)
     return np.array([a.GetAtomicNum() for a in mol.GetAtoms()]), mol.GetConformer().GetPositions()
+
+
+@pytest.fixture(scope="session")
+def tiny_diffusion(tmp_path_factory):
+    """A tiny QM9 diffusion checkpoint (experiment=tiny, 3 steps): what the job tests sample from."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from moldiff.train.run import run_training
+
+    tmp = tmp_path_factory.mktemp("tiny_diffusion")
+    root = str(Path(__file__).resolve().parents[1] / "configs")
+    with initialize_config_dir(root, version_base="1.3"):
+        run_training(compose("train", ["experiment=tiny", "trainer.max_steps=3", "trainer.enable_progress_bar=false", "logs=[]",
+                                       f"checkpoint.dir={tmp}"]), tmp)
+    return tmp / "last.ckpt"

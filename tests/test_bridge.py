@@ -160,19 +160,8 @@ def test_refinement_reaches_the_data_from_the_prior_where_the_base_does_not(refi
 
 
 @pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    from pathlib import Path
-
-    from hydra import compose, initialize_config_dir
-
-    from moldiff.train.run import run_training
-
-    tmp = tmp_path_factory.mktemp("base")
-    root = str(Path(__file__).resolve().parents[1] / "configs")
-    with initialize_config_dir(root, version_base="1.3"):
-        run_training(compose("train", ["experiment=tiny", "trainer.max_steps=3", "trainer.enable_progress_bar=false", "logs=[]",
-                                       f"checkpoint.dir={tmp}"]), tmp)
-    return tmp / "last.ckpt"
+def tiny_base(tiny_diffusion):
+    return tiny_diffusion
 
 
 def _refine_cfg(base, out, *overrides):

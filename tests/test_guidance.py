@@ -175,20 +175,20 @@ def test_multi_task_property_model_has_one_column_per_target(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory):
-    """A tiny diffusion checkpoint, a multi-task (gap, homo) guide and a gap evaluator, trained for a few steps."""
+def tiny_models(tmp_path_factory, tiny_diffusion):
+    """The tiny diffusion checkpoint (conftest), a multi-task (gap, homo) guide and a gap evaluator, trained for a few steps."""
+    import shutil
     from pathlib import Path
 
     from hydra import compose, initialize_config_dir
 
     from moldiff.train.property_run import run_property_training
-    from moldiff.train.run import run_training
 
     tmp = tmp_path_factory.mktemp("models")
+    (tmp / "diff").mkdir()
+    shutil.copy(tiny_diffusion, tmp / "diff" / "last.ckpt")
     root = str(Path(__file__).resolve().parents[1] / "configs")
     with initialize_config_dir(root, version_base="1.3"):
-        run_training(compose("train", ["experiment=tiny", "trainer.max_steps=3", "trainer.enable_progress_bar=false", "logs=[]",
-                                       f"checkpoint.dir={tmp}/diff"]), tmp)
         for role, prop in (("guide", "[gap,homo]"), ("evaluator", "gap")):
             run_property_training(compose("train_property", [f"role={role}", f"property={prop}", "name=tiny", "train_max=32", "val_max=8", "batch_size=16",
                                                              "model.hidden=16", "model.layers=2", "trainer.max_steps=2",
