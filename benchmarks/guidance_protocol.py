@@ -6,7 +6,9 @@ python benchmarks/guidance_protocol.py --guide G.ckpt --evaluator E.ckpt [--ckpt
 (atom count, target) pairs come from QM9's second training half (``guidance.run.protocol_pairs``;
 the same draw for every property). One unguided sample set at those atom counts is scored against
 every property's targets (what the base model gets from the atom count alone); then each property
-is sampled with guidance at each scale. phi_c (the evaluator) scores everything. EDM's reference
+is sampled with guidance at each scale. A conditional base (``train.py context=[prop]``) covers its
+own property: its unguided row is sampled given the targets (cEDM), its guided rows add guidance
+on top (EEGSDE's setting). phi_c (the evaluator) scores everything. EDM's reference
 rows (#Atoms, upper and lower bound) are computed on n held-out molecules. Prints a markdown table.
 """
 
@@ -21,7 +23,7 @@ from moldiff.data.report import InputReport
 from moldiff.guidance.baselines import atoms_baseline, evaluator_bounds
 from moldiff.guidance.guided import GuidanceReport, Scale, guided
 from moldiff.guidance.property_energy import QM9_TARGETS, PropertyEnergy
-from moldiff.guidance.run import load_property_net, predict, protocol_pairs
+from moldiff.guidance.run import base_eps, load_property_net, predict, protocol_pairs
 from moldiff.metrics.evaluate import evaluate
 from moldiff.nn.egnn import tune_cpu_allocator
 from moldiff.sampling.generate import generate
@@ -55,28 +57,40 @@ def main():
     tune_cpu_allocator()
     device = torch.device("cpu")
     module = load_module(checkpoint_path(a.ckpt), device)
-    props = a.properties.split(",")
+    # a conditional base (EDM-style) is sampled given each molecule's target; it covers only its property
+    conditional = module.context is not None
+    props = module.context.names if conditional else a.properties.split(",")
     sizes, _ = protocol_pairs(props[0], a.n, a.seed)
     common = dict(sampler=a.sampler, steps=a.steps, batch_size=a.batch_size, seed=a.seed, device=device, sizes=sizes, progress=False)
-    t0 = time.perf_counter()
-    unguided = generate(module, a.n, **common)
-    result = {"ckpt": a.ckpt, "guide": a.guide, "evaluator": a.evaluator, "n": a.n, "steps": a.steps, "sampler": a.sampler, "seed": a.seed,
-              "unguided": {"seconds": round(time.perf_counter() - t0, 1), **stability(unguided, module.layout.vocab)}, "properties": {}}
+    result = {"ckpt": a.ckpt, "base": f"conditional on {props}" if conditional else "unconditional", "guide": a.guide,
+              "evaluator": a.evaluator, "n": a.n, "steps": a.steps, "sampler": a.sampler, "seed": a.seed, "properties": {}}
+    if not conditional:
+        t0 = time.perf_counter()
+        unguided = generate(module, a.n, **common)
+        result["unguided"] = {"seconds": round(time.perf_counter() - t0, 1), **stability(unguided, module.layout.vocab)}
     for prop in props:
         _, targets = protocol_pairs(prop, a.n, a.seed)
         evaluator, ecol = load_property_net(a.evaluator, device, prop)
         guide, gcol = load_property_net(a.guide, device, prop)
-        row = {"unguided_mae": float(np.abs(predict(evaluator, unguided, module.layout, device, ecol) - targets).mean()),
+        base_row = {}
+        if conditional:
+            t0 = time.perf_counter()
+            unguided = generate(module, a.n, context=targets, **common)
+            base_row = {"unguided": {"seconds": round(time.perf_counter() - t0, 1), **stability(unguided, module.layout.vocab)}}
+        row = {**base_row, "unguided_mae": float(np.abs(predict(evaluator, unguided, module.layout, device, ecol) - targets).mean()),
                "atoms": atoms_baseline(prop, a.n, a.seed),
                **evaluator_bounds(prop, evaluator, module.layout, device, a.n, a.seed, ecol), "guided": {}}
         energy = PropertyEnergy(guide, None, name=prop, column=gcol)
         for scale in map(float, a.scales.split(",")):
             report = GuidanceReport()
-            eps_fn = guided(module.eps_fn(), module.sde, [(energy, Scale(scale))], report)
+            base, slot = base_eps(module, prop)
+            eps_fn = guided(base, module.sde, [(energy, Scale(scale))], report)
 
-            def before_batch(k, first, last, energy=energy, targets=targets, report=report):
+            def before_batch(k, first, last, energy=energy, targets=targets, report=report, slot=slot):
                 report.offset = first
                 energy.target = torch.as_tensor(targets[first:last], dtype=torch.float32)
+                if slot is not None:
+                    slot.values = energy.target
 
             t0 = time.perf_counter()
             mols = generate(module, a.n, eps_fn=eps_fn, before_batch=before_batch, **common)

@@ -22,6 +22,7 @@ import torch
 from moldiff.guidance.guided import GuidanceReport, Scale, guided
 from moldiff.guidance.property_energy import QM9_TARGETS, PropertyEnergy
 from moldiff.io.writers import atomic_write
+from moldiff.train.conditioning import ContextSlot
 
 
 def property_checkpoint(cfg, role: str) -> Path:
@@ -104,6 +105,17 @@ def predict(net, mols, layout, device, column: int = 0, batch_size: int = 500) -
     return np.concatenate(out)
 
 
+def base_eps(module, prop: str | None):
+    """The base model's eps function and, for a conditional base, the slot its targets go into
+    (a conditional base must be conditioned on exactly the guided property: EEGSDE's setting)."""
+    if getattr(module, "context", None) is None:
+        return module.eps_fn(), None
+    if prop is None or module.context.names != [prop]:
+        raise ValueError(f"the base model is conditional on {module.context.names}: it can only be guided towards that property, not {prop!r}")
+    slot = ContextSlot()
+    return module.eps_fn(context=slot), slot
+
+
 def run_guidance(cfg, output_dir) -> dict:
     from moldiff.sampling.generate import generate
     from moldiff.sampling.run import checkpoint_path, load_module, write_outputs
@@ -132,10 +144,13 @@ def run_guidance(cfg, output_dir) -> dict:
         xtb = XTBEnergy(module.sde, module.layout, int(cfg.xtb.workers))
         terms.append((xtb, Scale(cfg.xtb.scale, 0.0, cfg.xtb.t_max)))
     report = GuidanceReport()
-    eps_fn = guided(module.eps_fn(), module.sde, terms, report)
+    base, slot = base_eps(module, cfg.property)
+    eps_fn = guided(base, module.sde, terms, report)
 
     def before_batch(k, first, last):
         report.offset = first
+        if slot is not None:
+            slot.values = torch.as_tensor(targets[first:last], dtype=torch.float32, device=device)
         if energy is not None:
             energy.target = torch.as_tensor(targets[first:last], dtype=torch.float32, device=device)
 

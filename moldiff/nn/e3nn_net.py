@@ -47,6 +47,7 @@ from e3nn.nn import FullyConnectedNet, Gate
 from torch import nn
 
 from moldiff.geometry import remove_mean
+from moldiff.nn.inputs import atom_inputs
 
 __all__ = ["E3NNNet"]
 
@@ -135,6 +136,7 @@ class E3NNNet(nn.Module):
         max_radius: range of the radial basis (defaults to ``cutoff``, or 10.0 when there is none).
         radial_hidden, radial_layers: width and depth of the radial MLP producing TP weights.
         time_conditioning: append ``t`` (per molecule) as an extra scalar input feature.
+        context_features: K > 0 for a conditional network: K per-molecule values appended too.
         dtype: optional dtype (e.g. ``torch.float64``); the module is built under it as default
             dtype, which keeps e3nn's constants exact (better than ``.double()`` afterwards).
             Inputs are cast to the parameter dtype in ``forward``.
@@ -153,6 +155,7 @@ class E3NNNet(nn.Module):
         radial_layers: int = 2,
         time_conditioning: bool = True,
         dtype: torch.dtype | None = None,
+        context_features: int = 0,
     ):
         super().__init__()
         # build under the requested default dtype so that e3nn's constant buffers (Clebsch-Gordan
@@ -163,19 +166,20 @@ class E3NNNet(nn.Module):
             torch.set_default_dtype(dtype)
         try:
             self._build(in_features, hidden_irreps, layers, lmax, cutoff, radial_basis, max_radius,
-                        radial_hidden, radial_layers, time_conditioning)
+                        radial_hidden, radial_layers, time_conditioning, context_features)
         finally:
             torch.set_default_dtype(previous)
         if dtype is not None:
             self.to(dtype)
 
     def _build(self, in_features, hidden_irreps, layers, lmax, cutoff, radial_basis, max_radius,
-               radial_hidden, radial_layers, time_conditioning):
+               radial_hidden, radial_layers, time_conditioning, context_features=0):
         self.in_features = int(in_features)
         self.cutoff = None if cutoff is None else float(cutoff)
         self.max_radius = float(max_radius if max_radius is not None else (cutoff if cutoff is not None else 10.0))
         self.radial_basis = int(radial_basis)
         self.time_conditioning = bool(time_conditioning)
+        self.context_features = int(context_features)
         self.lmax = int(lmax)
 
         hidden = o3.Irreps(hidden_irreps).simplify()
@@ -185,7 +189,7 @@ class E3NNNet(nn.Module):
         self.irreps_sh = o3.Irreps.spherical_harmonics(self.lmax)  # 0e + 1o + 2e + ..., parity (-1)^l
         self.irreps_hidden = hidden
 
-        n_in = self.in_features + (1 if self.time_conditioning else 0)
+        n_in = self.in_features + (1 if self.time_conditioning else 0) + self.context_features
         self.irreps_in = o3.Irreps(f"{n_in}x0e")
         self.embed = o3.Linear(self.irreps_in, scalars)
 
@@ -221,20 +225,14 @@ class E3NNNet(nn.Module):
         return emb * math.sqrt(self.radial_basis)
 
     def forward(
-        self, x: torch.Tensor, h: torch.Tensor, t: torch.Tensor | float, batch: torch.Tensor, n_mol: int
+        self, x: torch.Tensor, h: torch.Tensor, t: torch.Tensor | float, batch: torch.Tensor, n_mol: int, context=None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (A, 3), h (A, F), t scalar or (M,) per molecule, batch (A,) -> eps_x (A, 3), eps_h (A, F)."""
+        """x (A, 3), h (A, F), t scalar or (M,) per molecule, batch (A,), context (M, K) for a
+        conditional network -> eps_x (A, 3), eps_h (A, F)."""
         dtype = next(self.parameters()).dtype
         x = x.to(dtype)
         h = h.to(dtype)
-        feats = h
-        if self.time_conditioning:
-            t = torch.as_tensor(t, dtype=dtype, device=x.device)
-            if t.numel() == 1:
-                t_atom = t.reshape(1, 1).expand(x.shape[0], 1)
-            else:
-                t_atom = t.reshape(-1)[batch][:, None]
-            feats = torch.cat([h, t_atom], dim=1)
+        feats = atom_inputs(h, t, batch, n_mol, self.time_conditioning, context, self.context_features)
 
         src, dst = _molecule_edges(x, batch, n_mol, self.cutoff)
         vec = x[dst] - x[src]  # relative vectors only: translation invariant

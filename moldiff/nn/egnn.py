@@ -56,6 +56,7 @@ from torch.nn import functional as F
 
 from moldiff.geometry import remove_mean
 from moldiff.nn.graph import fully_connected_edges, radius_graph
+from moldiff.nn.inputs import atom_inputs
 
 __all__ = ["EGNN", "tune_cpu_allocator"]
 
@@ -318,8 +319,9 @@ class EquivariantBlock(nn.Module):
 class EGNN(nn.Module):
     """E(3)-equivariant epsilon network for flat batches of molecules.
 
-    ``forward(x, h, t, batch, n_mol, edges=None) -> (eps_x, eps_h)``: ``x`` (A, 3), ``h`` (A,
-    ``in_features``), ``t`` (M,), (M, 1) or a scalar, ``batch`` (A,) molecule index, ``n_mol`` M.
+    ``forward(x, h, t, batch, n_mol, edges=None, context=None) -> (eps_x, eps_h)``: ``x`` (A, 3),
+    ``h`` (A, ``in_features``), ``t`` (M,), (M, 1) or a scalar, ``batch`` (A,) molecule index,
+    ``n_mol`` M; ``context`` (M, ``context_features``) for a conditional network.
     ``edges`` optionally a precomputed ``(src, dst)`` (e.g. ``fully_connected_edges`` once per
     sampling run); otherwise they are built from ``x`` once per call (``edges="full"``: all pairs
     within a molecule; ``"radius"``: pairs closer than ``cutoff`` in the input positions, at most
@@ -345,6 +347,7 @@ class EGNN(nn.Module):
         fused: bool = True,
         compile: bool = False,
         out_features: int | None = None,
+        context_features: int = 0,
     ):
         super().__init__()
         if edges not in ("full", "radius"):
@@ -357,6 +360,7 @@ class EGNN(nn.Module):
         self.hidden = hidden
         self.layers = layers
         self.time_conditioning = time_conditioning
+        self.context_features = int(context_features)
         self.edges = edges
         self.cutoff = cutoff
         self.max_num_neighbors = max_num_neighbors
@@ -366,7 +370,7 @@ class EGNN(nn.Module):
         # torch.compile (inductor) cannot lower the fused kernels: compiling uses the plain ops
         self.fused = fused and not compile
         edge_features = 2  # d_ij and the initial d0_ij
-        self.embedding = nn.Linear(in_features + int(time_conditioning), hidden)
+        self.embedding = nn.Linear(in_features + int(time_conditioning) + self.context_features, hidden)
         self.blocks = nn.ModuleList(
             EquivariantBlock(hidden, edge_features, attention, tanh, float(coords_range) / layers) for _ in range(layers)
         )
@@ -381,19 +385,11 @@ class EGNN(nn.Module):
             return fully_connected_edges(batch, n_mol)
         return radius_graph(x, self.cutoff, batch, max_num_neighbors=self.max_num_neighbors)
 
-    def forward(self, x, h, t, batch, n_mol, edges=None):
+    def forward(self, x, h, t, batch, n_mol, edges=None, context=None):
         batch = batch.long()
         src, dst = self.build_edges(x, batch, n_mol) if edges is None else edges
         graph = Graph(src.long(), dst.long(), x.shape[0])
-        if self.time_conditioning:
-            t = torch.as_tensor(t, dtype=h.dtype, device=h.device)
-            if t.numel() == 1:
-                t_atom = t.reshape(1).expand(h.shape[0])
-            elif t.numel() == n_mol:
-                t_atom = t.reshape(-1)[batch]
-            else:
-                raise ValueError(f"t must be a scalar or hold one value per molecule ({n_mol}), got shape {tuple(t.shape)}")
-            h = torch.cat([h, t_atom[:, None]], dim=1)
+        h = atom_inputs(h, t, batch, n_mol, self.time_conditioning, context, self.context_features)
         if self.aggregation == "sum":
             scale = 1.0 / self.normalization_factor
         else:

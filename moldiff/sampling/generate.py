@@ -13,6 +13,7 @@ import torch
 
 from moldiff.data.molecules import MoleculeSet
 from moldiff.sampling.base import sample, sample_sizes
+from moldiff.train.conditioning import ContextSlot
 
 
 def generate(
@@ -30,18 +31,29 @@ def generate(
     done: dict | None = None,
     eps_fn=None,
     before_batch=None,
+    context=None,
     **options,
 ) -> MoleculeSet:
     """``n`` molecules. ``on_batch(k, MoleculeSet)`` is called after each finished batch;
     ``done`` maps batch numbers to batches finished by an interrupted run (not sampled again).
     ``eps_fn`` replaces the module's (e.g. a guided one); ``before_batch(k, first, last)`` is
-    called before sampling molecules first..last-1 (to set per-molecule targets of guidance)."""
+    called before sampling molecules first..last-1 (to set per-molecule targets of guidance).
+    ``context``: a conditional model's targets for all ``n`` molecules, (n,) or (n, K) (with a
+    custom ``eps_fn``, build it on a ``ContextSlot`` and set the slot in ``before_batch``)."""
     if sizes is None:
         sizes = sample_sizes(module.size_histogram, n, torch.Generator().manual_seed(seed))
     sizes = torch.as_tensor(sizes, dtype=torch.long)
     if len(sizes) != n or (sizes < 1).any():
         raise ValueError(f"need {n} positive atom counts, got {len(sizes)} (min {int(sizes.min()) if len(sizes) else None})")
-    eps_fn = eps_fn if eps_fn is not None else module.eps_fn(ema=ema)
+    slot = None
+    if context is not None:
+        if eps_fn is not None:
+            raise ValueError("with a custom eps_fn, pass the targets through its ContextSlot, not context=")
+        context = torch.as_tensor(context)
+        if len(context) != n:
+            raise ValueError(f"context: need targets for {n} molecules, got {len(context)}")
+        slot = ContextSlot()
+    eps_fn = eps_fn if eps_fn is not None else module.eps_fn(ema=ema, context=slot)
     options.setdefault("t_max", getattr(module, "horizon", 1.0))
     layout = module.layout
     parts = []
@@ -53,6 +65,8 @@ def generate(
             if done and k in done:
                 parts.append(done[k])
             else:
+                if slot is not None:
+                    slot.values = context[int(starts[k]) : int(starts[k + 1])].to(device)
                 if before_batch is not None:
                     before_batch(k, int(starts[k]), int(starts[k + 1]))
                 g = torch.Generator(device=device).manual_seed(int(seed) * 100_003 + k)

@@ -41,6 +41,22 @@ def resolve_sizes(sizes, n: int):
     return sizes
 
 
+def resolve_targets(target, module, n: int):
+    """A conditional model's targets, one value per conditioning property (the same for all n
+    molecules): (n, K); None for an unconditional model."""
+    context = getattr(module, "context", None)
+    if context is None:
+        if target is not None:
+            raise ValueError("target: this model is unconditional (train one with context=[...] to condition on properties)")
+        return None
+    if target is None:
+        raise ValueError(f"target: this model is conditional on {context.names}; give target=<value> (a list for several)")
+    values = [float(v) for v in (target if isinstance(target, (list, tuple)) else [target])]
+    if len(values) != len(context.names):
+        raise ValueError(f"target: {len(values)} values for the model's {len(context.names)} properties {context.names}")
+    return torch.tensor(values, dtype=torch.float32).expand(n, -1)
+
+
 def check_config(cfg) -> None:
     from moldiff.sampling.base import SAMPLERS
 
@@ -81,7 +97,8 @@ def _key(cfg, path: Path) -> str:
     """Identifies the molecules a run will produce: a partial run is resumed only under the same key."""
     stat = path.stat()
     return run_key(str(path.resolve()), stat.st_size, int(stat.st_mtime), cfg.n, cfg.sampler, cfg.steps, cfg.seed, cfg.batch_size,
-                   json.dumps(_plain(cfg.sizes)), json.dumps(_plain(cfg.options), sort_keys=True), cfg.ema)
+                   json.dumps(_plain(cfg.sizes)), json.dumps(_plain(cfg.options), sort_keys=True), cfg.ema,
+                   json.dumps(_plain(cfg.get("target"))))
 
 
 def run_sampling(cfg, output_dir: str | Path) -> dict:
@@ -119,7 +136,8 @@ def _generate(module, cfg, n, device, done, partial):
 
     return generate(
         module, n, sampler=cfg.sampler, steps=int(cfg.steps), batch_size=int(cfg.batch_size), seed=int(cfg.seed), device=device,
-        sizes=resolve_sizes(_plain(cfg.sizes), n), ema=bool(cfg.ema), progress=True, on_batch=save, done=done, **(_plain(cfg.options) or {}),
+        sizes=resolve_sizes(_plain(cfg.sizes), n), ema=bool(cfg.ema), progress=True, on_batch=save, done=done,
+        context=resolve_targets(_plain(cfg.get("target")), module, n), **(_plain(cfg.options) or {}),
     )
 
 

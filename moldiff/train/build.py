@@ -39,8 +39,10 @@ def feature_layout(features: dict[str, Any]) -> FeatureLayout:
     )
 
 
-def network(model: dict[str, Any], in_features: int) -> nn.Module:
+def network(model: dict[str, Any], in_features: int, context_features: int = 0) -> nn.Module:
     kwargs = {k: v for k, v in model.items() if k != "name"}
+    if context_features:
+        kwargs["context_features"] = int(context_features)
     name = model.get("name")
     if name == "egnn":
         from moldiff.nn.egnn import EGNN

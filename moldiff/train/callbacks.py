@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
+
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
@@ -29,6 +31,14 @@ class SampleAndEvaluate(pl.Callback):
     def __init__(self, every_n_epochs: int = 10, n: int = 100, steps: int = 100, sampler: str = "ancestral", seed: int = 0):
         self.every, self.n, self.steps, self.sampler, self.seed = int(every_n_epochs), int(n), int(steps), sampler, int(seed)
 
+    def _conditions(self, trainer, module) -> dict:
+        """A conditional model samples (atom count, targets) pairs of training molecules, as EDM does."""
+        if getattr(module, "context", None) is None:
+            return {}
+        ds = trainer.train_dataloader.dataset
+        idx = np.random.default_rng(self.seed).choice(len(ds), size=self.n, replace=self.n > len(ds))
+        return {"sizes": ds.mols.n_atoms[idx].astype(np.int64), "context": ds.y[torch.as_tensor(idx)]}
+
     def on_train_epoch_end(self, trainer, module):
         if self.every <= 0 or self.n <= 0 or (trainer.current_epoch + 1) % self.every:
             return
@@ -39,7 +49,8 @@ class SampleAndEvaluate(pl.Callback):
         was_training = module.training
         module.eval()
         try:
-            mols = generate(module, self.n, sampler=self.sampler, steps=self.steps, seed=self.seed, device=module.device, progress=False)
+            mols = generate(module, self.n, sampler=self.sampler, steps=self.steps, seed=self.seed, device=module.device, progress=False,
+                            **self._conditions(trainer, module))
         finally:
             module.train(was_training)
         metrics = quick_metrics(mols, module.layout.vocab)

@@ -17,6 +17,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from moldiff.data.loader import MoleculeBatch
 from moldiff.train import build
+from moldiff.train.conditioning import Context, ContextSlot, conditioned
 
 
 class DiffusionModule(pl.LightningModule):
@@ -32,11 +33,13 @@ class DiffusionModule(pl.LightningModule):
         seed: int = 0,
         dataset: str = "",
         horizon: float = 1.0,
+        context: dict | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
         self.layout = build.feature_layout(features)
-        self.net = build.network(model, self.layout.dim)
+        self.context = Context.from_dict(context)  # None: unconditional; else EDM-style conditioning
+        self.net = build.network(model, self.layout.dim, len(self.context.names) if self.context else 0)
         self.sde = build.sde(noise)
         self.objective = build.loss(loss, self.sde, self.layout)
         self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True) if ema_decay > 0 else None
@@ -46,9 +49,21 @@ class DiffusionModule(pl.LightningModule):
         self.skipped_batches = 0
 
     # --- the epsilon functions samplers and likelihoods use ---------------------------------------
-    def eps_fn(self, ema: bool = True):
+    def eps_fn(self, ema: bool = True, context=None):
+        """``context``: a conditional model's raw targets, (M, K) or (M,) for one property, or a
+        ``ContextSlot`` set batch by batch (``generate`` and guidance do that)."""
         net = self.ema.module if (ema and self.ema is not None) else self.net
-        return lambda x, h, t, batch, n: net(x, h, t, batch, n)
+        if self.context is None:
+            if context is not None:
+                raise ValueError("this model is unconditional: it takes no targets (context)")
+            return lambda x, h, t, batch, n: net(x, h, t, batch, n)
+        if context is None:
+            raise ValueError(f"this model is conditional on {self.context.names}: give their targets (context=...)")
+        return conditioned(net, self.context, context if isinstance(context, ContextSlot) else ContextSlot(context))
+
+    def _batch_eps(self, net, batch: MoleculeBatch):
+        """The network as the loss calls it: with the batch's own properties for a conditional model."""
+        return net if self.context is None else conditioned(net, self.context, ContextSlot(batch.y))
 
     @property
     def horizon(self) -> float:
@@ -70,7 +85,8 @@ class DiffusionModule(pl.LightningModule):
         loader = self.trainer.train_dataloader
         if hasattr(loader, "mark_trained"):
             loader.mark_trained(self.current_epoch, batch_idx + 1)
-        values, _ = self.objective(self.net, batch.x, batch.h, batch.batch, batch.n_mol, self._generator(batch.x.device))
+        eps = self._batch_eps(self.net, batch)
+        values, _ = self.objective(eps, batch.x, batch.h, batch.batch, batch.n_mol, self._generator(batch.x.device))
         loss = values.mean()
         if not torch.isfinite(loss):
             # skip the update (returning None) and count it, rather than poison the weights
@@ -95,7 +111,8 @@ class DiffusionModule(pl.LightningModule):
 
     def validation_step(self, batch: MoleculeBatch, batch_idx: int):
         g = torch.Generator(device=batch.x.device).manual_seed(10_000 + batch_idx)  # same noise every time
-        values, _ = self.objective(self.eps_fn(ema=True), batch.x, batch.h, batch.batch, batch.n_mol, g)
+        net = self.ema.module if self.ema is not None else self.net
+        values, _ = self.objective(self._batch_eps(net, batch), batch.x, batch.h, batch.batch, batch.n_mol, g)
         self.log("val/loss", values.mean(), prog_bar=True, batch_size=batch.n_mol, sync_dist=True)
 
     def configure_optimizers(self):

@@ -12,6 +12,7 @@ import torch
 from moldiff.data.loader import EpochBatchSampler, MoleculeDataset, ResumableLoader
 from moldiff.train import build
 from moldiff.train.build import plain as _plain
+from moldiff.train.conditioning import Context
 from moldiff.train.callbacks import AtomicCheckpointIO, SampleAndEvaluate, SaveAtEnd
 from moldiff.train.module import DiffusionModule, TrainingRecord
 
@@ -34,6 +35,9 @@ def check_config(cfg) -> None:
         raise FileNotFoundError(f"checkpoint.resume: no file {cfg.checkpoint.resume}")
     if cfg.init_from not in (None, "shipped") and not Path(cfg.init_from).is_file():
         raise FileNotFoundError(f"init_from: no file {cfg.init_from}")
+    context = list(cfg.get("context") or [])
+    if len(set(context)) != len(context):
+        raise ValueError(f"context: a property is listed twice in {context}")
     if cfg.init_from is not None and cfg.checkpoint.resume not in (None, "auto"):
         raise ValueError("give either init_from (new run, warm start) or checkpoint.resume (continue a run), not both")
     from moldiff.sampling.base import SAMPLERS
@@ -52,7 +56,7 @@ def _trainer_kwargs(cfg) -> dict:
     return kw
 
 
-def load_split(spec: str, layout, limit: int | None = None, seed: int = 0) -> MoleculeDataset:
+def load_split(spec: str, layout, limit: int | None = None, seed: int = 0, target=None) -> MoleculeDataset:
     from moldiff.data.report import InputReport
     from moldiff.data.sources import load_source
 
@@ -63,7 +67,7 @@ def load_split(spec: str, layout, limit: int | None = None, seed: int = 0) -> Mo
         print(f"{spec}: {report.n_rejected} molecules rejected: {report.to_dict()['rejected']}")
     if limit is not None and len(mols) > limit:
         mols = mols.subset(np.sort(np.random.default_rng(seed).permutation(len(mols))[:limit]))
-    return MoleculeDataset(mols, layout)
+    return MoleculeDataset(mols, layout, target)
 
 
 def size_histogram(ds: MoleculeDataset) -> dict[int, int]:
@@ -129,12 +133,14 @@ def run_training(cfg, output_dir: str | Path) -> DiffusionModule:
     output_dir = Path(output_dir)
     ckpt_dir = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else output_dir / "checkpoints"
     layout = build.feature_layout(_plain(cfg.dataset.features))
-    train = load_split(cfg.dataset.train, layout, cfg.dataset.get("train_max"), int(cfg.seed))
-    val = load_split(cfg.dataset.val, layout, cfg.val_max, int(cfg.seed)) if cfg.dataset.val else None
+    target = list(cfg.get("context") or []) or None  # a conditional model needs its properties in the batches
+    train = load_split(cfg.dataset.train, layout, cfg.dataset.get("train_max"), int(cfg.seed), target)
+    val = load_split(cfg.dataset.val, layout, cfg.val_max, int(cfg.seed), target) if cfg.dataset.val else None
+    context = Context.fit(target, train.y.view(len(train), -1).numpy()).to_dict() if target else None
     module = DiffusionModule(
         model=_plain(cfg.model), noise=_plain(cfg.noise), loss=_plain(cfg.loss), features=_plain(cfg.dataset.features),
         optim=_plain(cfg.optim), size_histogram=size_histogram(train), ema_decay=float(cfg.ema_decay), seed=int(cfg.seed),
-        dataset=str(cfg.dataset.name),
+        dataset=str(cfg.dataset.name), context=context,
     )
     record = TrainingRecord()
     if cfg.init_from is not None:
@@ -144,12 +150,23 @@ def run_training(cfg, output_dir: str | Path) -> DiffusionModule:
 
 def warm_start(module: DiffusionModule, path: Path) -> list:
     """Copy network and EMA weights from a checkpoint of the same architecture (a new run that
-    continues training a model, e.g. the shipped one, with a fresh optimizer). Returns its record."""
+    continues training a model, e.g. the shipped one, with a fresh optimizer). Returns its record.
+    An unconditional checkpoint can start a conditional model: the embedding's new context columns
+    start at zero, so training begins from the unconditional model's predictions."""
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     theirs = ckpt["hyper_parameters"]
     for key in ("model", "noise", "features"):
         if theirs[key] != module.hparams[key]:
             raise ValueError(f"init_from {path}: its {key} config {theirs[key]} differs from this run's {module.hparams[key]}")
-    module.load_state_dict(ckpt["state_dict"], strict=True)
+    if theirs.get("context") and theirs.get("context") != module.hparams.get("context"):
+        raise ValueError(f"init_from {path}: it is conditional on {theirs['context']['names']}; this run's context differs")
+    state = ckpt["state_dict"]
+    ours = module.state_dict()
+    for key, value in state.items():
+        if key in ours and ours[key].ndim == 2 and value.ndim == 2 and value.shape[0] == ours[key].shape[0] and value.shape[1] < ours[key].shape[1]:
+            padded = torch.zeros_like(ours[key])
+            padded[:, : value.shape[1]] = value  # [h, t] columns copied, context columns zero
+            state[key] = padded
+    module.load_state_dict(state, strict=True)
     print(f"warm start from {path}")
     return list(ckpt.get("moldiff_record", []))

@@ -1,0 +1,122 @@
+"""The conditional model (EDM-style context input): normalisation, equivariance with a context,
+warm start from an unconditional checkpoint, training, sampling and clear errors."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from moldiff.nn.egnn import EGNN
+from moldiff.train.conditioning import Context, ContextSlot
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_context_normalisation_is_edms_mean_and_mad():
+    y = np.array([[1.0, 10.0], [3.0, 10.5], [5.0, 12.0]])
+    c = Context.fit(["a", "b"], y)
+    assert np.allclose(c.mean, [3.0, 65 / 6]) and np.allclose(c.mad, [4 / 3, np.abs(y[:, 1] - 65 / 6).mean()])
+    z = c.normalise(torch.tensor(y), torch.zeros(1, dtype=torch.float64))
+    assert torch.allclose(z[:, 0], torch.tensor([-1.5, 0.0, 1.5], dtype=torch.float64))
+    assert Context.from_dict(c.to_dict()) == c
+    with pytest.raises(ValueError, match="expected targets"):
+        c.normalise(torch.ones(3), torch.zeros(1))
+    with pytest.raises(ValueError, match="finite"):
+        c.normalise(torch.tensor([[1.0, float("nan")]]), torch.zeros(1))
+    with pytest.raises(ValueError, match="constant"):
+        Context.fit(["a"], np.ones((4, 1)))
+
+
+def _e3nn(**kw):
+    from moldiff.nn.e3nn_net import E3NNNet
+
+    return E3NNNet(6, hidden_irreps="8x0e + 4x1o", layers=1, lmax=1, radial_hidden=8, **kw)
+
+
+@pytest.mark.parametrize("make", [lambda **kw: EGNN(6, hidden=16, layers=2, **kw), _e3nn], ids=["egnn", "e3nn"])
+def test_conditional_network_is_equivariant_and_uses_its_context(make):
+    torch.manual_seed(0)
+    net = make(context_features=2, dtype=torch.float64)
+    batch = torch.tensor([0] * 5 + [1] * 4)
+    x, h, t = torch.randn(9, 3, dtype=torch.float64), torch.randn(9, 6, dtype=torch.float64), torch.rand(2, dtype=torch.float64)
+    x = x - torch.zeros(2, 3, dtype=torch.float64).index_add_(0, batch, x)[batch] / torch.bincount(batch)[batch, None]
+    c = torch.randn(2, 2, dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64))
+    ex, eh = net(x, h, t, batch, 2, context=c)
+    rx, rh = net(x @ q.T, h, t, batch, 2, context=c)
+    assert (rx - ex @ q.T).abs().max() < 1e-10 and (rh - eh).abs().max() < 1e-10
+    ex2, _ = net(x, h, t, batch, 2, context=c + 1)
+    assert (ex2 - ex).abs().max() > 1e-6  # the context reaches the output
+    with pytest.raises(ValueError, match="conditional"):
+        net(x, h, t, batch, 2)
+    with pytest.raises(ValueError, match="values per molecule"):
+        net(x, h, t, batch, 2, context=torch.zeros(2, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="unconditional"):
+        make(dtype=torch.float64)(x, h, t, batch, 2, context=c)
+
+
+def test_warm_start_from_an_unconditional_model_starts_at_its_predictions(tiny_diffusion):
+    from moldiff.train.module import DiffusionModule
+    from moldiff.train.run import warm_start
+
+    base = DiffusionModule.load_from_checkpoint(tiny_diffusion, weights_only=False).eval()
+    hp = dict(base.hparams)
+    module = DiffusionModule(**{**hp, "context": Context(["alpha"], [75.0], [6.0]).to_dict()}).eval()
+    warm_start(module, tiny_diffusion)
+    batch = torch.tensor([0] * 4 + [1] * 3)
+    x, h, t = torch.randn(7, 3), torch.randn(7, base.layout.dim), torch.rand(2)
+    ex, eh = base.eps_fn()(x, h, t, batch, 2)
+    cx, ch = module.eps_fn(context=torch.tensor([60.0, 90.0]))(x, h, t, batch, 2)
+    assert torch.allclose(ex, cx, atol=1e-6) and torch.allclose(eh, ch, atol=1e-6)
+    with pytest.raises(ValueError, match="conditional on"):
+        module.eps_fn()
+    with pytest.raises(ValueError, match="unconditional"):
+        base.eps_fn(context=torch.zeros(2))
+
+
+@pytest.fixture(scope="module")
+def conditional_ckpt(tmp_path_factory):
+    from moldiff.train.run import run_training
+
+    tmp = tmp_path_factory.mktemp("cond")
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        # 16 molecules in batches of 8: two epochs in 4 steps, each ending in a conditional sample-and-evaluate
+        cfg = compose("train", ["experiment=tiny", "context=[alpha]", "dataset.train=qm9:train_second_half", "dataset.train_max=16",
+                                "trainer.max_steps=4", "evaluate.every_n_epochs=1", "evaluate.n=3", "evaluate.steps=2",
+                                "trainer.enable_progress_bar=false", "logs=[]", f"checkpoint.dir={tmp}"])
+        run_training(cfg, tmp)
+    return tmp / "last.ckpt"
+
+
+def test_conditional_model_trains_samples_and_rejects_missing_targets(conditional_ckpt, tmp_path):
+    from moldiff.data.qm9 import load_qm9
+    from moldiff.guidance.run import base_eps
+    from moldiff.sampling.generate import generate
+    from moldiff.sampling.run import load_module, run_sampling
+
+    module = load_module(conditional_ckpt, torch.device("cpu"))
+    assert module.context.names == ["alpha"]
+    alphas = load_qm9("train_second_half").properties["alpha"]
+    assert 40 < module.context.mean[0] < 110 and module.context.mad[0] < np.abs(alphas - alphas.mean()).mean() * 3
+    mols = generate(module, 4, steps=3, context=torch.tensor([60.0, 70.0, 80.0, 90.0]), batch_size=2, progress=False)
+    assert len(mols) == 4
+    with pytest.raises(ValueError, match="conditional on"):
+        generate(module, 2, steps=2, progress=False)
+    with pytest.raises(ValueError, match="targets for 2"):
+        generate(module, 2, steps=2, context=torch.zeros(3), progress=False)
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        ok = compose("sample", [f"ckpt={conditional_ckpt}", "n=3", "steps=2", "target=75", "evaluation=null", f"output={tmp_path / 's'}"])
+        missing = compose("sample", [f"ckpt={conditional_ckpt}", "n=3", "steps=2", "evaluation=null", f"output={tmp_path / 'm'}"])
+        too_many = compose("sample", [f"ckpt={conditional_ckpt}", "n=3", "steps=2", "target=[75,0.3]", "evaluation=null", f"output={tmp_path / 't'}"])
+    run_sampling(ok, tmp_path)
+    assert (tmp_path / "s" / "samples.sdf").exists()
+    with pytest.raises(ValueError, match="give target"):
+        run_sampling(missing, tmp_path)
+    with pytest.raises(ValueError, match="2 values"):
+        run_sampling(too_many, tmp_path)
+    eps, slot = base_eps(module, "alpha")
+    assert isinstance(slot, ContextSlot)
+    with pytest.raises(ValueError, match="only be guided towards"):
+        base_eps(module, "gap")
