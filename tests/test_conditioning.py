@@ -116,6 +116,11 @@ def test_conditional_model_trains_samples_and_rejects_missing_targets(conditiona
         run_sampling(missing, tmp_path)
     with pytest.raises(ValueError, match="2 values"):
         run_sampling(too_many, tmp_path)
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        lcfg = compose("likelihood", [f"ckpt={conditional_ckpt}", "n=3", "batch_size=3", "elbo.T=10", f"output={tmp_path / 'l'}"])
+    from moldiff.likelihood.run import run_likelihood
+
+    assert np.isfinite(run_likelihood(lcfg, tmp_path)["nats_per_molecule"])  # p(molecule | its own alpha)
     eps, slot = base_eps(module, "alpha")
     assert isinstance(slot, ContextSlot)
     with pytest.raises(ValueError, match="only be guided towards"):

@@ -112,18 +112,14 @@ def test_singular_start_is_refused():
         elbo(GaussianPointClouds(sde).eps, sde, x, h, batch, n)
 
 
-def test_likelihood_job_writes_values_and_summary(tmp_path):
+def test_likelihood_job_writes_values_and_summary(tmp_path, tiny_diffusion):
     """scripts/likelihood.py's job on a tiny trained checkpoint: CSV, summary, resumable pieces."""
     from hydra import compose, initialize_config_dir
 
     from moldiff.likelihood.run import run_likelihood
-    from moldiff.train.run import run_training
 
     root = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "configs")
-    with initialize_config_dir(root, version_base="1.3"):
-        tcfg = compose("train", ["experiment=tiny", "trainer.max_steps=2", "trainer.enable_progress_bar=false", "logs=[]", f"checkpoint.dir={tmp_path}/ckpt"])
-    run_training(tcfg, tmp_path)
-    ckpt = tmp_path / "ckpt" / "last.ckpt"
+    ckpt = tiny_diffusion
     with initialize_config_dir(root, version_base="1.3"):
         cfg = compose("likelihood", [f"ckpt={ckpt}", "n=6", "batch_size=3", "elbo.T=20", f"output={tmp_path / 'out'}"])
         bad = compose("likelihood", [f"ckpt={ckpt}", "method=flow"])

@@ -66,6 +66,8 @@ def run_refinement(cfg, output_dir) -> tuple[BridgeModule, Path]:
     ckpt_dir = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else output_dir / "checkpoints"
     base_path = checkpoint_path(cfg.ckpt)
     base = torch.load(base_path, map_location="cpu", weights_only=False)
+    if base["hyper_parameters"].get("context"):
+        raise ValueError(f"{base_path} is a conditional model ({base['hyper_parameters']['context']['names']}); bridge refinement takes unconditional ones")
     module = BridgeModule(base=dict(base["hyper_parameters"]), horizon=float(cfg.horizon), steps=int(cfg.steps), t_min=float(cfg.t_min),
                           phase_steps=int(cfg.phase_steps), coupling=int(cfg.coupling), batch_size=int(cfg.batch_size),
                           sim_batch_size=int(cfg.sim_batch_size), lr=float(cfg.lr), ema_decay=float(cfg.ema_decay), seed=int(cfg.seed))

@@ -39,7 +39,7 @@ def check_config(cfg) -> None:
     checkpoint_path(cfg.ckpt)
 
 
-def load_data(spec: str, layout, n: int, seed: int):
+def load_data(spec: str, layout, n: int, seed: int, target=None):
     from moldiff.data.loader import MoleculeDataset
     from moldiff.data.report import InputReport
     from moldiff.data.sources import load_source
@@ -50,14 +50,15 @@ def load_data(spec: str, layout, n: int, seed: int):
     if report.n_rejected:
         print(f"{spec}: {report.n_rejected} molecules rejected and not scored: {report.to_dict()['rejected']}")
     index = np.sort(np.random.default_rng(seed).permutation(len(mols))[: min(n, len(mols))])
-    return MoleculeDataset(mols.subset(index), layout), index
+    return MoleculeDataset(mols.subset(index), layout, target), index
 
 
 def score_batch(module, method: str, batch, cfg, generator) -> dict[str, np.ndarray]:
     from moldiff.likelihood.elbo import elbo
     from moldiff.likelihood.ode_nll import ode_nll
 
-    eps_fn = module.eps_fn(ema=bool(cfg.ema))
+    # a conditional model scores p(molecule | its own properties)
+    eps_fn = module.eps_fn(ema=bool(cfg.ema), context=None if module.context is None else batch.y.double())
     x, h, b, m = batch.x.double(), batch.h.double(), batch.batch, batch.n_mol
     net = module.ema.module if (cfg.ema and module.ema is not None) else module.net
     net.double()
@@ -101,7 +102,7 @@ def run_likelihood(cfg, output_dir) -> dict:
     device = torch.device(cfg.device)
     module = load_module(path, device)
     spec = cfg.split if ":" in str(cfg.split) else f"{module.hparams.dataset}:{cfg.split}"
-    ds, index = load_data(spec, module.layout, int(cfg.n), int(cfg.seed))
+    ds, index = load_data(spec, module.layout, int(cfg.n), int(cfg.seed), module.context.names if module.context else None)
     batches = list(EpochBatchSampler(len(ds), int(cfg.batch_size), shuffle=False, drop_last=False))
     key = run_key(str(path.resolve()), path.stat().st_size, spec, cfg.n, cfg.seed, cfg.method, json.dumps(OmegaConf.to_container(cfg[cfg.method])),
                   cfg.batch_size, cfg.ema)
