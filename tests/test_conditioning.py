@@ -125,3 +125,16 @@ def test_conditional_model_trains_samples_and_rejects_missing_targets(conditiona
     assert isinstance(slot, ContextSlot)
     with pytest.raises(ValueError, match="only be guided towards"):
         base_eps(module, "gap")
+
+
+def test_conditional_recipe_trains_on_the_second_half():
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", ["experiment=qm9_cond", "context=[gap]"])
+    assert cfg.dataset.train == "qm9:train_second_half" and list(cfg.context) == ["gap"] and cfg.name == "qm9_cond_gap"
+    from moldiff.train.run import check_config
+
+    check_config(cfg)
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        twice = compose("train", ["experiment=qm9_cond", "context=[gap,gap]"])
+    with pytest.raises(ValueError, match="listed twice"):
+        check_config(twice)
