@@ -18,29 +18,20 @@ Values are nats per molecule, NLL-like (lower is better), one Monte-Carlo draw o
 
 from __future__ import annotations
 
-import math
 
 import torch
 
-from moldiff.geometry import segment_sum
 from moldiff.likelihood.terms import log_p_atoms, prior_kl
 from moldiff.loss.objective import noised_error
-from moldiff.loss.reconstruction import feature_log_prob, position_log_prob
+from moldiff.loss.reconstruction import reconstruction_nll as reconstruction_terms
 from moldiff.loss.weights import discrete_vlb_weight
 
 
 def reconstruction_nll(eps_fn, sde, x0, h0, batch, n, layout=None, generator=None):
     """L_0 (M,) at t = 0, constants included."""
     t = torch.zeros(n, dtype=x0.dtype, device=x0.device)
-    _, (xt, ht, ex, eh, px, ph) = noised_error(eps_fn, sde, x0, h0, t, batch, n, generator)
-    log_s_over_a = -0.5 * sde.schedule.log_snr(t)
-    logp = position_log_prob(ex, px, log_s_over_a, batch, n)
-    if layout is not None:
-        logp = logp + feature_log_prob(h0, ht, sde.sigma(t, batch), layout, batch, n)
-    else:  # continuous features: Gaussian like the positions, N * F dimensions
-        dof = torch.bincount(batch, minlength=n).to(x0.dtype) * h0.shape[1]
-        logp = logp - 0.5 * segment_sum((eh - ph).square().sum(1), batch, n) - dof * (log_s_over_a + 0.5 * math.log(2 * math.pi))
-    return -logp
+    _, (_, ht, ex, eh, px, ph) = noised_error(eps_fn, sde, x0, h0, t, batch, n, generator)
+    return reconstruction_terms(sde, h0, t, ht, ex, eh, px, ph, batch, n, layout)
 
 
 def elbo(eps_fn, sde, x0, h0, batch, n, T: int = 1000, timesteps="all", layout=None, histogram=None, generator=None, progress=None,

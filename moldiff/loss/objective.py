@@ -20,7 +20,7 @@ import torch
 
 from moldiff.data.features import FeatureLayout
 from moldiff.geometry import segment_sum
-from moldiff.loss.reconstruction import feature_log_prob, position_log_prob
+from moldiff.loss.reconstruction import reconstruction_nll
 from moldiff.loss.weights import continuous_vlb_weight, discrete_vlb_weight
 from moldiff.noise.vp_sde import VPSDE
 
@@ -58,21 +58,18 @@ class DiffusionLoss:
 
     # --- terms --------------------------------------------------------------------------------
     def squared_error(self, eps_fn, x0, h0, t, batch, n, generator=None):
-        """(M,) ||eps - eps_hat||^2 and the pieces (h_t, eps_x, eps_x_hat) L0 needs."""
-        err, (_, ht, ex, _, px, _) = noised_error(eps_fn, self.sde, x0, h0, t, batch, n, generator)
-        return err, (ht, ex, px)
+        """(M,) ||eps - eps_hat||^2 and the pieces (h_t, eps_x, eps_h, eps_x_hat, eps_h_hat) L0 needs."""
+        err, (_, ht, ex, eh, px, ph) = noised_error(eps_fn, self.sde, x0, h0, t, batch, n, generator)
+        return err, (ht, ex, eh, px, ph)
 
-    def reconstruction_terms(self, h0, t, ht, ex, px, batch, n):
+    def reconstruction_terms(self, h0, t, pieces, batch, n):
         """(M,) L0 = -log p(x, h | z_t) at time t (EDM's t = 0) from one network call's pieces."""
-        log_s_over_a = -0.5 * self.sde.schedule.log_snr(t)
-        logp = position_log_prob(ex, px, log_s_over_a, batch, n)
-        logp = logp + feature_log_prob(h0, ht, self.sde.sigma(t, batch), self.layout, batch, n)
-        return -logp
+        return reconstruction_nll(self.sde, h0, t, *pieces, batch, n, self.layout)
 
     def reconstruction(self, eps_fn, x0, h0, t, batch, n, generator=None):
         """(M,) L0 at times t (M,), constants included."""
-        _, (ht, ex, px) = self.squared_error(eps_fn, x0, h0, t, batch, n, generator)
-        return self.reconstruction_terms(h0, t, ht, ex, px, batch, n)
+        _, pieces = self.squared_error(eps_fn, x0, h0, t, batch, n, generator)
+        return self.reconstruction_terms(h0, t, pieces, batch, n)
 
     # --- the loss -----------------------------------------------------------------------------
     def __call__(self, eps_fn, x0, h0, batch, n, generator=None):
@@ -89,5 +86,5 @@ class DiffusionLoss:
         loss = discrete_vlb_weight(sched, t, self.T) * err
         at_zero = t == 0
         if bool(at_zero.any()):  # the network already saw z_0 for these molecules
-            loss = torch.where(at_zero, self.reconstruction_terms(h0, t, *pieces, batch, n), loss)
+            loss = torch.where(at_zero, self.reconstruction_terms(h0, t, pieces, batch, n), loss)
         return (self.T + 1) * loss, t

@@ -57,3 +57,15 @@ def feature_log_prob(h0, z_h, sigma0, layout: FeatureLayout, batch, n):
         centred = layout.charges(z_h) - layout.charges(h0)
         per_atom = per_atom + _bin_log_mass(centred, sig[:, 0] * layout.charge_scale)
     return segment_sum(per_atom, batch, n)
+
+
+def reconstruction_nll(sde, h0, t, ht, ex, eh, px, ph, batch, n, layout: FeatureLayout | None = None):
+    """(M,) L0 = -log p(x, h | z_t), constants included, from one network call at times t (EDM's
+    t = 0): the loss's VLB weighting and the ELBO share it. ``layout=None``: continuous features,
+    Gaussian like the positions on N * F dimensions."""
+    log_s_over_a = -0.5 * sde.schedule.log_snr(t)
+    logp = position_log_prob(ex, px, log_s_over_a, batch, n)
+    if layout is not None:
+        return -(logp + feature_log_prob(h0, ht, sde.sigma(t, batch), layout, batch, n))
+    dof = torch.bincount(batch, minlength=n).to(h0.dtype) * h0.shape[1]
+    return -(logp - 0.5 * segment_sum((eh - ph).square().sum(1), batch, n) - dof * (log_s_over_a + 0.5 * math.log(2 * math.pi)))
