@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from moldiff.data.report import InputReport
-from moldiff.guidance.baselines import atoms_baseline, evaluator_bounds
+from moldiff.guidance.baselines import atoms_baseline, evaluator_bounds, expected_given_atoms
 from moldiff.guidance.guided import GuidanceReport, Scale, guided
 from moldiff.guidance.property_energy import QM9_TARGETS, PropertyEnergy
 from moldiff.guidance.run import base_eps, load_property_net, predict, protocol_pairs
@@ -74,9 +74,13 @@ def main():
         guide, gcol = load_property_net(a.guide, device, prop)
         base_row = {}
         if conditional:
+            # control: the same model given only what the atom count says, E[c | N]; what it gains
+            # with the true targets is what conditioning buys (not the model's other training)
+            blind = generate(module, a.n, context=expected_given_atoms(prop, sizes), **common)
             t0 = time.perf_counter()
             unguided = generate(module, a.n, context=targets, **common)
-            base_row = {"unguided": {"seconds": round(time.perf_counter() - t0, 1), **stability(unguided, module.layout.vocab)}}
+            base_row = {"unguided": {"seconds": round(time.perf_counter() - t0, 1), **stability(unguided, module.layout.vocab)},
+                        "context_from_atoms_mae": float(np.abs(predict(evaluator, blind, module.layout, device, ecol) - targets).mean())}
         row = {**base_row, "unguided_mae": float(np.abs(predict(evaluator, unguided, module.layout, device, ecol) - targets).mean()),
                "atoms": atoms_baseline(prop, a.n, a.seed),
                **evaluator_bounds(prop, evaluator, module.layout, device, a.n, a.seed, ecol), "guided": {}}
