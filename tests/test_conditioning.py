@@ -138,3 +138,21 @@ def test_conditional_recipe_trains_on_the_second_half():
         twice = compose("train", ["experiment=qm9_cond", "context=[gap,gap]"])
     with pytest.raises(ValueError, match="listed twice"):
         check_config(twice)
+
+
+def test_guide_job_on_a_conditional_base(conditional_ckpt, tmp_path):
+    """guide.py with a conditional base: the base is given the design target, guidance acts on top."""
+    from moldiff.guidance.run import run_guidance
+    from moldiff.train.property_run import run_property_training
+
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        run_property_training(compose("train_property", ["role=guide", "property=alpha", "name=tiny", "train_max=16", "val_max=8",
+                                                         "batch_size=8", "model.hidden=16", "model.layers=2", "trainer.max_steps=2",
+                                                         "trainer.enable_progress_bar=false", "logs=[]", f"checkpoint.dir={tmp_path}/guide"]), tmp_path)
+        base = [f"ckpt={conditional_ckpt}", f"guide_ckpt={tmp_path}/guide/last.ckpt", "n=3", "steps=3", "batch_size=2", "evaluation=null"]
+        ok = compose("guide", base + ["property=alpha", "target=70", f"output={tmp_path / 'g'}"])
+        other = compose("guide", base + ["property=gap", "target=0.3", f"output={tmp_path / 'x'}"])
+    r = run_guidance(ok, tmp_path)
+    assert r["targets"] == [70.0] * 3 and np.isfinite(r["mae"]) and r["guidance"]["guided_steps"] > 0
+    with pytest.raises(ValueError, match="conditional on"):
+        run_guidance(other, tmp_path)

@@ -125,6 +125,7 @@ def run_guidance(cfg, output_dir) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(cfg.device)
     module = load_module(checkpoint_path(cfg.ckpt), device)
+    base, slot = base_eps(module, cfg.property)  # a conditional base must match the property: fail before any work
     n = int(cfg.n)
     sizes, targets = None, None
     if cfg.property is not None:
@@ -144,7 +145,6 @@ def run_guidance(cfg, output_dir) -> dict:
         xtb = XTBEnergy(module.sde, module.layout, int(cfg.xtb.workers))
         terms.append((xtb, Scale(cfg.xtb.scale, 0.0, cfg.xtb.t_max)))
     report = GuidanceReport()
-    base, slot = base_eps(module, cfg.property)
     eps_fn = guided(base, module.sde, terms, report)
 
     def before_batch(k, first, last):
