@@ -149,10 +149,11 @@ def run_guidance(cfg, output_dir) -> dict:
 
     def before_batch(k, first, last):
         report.offset = first
+        batch_targets = None if targets is None else torch.as_tensor(targets[first:last], dtype=torch.float32, device=device)
         if slot is not None:
-            slot.values = torch.as_tensor(targets[first:last], dtype=torch.float32, device=device)
+            slot.values = batch_targets
         if energy is not None:
-            energy.target = torch.as_tensor(targets[first:last], dtype=torch.float32, device=device)
+            energy.target = batch_targets
 
     t0 = time.perf_counter()
     mols = generate(module, n, sampler=cfg.sampler, steps=int(cfg.steps), batch_size=int(cfg.batch_size), seed=int(cfg.seed), device=device,

@@ -23,7 +23,7 @@ import torch
 
 from moldiff.likelihood.terms import log_p_atoms, prior_kl
 from moldiff.loss.objective import noised_error
-from moldiff.loss.reconstruction import reconstruction_nll as reconstruction_terms
+from moldiff.loss.reconstruction import l0_from_pieces
 from moldiff.loss.weights import discrete_vlb_weight
 
 
@@ -31,7 +31,7 @@ def reconstruction_nll(eps_fn, sde, x0, h0, batch, n, layout=None, generator=Non
     """L_0 (M,) at t = 0, constants included."""
     t = torch.zeros(n, dtype=x0.dtype, device=x0.device)
     _, (_, ht, ex, eh, px, ph) = noised_error(eps_fn, sde, x0, h0, t, batch, n, generator)
-    return reconstruction_terms(sde, h0, t, ht, ex, eh, px, ph, batch, n, layout)
+    return l0_from_pieces(sde, h0, t, ht, ex, eh, px, ph, batch, n, layout)
 
 
 def elbo(eps_fn, sde, x0, h0, batch, n, T: int = 1000, timesteps="all", layout=None, histogram=None, generator=None, progress=None,

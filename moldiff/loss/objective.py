@@ -20,7 +20,7 @@ import torch
 
 from moldiff.data.features import FeatureLayout
 from moldiff.geometry import segment_sum
-from moldiff.loss.reconstruction import reconstruction_nll
+from moldiff.loss.reconstruction import l0_from_pieces
 from moldiff.loss.weights import continuous_vlb_weight, discrete_vlb_weight
 from moldiff.noise.vp_sde import VPSDE
 
@@ -64,7 +64,7 @@ class DiffusionLoss:
 
     def reconstruction_terms(self, h0, t, pieces, batch, n):
         """(M,) L0 = -log p(x, h | z_t) at time t (EDM's t = 0) from one network call's pieces."""
-        return reconstruction_nll(self.sde, h0, t, *pieces, batch, n, self.layout)
+        return l0_from_pieces(self.sde, h0, t, *pieces, batch, n, self.layout)
 
     def reconstruction(self, eps_fn, x0, h0, t, batch, n, generator=None):
         """(M,) L0 at times t (M,), constants included."""

@@ -59,7 +59,7 @@ def feature_log_prob(h0, z_h, sigma0, layout: FeatureLayout, batch, n):
     return segment_sum(per_atom, batch, n)
 
 
-def reconstruction_nll(sde, h0, t, ht, ex, eh, px, ph, batch, n, layout: FeatureLayout | None = None):
+def l0_from_pieces(sde, h0, t, ht, ex, eh, px, ph, batch, n, layout: FeatureLayout | None = None):
     """(M,) L0 = -log p(x, h | z_t), constants included, from one network call at times t (EDM's
     t = 0): the loss's VLB weighting and the ELBO share it. ``layout=None``: continuous features,
     Gaussian like the positions on N * F dimensions."""

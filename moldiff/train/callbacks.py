@@ -6,7 +6,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO

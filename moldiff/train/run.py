@@ -163,7 +163,8 @@ def warm_start(module: DiffusionModule, path: Path) -> list:
     state = ckpt["state_dict"]
     ours = module.state_dict()
     for key, value in state.items():
-        if key in ours and ours[key].ndim == 2 and value.ndim == 2 and value.shape[0] == ours[key].shape[0] and value.shape[1] < ours[key].shape[1]:
+        # only the input embedding differs: [h, t] in the checkpoint, [h, t, context] here
+        if key.endswith("embedding.weight") and key in ours and value.shape[1] < ours[key].shape[1]:
             padded = torch.zeros_like(ours[key])
             padded[:, : value.shape[1]] = value  # [h, t] columns copied, context columns zero
             state[key] = padded
