@@ -62,6 +62,48 @@ def test_resume_mid_epoch_gives_the_same_parameters(tmp_path, monkeypatch):
         assert torch.equal(a[k], b[k]), k
 
 
+class StepClock(pl.Callback):
+    """A fake clock for Lightning's timer: one minute per training step, so a max_time stop lands
+    on a known step without a timed test."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def monotonic(self):
+        return self.now
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.now += 60.0
+
+
+def test_resume_after_steps_and_time_limited_stops_is_exact(tmp_path, monkeypatch):
+    """Legs that end by max_steps and by max_time, mid-epoch, continue bit for bit as one run.
+    8 steps per epoch: legs 1 and 2 stop by max_time at steps 3 and 9 (leg 2 has 6 minutes of its
+    own, not counting leg 1's 3), leg 3 by max_steps at 11, leg 4 finishes at 13."""
+    full = train_run.run_training(tiny_cfg(tmp_path / "a", "trainer.max_steps=13", "trainer.max_epochs=-1"), tmp_path / "a")
+
+    clock = StepClock()
+    real_trainer = pl.Trainer
+
+    def clocked_trainer(*args, **kwargs):
+        kwargs["callbacks"] = [clock, *kwargs.get("callbacks", [])]
+        return real_trainer(*args, **kwargs)
+
+    monkeypatch.setattr(train_run.pl, "Trainer", clocked_trainer)
+    import pytorch_lightning.callbacks.timer as timer_module
+
+    monkeypatch.setattr(timer_module, "time", clock)
+    ckpt = tmp_path / "b" / "ckpt" / "last.ckpt"
+    legs = [("trainer.max_time=00:00:03:00",), ("trainer.max_time=00:00:06:00",), ("trainer.max_steps=11",), ()]
+    for overrides, (step, epoch) in zip(legs, [(3, 0), (9, 1), (11, 1), (13, 1)]):
+        resumed = train_run.run_training(tiny_cfg(tmp_path / "b", "trainer.max_epochs=-1", "trainer.max_steps=13", *overrides), tmp_path / "b")
+        saved = torch.load(ckpt, weights_only=False)
+        assert (saved["global_step"], saved["epoch"]) == (step, epoch)
+    a, b = params(full), params(resumed)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
 def test_training_record_and_warm_start(tmp_path):
     train_run.run_training(tiny_cfg(tmp_path / "a", "trainer.max_steps=3"), tmp_path / "a")
     last = tmp_path / "a" / "ckpt" / "last.ckpt"

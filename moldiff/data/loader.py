@@ -137,6 +137,10 @@ class ResumableLoader(DataLoader):
         self.batch_sampler_.epoch = epoch
         self.trained = batches
 
+    def epoch_unfinished(self) -> bool:
+        """True while training is part-way through the epoch (some, not all, of its batches trained)."""
+        return 0 < self.trained < len(self.batch_sampler_)
+
     def state_dict(self) -> dict:
         return {"epoch": self.batch_sampler_.epoch, "trained": self.trained, "seed": self.batch_sampler_.seed}
 

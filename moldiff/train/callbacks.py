@@ -76,10 +76,35 @@ def quick_metrics(mols, vocab) -> dict[str, float]:
 
 class SaveAtEnd(pl.Callback):
     """``last.ckpt`` also when training stops between periodic checkpoints (max_steps, max_time,
-    max_epochs), so no finished step is lost and a rerun continues from exactly there."""
+    max_epochs), so no finished step is lost and a rerun continues from exactly there.
+
+    A stop by ``max_steps`` or ``max_time`` ends Lightning's epoch loop early, and Lightning then
+    counts that epoch as finished: a rerun would start the next epoch's shuffle and never train the
+    rest of this one. Every checkpoint saved while the loader is part-way through its epoch is
+    therefore written as a mid-epoch one (the state Lightning's own mid-epoch checkpoints have), and
+    the rerun finishes the epoch from the loader's position, as an uninterrupted run does."""
 
     def __init__(self, path):
         self.path = path
 
     def on_train_end(self, trainer, module):
         trainer.save_checkpoint(self.path)
+
+    def on_save_checkpoint(self, trainer, module, checkpoint):
+        loader = trainer.train_dataloader
+        if not hasattr(loader, "epoch_unfinished") or not loader.epoch_unfinished():
+            return
+        progress = checkpoint["loops"]["fit_loop"]["epoch_progress"]
+        for counts in (progress["total"], progress["current"]):
+            if counts["processed"] == counts["started"] > 0:  # marked finished: undo the epoch's end
+                counts["processed"] = counts["completed"] = counts["started"] - 1
+        checkpoint["epoch"] = progress["current"]["started"] - 1
+
+
+class LegTimer(pl.callbacks.Timer):
+    """``trainer.max_time`` as the budget of this leg alone. Lightning's own timer restores the time
+    of earlier legs from the checkpoint, so a resumed run with the same ``max_time`` would stop at
+    once; a campaign is budgeted leg by leg."""
+
+    def load_state_dict(self, state_dict) -> None:
+        pass

@@ -13,7 +13,7 @@ from moldiff.data.loader import EpochBatchSampler, MoleculeDataset, ResumableLoa
 from moldiff.train import build
 from moldiff.train.build import plain as _plain
 from moldiff.train.conditioning import Context
-from moldiff.train.callbacks import AtomicCheckpointIO, SampleAndEvaluate, SaveAtEnd
+from moldiff.train.callbacks import AtomicCheckpointIO, LegTimer, SampleAndEvaluate, SaveAtEnd
 from moldiff.train.module import DiffusionModule, TrainingRecord
 
 from moldiff.sampling.run import SHIPPED  # one place for the shipped checkpoint
@@ -114,13 +114,16 @@ def fit(cfg, module, train_loader, val_loader, output_dir: Path, ckpt_dir: Path,
         SaveAtEnd(ckpt_dir / "last.ckpt"),
         *extra_callbacks,
     ]
+    kwargs = _trainer_kwargs(cfg)
+    if kwargs.get("max_time"):  # this leg's own time, not a total over earlier legs
+        callbacks.append(LegTimer(duration=kwargs.pop("max_time"), interval="step"))
     loggers = []
     if "csv" in cfg.logs:
         loggers.append(pl.loggers.CSVLogger(output_dir, name="logs"))
     if "tensorboard" in cfg.logs:
         loggers.append(pl.loggers.TensorBoardLogger(output_dir, name="tensorboard"))
     trainer = pl.Trainer(
-        **_trainer_kwargs(cfg), callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()],
+        **kwargs, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False, default_root_dir=output_dir,
     )
     trainer.fit(module, train_loader, val_loader, ckpt_path=resume_path(cfg, ckpt_dir))
