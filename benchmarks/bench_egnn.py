@@ -3,6 +3,9 @@
 python benchmarks/bench_egnn.py [--steps 20] [--warmup 3] [--configs 4x128,9x256]
                                 [--allocator both|tuned|default] [--compile] [--unfused]
 
+Each configuration runs in float32 and in bf16-mixed (``torch.autocast``, what Lightning's
+``trainer.precision=bf16-mixed`` does: the per-edge MLPs in bfloat16, the rest in float32).
+
 One training step: a batch of 64 QM9 train molecules (features one-hot H,C,N,O,F + atomic number
 / 10), t ~ U(0, 1) per molecule, alpha = cos(pi t / 2), sigma = sin(pi t / 2), positions noised in
 the zero-CoM subspace, features noised plainly, EGNN forward, MSE on both epsilons, backward,
@@ -64,20 +67,25 @@ def make_batch(mols, index: np.ndarray, dtype=torch.float32):
     return remove_mean(x, batch, n), h, batch, n
 
 
-def train_step(model, opt, x, h, batch, n, gen):
-    t = torch.rand(n, generator=gen, dtype=x.dtype)
-    alpha, sigma = torch.cos(0.5 * math.pi * t)[batch, None], torch.sin(0.5 * math.pi * t)[batch, None]
-    eps_x = centered_noise(batch, n, generator=gen, dtype=x.dtype)
-    eps_h = torch.randn(h.shape, generator=gen, dtype=h.dtype)
-    pred_x, pred_h = model(alpha * x + sigma * eps_x, alpha * h + sigma * eps_h, t, batch, n)
-    loss = (pred_x - eps_x).square().sum(1).mean() + (pred_h - eps_h).square().sum(1).mean()
+def train_step(model, opt, x, h, batch, n, gen, amp=None):
+    with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
+        loss = noised_loss(model, x, h, batch, n, gen)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
     return loss.detach()
 
 
-def bench_training(mols, layers, hidden, batch_size=64, steps=20, warmup=3, seed=0, **model_kw):
+def noised_loss(model, x, h, batch, n, gen):
+    t = torch.rand(n, generator=gen, dtype=x.dtype)
+    alpha, sigma = torch.cos(0.5 * math.pi * t)[batch, None], torch.sin(0.5 * math.pi * t)[batch, None]
+    eps_x = centered_noise(batch, n, generator=gen, dtype=x.dtype)
+    eps_h = torch.randn(h.shape, generator=gen, dtype=h.dtype)
+    pred_x, pred_h = model(alpha * x + sigma * eps_x, alpha * h + sigma * eps_h, t, batch, n)
+    return (pred_x - eps_x).square().sum(1).mean() + (pred_h - eps_h).square().sum(1).mean()
+
+
+def bench_training(mols, layers, hidden, batch_size=64, steps=20, warmup=3, seed=0, amp=None, **model_kw):
     torch.manual_seed(seed)
     model = EGNN(6, hidden=hidden, layers=layers, **model_kw)
     n_params = sum(p.numel() for p in model.parameters())
@@ -86,17 +94,17 @@ def bench_training(mols, layers, hidden, batch_size=64, steps=20, warmup=3, seed
     gen = torch.Generator().manual_seed(seed)
     batches = [make_batch(mols, rng.choice(len(mols), batch_size, replace=False)) for _ in range(warmup + steps)]
     for b in batches[:warmup]:
-        train_step(model, opt, *b, gen)
+        train_step(model, opt, *b, gen, amp)
     t0 = time.perf_counter()
     for b in batches[warmup:]:
-        loss = train_step(model, opt, *b, gen)
+        loss = train_step(model, opt, *b, gen, amp)
     dt = time.perf_counter() - t0
     assert torch.isfinite(loss)
     return n_params, steps * batch_size / dt
 
 
 @torch.no_grad()
-def bench_forward(mols, layers, hidden, n_mol=100, reps=7, seed=0, **model_kw):
+def bench_forward(mols, layers, hidden, n_mol=100, reps=7, seed=0, amp=None, **model_kw):
     torch.manual_seed(seed)
     model = EGNN(6, hidden=hidden, layers=layers, **model_kw).eval()
     rng = np.random.default_rng(seed + 1)
@@ -105,12 +113,13 @@ def bench_forward(mols, layers, hidden, n_mol=100, reps=7, seed=0, **model_kw):
     out = {}
     for mode in ("per_call", "precomputed"):
         edges = fully_connected_edges(batch, n) if mode == "precomputed" else None
-        model(x, h, t, batch, n, edges=edges)  # warm-up
         times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            model(x, h, t, batch, n, edges=edges)
-            times.append(time.perf_counter() - t0)
+        with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
+            model(x, h, t, batch, n, edges=edges)  # warm-up
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                model(x, h, t, batch, n, edges=edges)
+                times.append(time.perf_counter() - t0)
         out[mode] = float(np.median(times))
     return out
 
@@ -122,7 +131,7 @@ def run(args, allocator: str) -> list[dict]:
         print("tune_cpu_allocator: not applicable here (not glibc)", file=sys.stderr)
     mols = load_qm9("train")
     configs = [tuple(int(v) for v in c.split("x")) for c in args.configs.split(",")]
-    variants = [("fused", {})]
+    variants = [("fused", {}), ("fused, bf16-mixed", {"amp": torch.bfloat16})]
     if args.unfused:
         variants.append(("plain ops", {"fused": False}))
     if args.compile:
@@ -188,7 +197,7 @@ def main():
             rows += json.loads(out.strip().splitlines()[-1])
     rows.sort(key=lambda r: (r["layers"], r["hidden"], r["variant"] != "fused", r["variant"], r["allocator"]))
     print()
-    print(f"torch {torch.__version__}, {args.threads} threads, float32, {args.steps} timed steps; "
+    print(f"torch {torch.__version__}, {args.threads} threads, {args.steps} timed steps; "
           f"max load average during runs {max((r['load'] for r in rows), default=0):.2f}")
     print()
     print(table(rows))

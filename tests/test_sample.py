@@ -88,7 +88,8 @@ def test_interrupted_sampling_resumes_without_losing_batches(tiny_ckpt, tmp_path
 @pytest.mark.parametrize(
     "override, message",
     [("sampler=ddim", "sampler"), ("steps=0", "steps"), ("n=0", "n must"), ("ckpt=/nonexistent.ckpt", "no checkpoint"),
-     ("sizes=[3,4]", "sizes"), ("device=cuda", "CUDA"), ("evaluation.protocols=[edm,foo]", "protocols")],
+     ("sizes=[3,4]", "sizes"), ("device=cuda", "CUDA"), ("evaluation.protocols=[edm,foo]", "protocols"),
+     ("precision=16", "precision")],
 )
 def test_bad_sample_options_fail_before_any_work(tiny_ckpt, tmp_path, monkeypatch, override, message):
     if override.startswith("device") and torch.cuda.is_available():
@@ -109,3 +110,17 @@ def test_generate_with_given_sizes_is_reproducible_and_centred(tiny_ckpt):
     assert (a.positions == b.positions).all() and (a.numbers == b.numbers).all()
     com = torch.zeros(5, 3, dtype=torch.float64).index_add_(0, torch.from_numpy(a.molecule_index), torch.from_numpy(a.positions).double())
     assert com.abs().max() < 1e-4
+
+
+def test_bf16_sampling_follows_the_float32_trajectory(tiny_ckpt):
+    """Same seed, same noise: bfloat16 per-edge MLPs move the molecules by far less than their size."""
+    from moldiff.sampling.generate import generate
+
+    module = sample_run.load_module(tiny_ckpt, torch.device("cpu"))
+    kw = dict(steps=5, sizes=[6, 9, 12], seed=2, progress=False)
+    a = generate(module, 3, **kw)
+    b = generate(module, 3, precision="bf16-mixed", **kw)
+    assert b.positions.dtype == a.positions.dtype
+    assert abs(b.positions - a.positions).max() < 0.05 * abs(a.positions).max()
+    with pytest.raises(ValueError, match="precision"):
+        generate(module, 3, precision="fp8", **kw)

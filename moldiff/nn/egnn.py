@@ -76,8 +76,9 @@ _ONEDNN = _onednn_available()
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, act: str = "none") -> torch.Tensor:
-    """``act(x @ w.T + b)`` (act: "none", "swish" = SiLU, "sigmoid"), oneDNN for float32 on CPU. No autograd."""
-    if _ONEDNN and x.dtype == torch.float32 and x.device.type == "cpu" and x.shape[0] > 0:
+    """``act(x @ w.T + b)`` (act: "none", "swish" = SiLU, "sigmoid"), oneDNN for float32 and bfloat16
+    on CPU. No autograd."""
+    if _ONEDNN and x.dtype in (torch.float32, torch.bfloat16) and x.device.type == "cpu" and x.shape[0] > 0:
         return torch.ops.mkldnn._linear_pointwise(x, w.contiguous(), b, act, [], "")
     y = F.linear(x, w, b)
     if act == "swish":
@@ -114,10 +115,11 @@ class Graph:
     """Edges (j -> i as ``src`` -> ``dst``) of one forward pass plus the index tensors the fused
     kernels reuse in every layer."""
 
-    def __init__(self, src: torch.Tensor, dst: torch.Tensor, n_atoms: int):
+    def __init__(self, src: torch.Tensor, dst: torch.Tensor, n_atoms: int, compute_dtype: torch.dtype | None = None):
         A, E = n_atoms, src.numel()
         device = src.device
         self.src, self.dst, self.n_atoms, self.n_edges = src, dst, A, E
+        self.compute_dtype = compute_dtype  # the per-edge MLPs' dtype under mixed precision; None: the inputs'
         self.dst_sorted = E < 2 or bool((dst[1:] >= dst[:-1]).all())
         deg = torch.bincount(dst, minlength=A)
         self.in_degree = deg
@@ -164,10 +166,18 @@ class _EdgeMLP(torch.autograd.Function):
     ``d``, ``d0`` (E,) edge attributes, ``w2``, ``b2`` the second layer, ``wo`` (1, H), ``bo`` (1,)
     or None the attention / phi layer. Output: (A, H) attention-weighted sums of m_ij over the
     edges into each atom, or phi (E,).
+
+    Mixed precision (``graph.compute_dtype``, e.g. bfloat16): inputs are cast once on entry, the
+    whole chain and its backward run in that dtype (oneDNN's bf16 GEMMs accumulate in float32),
+    and the output and every gradient are cast back to the inputs' dtype, so the residual stream,
+    positions, parameters and optimizer never leave float32.
     """
 
     @staticmethod
     def forward(ctx, table, d, d0, w2, b2, wo, bo, graph: Graph, mode: str):
+        ctx.dtypes = [None if v is None else v.dtype for v in (table, d, d0, w2, b2, wo, bo)]
+        out_dtype = d.dtype  # the coordinates' dtype, that of the residual stream too
+        table, d, d0, w2, b2, wo, bo = _cast((table, d, d0, w2, b2, wo, bo), graph.compute_dtype)
         g = _first_layer(table, d, d0, graph)  # (E, H)
         a = F.silu(g)
         z = _linear(a, w2, b2)
@@ -182,13 +192,14 @@ class _EdgeMLP(torch.autograd.Function):
             out = graph.sum_into_dst(m)
         ctx.save_for_backward(table, d, d0, w2, wo, g, a, z, m, s)
         ctx.graph, ctx.mode = graph, mode
-        return out
+        return out.to(out_dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dout):
         table, d, d0, w2, wo, g, a, z, m, s = ctx.saved_tensors
         graph, mode = ctx.graph, ctx.mode
+        dout = dout.to(g.dtype)
         A = graph.n_atoms
         dwo = dbo = None
         if mode == "phi":
@@ -199,7 +210,7 @@ class _EdgeMLP(torch.autograd.Function):
             if mode == "att":
                 dpre = torch.linalg.vecdot(dm, m)  # d out / d s, per edge
                 dpre.mul_(s * (1 - s))
-                dm.mul_(s[:, None]).addr_(dpre, wo[0])
+                dm.mul_(s[:, None]).addcmul_(dpre[:, None], wo)  # (addr_ is 5x slower in bfloat16)
                 dwo = graph.total(m, dpre)[None]
                 dbo = dpre.sum()[None]
         dz = torch.ops.aten.silu_backward.grad_input(dm, z, grad_input=dm)  # in place: fewer fresh pages
@@ -216,16 +227,25 @@ class _EdgeMLP(torch.autograd.Function):
                 F.embedding_bag(graph.bag2, dg, graph.bag2_ptr, mode="sum", per_sample_weights=torch.cat([d, d0])),
             ]
         )
-        dd = _linear(dg, we[:1])[:, 0] if ctx.needs_input_grad[1] else None
-        dd0 = _linear(dg, we[1:])[:, 0] if ctx.needs_input_grad[2] else None
-        return dtable, dd, dd0, dw2, db2, dwo, dbo, None, None
+        dd = dd0 = None
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            dd, dd0 = _linear(dg, we).unbind(1)  # one pass over dg for both edge attributes
+        grads = (dtable, dd, dd0, dw2, db2, dwo, dbo)
+        return (*(None if g is None else g.to(dtype) for g, dtype in zip(grads, ctx.dtypes)), None, None)
 
 
-def _edge_table(lin: nn.Linear, h: torch.Tensor) -> torch.Tensor:
-    """[h W1a^T + b1; h W1b^T; w_d; w_0] (2A + 2, H) for the split first layer of an edge MLP."""
+def _cast(tensors, dtype):
+    return tuple(t if t is None or dtype is None else t.to(dtype) for t in tensors)
+
+
+def _edge_table(lin: nn.Linear, h: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """[h W1a^T + b1; h W1b^T; w_d; w_0] (2A + 2, H) for the split first layer of an edge MLP,
+    in ``dtype`` (mixed precision) or h's."""
     H = h.shape[1]
-    w = lin.weight
-    return torch.cat([torch.addmm(lin.bias, h, w[:, :H].t()), h @ w[:, H : 2 * H].t(), w[:, 2 * H :].t()])
+    w, b = lin.weight, lin.bias
+    if dtype is not None:
+        h, w, b = h.to(dtype), w.to(dtype), b.to(dtype)
+    return torch.cat([torch.addmm(b, h, w[:, :H].t()), h @ w[:, H : 2 * H].t(), w[:, 2 * H :].t()])
 
 
 def _first_layer(table, d, d0, graph: Graph) -> torch.Tensor:
@@ -244,12 +264,16 @@ def _edge_mlp_inference(table, d, d0, w2, b2, graph: Graph) -> torch.Tensor:
 def _edge_mlp(table, d, d0, w2, b2, wo, bo, graph: Graph, mode: str) -> torch.Tensor:
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (table, d, d0, w2, b2, wo, bo)):
         return _EdgeMLP.apply(table, d, d0, w2, b2, wo, bo, graph, mode)
+    dtype = d.dtype
+    table, d, d0, w2, b2, wo, bo = _cast((table, d, d0, w2, b2, wo, bo), graph.compute_dtype)
     m = _edge_mlp_inference(table, d, d0, w2, b2, graph)
     if mode == "phi":
-        return _linear(m, wo)[:, 0]
-    if mode == "att":
-        return graph.sum_into_dst(m, _linear(m, wo, bo, "sigmoid")[:, 0])
-    return graph.sum_into_dst(m)
+        out = _linear(m, wo)[:, 0]
+    elif mode == "att":
+        out = graph.sum_into_dst(m, _linear(m, wo, bo, "sigmoid")[:, 0])
+    else:
+        out = graph.sum_into_dst(m)
+    return out.to(dtype)
 
 
 class GCL(nn.Module):
@@ -266,7 +290,7 @@ class GCL(nn.Module):
         att = self.att_mlp[0] if self.att_mlp is not None else None
         if fused:
             wo, bo = (att.weight, att.bias) if att is not None else (None, None)
-            return _edge_mlp(_edge_table(l1, h), d, d0, l2.weight, l2.bias, wo, bo, graph, "att" if att is not None else "sum")
+            return _edge_mlp(_edge_table(l1, h, graph.compute_dtype), d, d0, l2.weight, l2.bias, wo, bo, graph, "att" if att is not None else "sum")
         src, dst = graph.src, graph.dst
         m = self.edge_mlp(torch.cat([h[dst], h[src], d[:, None], d0[:, None]], dim=1))
         if att is not None:
@@ -275,7 +299,10 @@ class GCL(nn.Module):
 
     def forward(self, h, graph, d, d0, scale, fused=True):
         agg = self.messages(h, graph, d, d0, fused) * scale
-        return h + self.node_mlp(torch.cat([h, agg], dim=1))
+        dtype = getattr(graph, "compute_dtype", None)
+        with torch.autocast(h.device.type, dtype=dtype or h.dtype, enabled=dtype is not None):
+            update = self.node_mlp(torch.cat([h, agg], dim=1))
+        return h + update.to(h.dtype)  # the residual stream stays in h's dtype
 
 
 class EquivariantUpdate(nn.Module):
@@ -292,7 +319,7 @@ class EquivariantUpdate(nn.Module):
     def forward(self, h, x, graph, unit, d, d0, scale, fused=True):
         l1, l2, l3 = self.coord_mlp[0], self.coord_mlp[2], self.coord_mlp[4]
         if fused:
-            phi = _edge_mlp(_edge_table(l1, h), d, d0, l2.weight, l2.bias, l3.weight, None, graph, "phi")
+            phi = _edge_mlp(_edge_table(l1, h, graph.compute_dtype), d, d0, l2.weight, l2.bias, l3.weight, None, graph, "phi")
         else:
             phi = self.coord_mlp(torch.cat([h[graph.dst], h[graph.src], d[:, None], d0[:, None]], dim=1))[:, 0]
         if self.tanh:
@@ -386,9 +413,19 @@ class EGNN(nn.Module):
         return radius_graph(x, self.cutoff, batch, max_num_neighbors=self.max_num_neighbors)
 
     def forward(self, x, h, t, batch, n_mol, edges=None, context=None):
+        device = x.device.type
+        if torch.is_autocast_enabled(device):
+            # mixed precision (Lightning's precision="bf16-mixed", or sampling in bf16): only the
+            # per-edge MLPs, nearly all the FLOPs, run in the autocast dtype (fused path); the node
+            # MLPs, residual stream and coordinates stay in the input dtype
+            with torch.autocast(device, enabled=False):
+                return self._forward(x, h, t, batch, n_mol, edges, context, torch.get_autocast_dtype(device))
+        return self._forward(x, h, t, batch, n_mol, edges, context, None)
+
+    def _forward(self, x, h, t, batch, n_mol, edges, context, compute_dtype):
         batch = batch.long()
         src, dst = self.build_edges(x, batch, n_mol) if edges is None else edges
-        graph = Graph(src.long(), dst.long(), x.shape[0])
+        graph = Graph(src.long(), dst.long(), x.shape[0], compute_dtype if self.fused else None)
         h = atom_inputs(h, t, batch, n_mol, self.time_conditioning, context, self.context_features)
         if self.aggregation == "sum":
             scale = 1.0 / self.normalization_factor

@@ -15,6 +15,8 @@ from moldiff.data.molecules import MoleculeSet
 from moldiff.sampling.base import sample, sample_sizes
 from moldiff.train.conditioning import ContextSlot
 
+PRECISIONS = ("32", "bf16-mixed")
+
 
 def generate(
     module,
@@ -32,6 +34,7 @@ def generate(
     eps_fn=None,
     before_batch=None,
     context=None,
+    precision: str = "32",
     **options,
 ) -> MoleculeSet:
     """``n`` molecules. ``on_batch(k, MoleculeSet)`` is called after each finished batch;
@@ -39,7 +42,11 @@ def generate(
     ``eps_fn`` replaces the module's (e.g. a guided one); ``before_batch(k, first, last)`` is
     called before sampling molecules first..last-1 (to set per-molecule targets of guidance).
     ``context``: a conditional model's targets for all ``n`` molecules, (n,) or (n, K) (with a
-    custom ``eps_fn``, build it on a ``ContextSlot`` and set the slot in ``before_batch``)."""
+    custom ``eps_fn``, build it on a ``ContextSlot`` and set the slot in ``before_batch``).
+    ``precision``: "32", or "bf16-mixed" to run the network's per-edge MLPs in bfloat16 (as in
+    training with Lightning's precision flag); the sampler's arithmetic stays in float32."""
+    if str(precision) not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     if sizes is None:
         sizes = sample_sizes(module.size_histogram, n, torch.Generator().manual_seed(seed))
     sizes = torch.as_tensor(sizes, dtype=torch.long)
@@ -60,7 +67,8 @@ def generate(
     chunks = list(torch.split(sizes, batch_size))
     bar = _progress(len(chunks), n, progress)
     starts = np.cumsum([0] + [len(c) for c in chunks])
-    with torch.no_grad():
+    device_type = torch.device(device).type
+    with torch.no_grad(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=str(precision) == "bf16-mixed"):
         for k, chunk in enumerate(chunks):
             if done and k in done:
                 parts.append(done[k])

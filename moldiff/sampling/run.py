@@ -68,6 +68,10 @@ def check_config(cfg) -> None:
         raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
     if cfg.sampler not in SAMPLERS:
         raise ValueError(f"sampler: unknown {cfg.sampler!r}; use one of {sorted(SAMPLERS)}")
+    from moldiff.sampling.generate import PRECISIONS
+
+    if str(cfg.get("precision", "32")) not in PRECISIONS:
+        raise ValueError(f"precision: use one of {list(PRECISIONS)}, got {cfg.precision!r}")
     torch.device(cfg.device)  # a malformed device string fails here
     if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device={cfg.device} but no CUDA device is available; use device=cpu")
@@ -98,7 +102,7 @@ def _key(cfg, path: Path) -> str:
     stat = path.stat()
     return run_key(str(path.resolve()), stat.st_size, int(stat.st_mtime), cfg.n, cfg.sampler, cfg.steps, cfg.seed, cfg.batch_size,
                    json.dumps(_plain(cfg.sizes)), json.dumps(_plain(cfg.options), sort_keys=True), cfg.ema,
-                   json.dumps(_plain(cfg.get("target"))))
+                   json.dumps(_plain(cfg.get("target"))), str(cfg.get("precision", "32")))
 
 
 def run_sampling(cfg, output_dir: str | Path) -> dict:
@@ -137,7 +141,8 @@ def _generate(module, cfg, n, device, done, partial):
     return generate(
         module, n, sampler=cfg.sampler, steps=int(cfg.steps), batch_size=int(cfg.batch_size), seed=int(cfg.seed), device=device,
         sizes=resolve_sizes(_plain(cfg.sizes), n), ema=bool(cfg.ema), progress=True, on_batch=save, done=done,
-        context=resolve_targets(_plain(cfg.get("target")), module, n), **(_plain(cfg.options) or {}),
+        context=resolve_targets(_plain(cfg.get("target")), module, n), precision=str(cfg.get("precision", "32")),
+        **(_plain(cfg.options) or {}),
     )
 
 

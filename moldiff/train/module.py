@@ -112,7 +112,9 @@ class DiffusionModule(pl.LightningModule):
     def validation_step(self, batch: MoleculeBatch, batch_idx: int):
         g = torch.Generator(device=batch.x.device).manual_seed(10_000 + batch_idx)  # same noise every time
         net = self.ema.module if self.ema is not None else self.net
-        values, _ = self.objective(self._batch_eps(net, batch), batch.x, batch.h, batch.batch, batch.n_mol, g)
+        # always in float32, also under precision=bf16-mixed: runs of either precision compare on one scale
+        with torch.autocast(batch.x.device.type, enabled=False):
+            values, _ = self.objective(self._batch_eps(net, batch), batch.x, batch.h, batch.batch, batch.n_mol, g)
         self.log("val/loss", values.mean(), prog_bar=True, batch_size=batch.n_mol, sync_dist=True)
 
     def configure_optimizers(self):
