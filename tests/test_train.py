@@ -104,6 +104,34 @@ def test_resume_after_steps_and_time_limited_stops_is_exact(tmp_path, monkeypatc
         assert torch.equal(a[k], b[k]), k
 
 
+class Terminate(pl.Callback):
+    """`kill <pid>` in the middle of a step: the run must stop cleanly after it and save it."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if trainer.global_step == self.step - 1:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_stops_cleanly_and_resumes_exactly(tmp_path, monkeypatch):
+    full = train_run.run_training(tiny_cfg(tmp_path / "a", "trainer.max_steps=13", "trainer.max_epochs=-1"), tmp_path / "a")
+    real_trainer = pl.Trainer
+    monkeypatch.setattr(train_run.pl, "Trainer", lambda *a, **k: real_trainer(*a, **{**k, "callbacks": [Terminate(5), *k.get("callbacks", [])]}))
+    with pytest.raises(SystemExit):
+        train_run.run_training(tiny_cfg(tmp_path / "b", "trainer.max_steps=13", "trainer.max_epochs=-1"), tmp_path / "b")
+    monkeypatch.setattr(train_run.pl, "Trainer", real_trainer)
+    assert torch.load(tmp_path / "b" / "ckpt" / "last.ckpt", weights_only=False)["global_step"] == 5  # not the periodic step 4
+    resumed = train_run.run_training(tiny_cfg(tmp_path / "b", "trainer.max_steps=13", "trainer.max_epochs=-1"), tmp_path / "b")
+    a, b = params(full), params(resumed)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
 class InitialWeights(pl.Callback):
     def on_fit_start(self, trainer, module):
         self.weights = params(module)

@@ -9,6 +9,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from moldiff.io.writers import atomic_write
 
@@ -76,7 +77,7 @@ def quick_metrics(mols, vocab) -> dict[str, float]:
 
 class SaveAtEnd(pl.Callback):
     """``last.ckpt`` also when training stops between periodic checkpoints (max_steps, max_time,
-    max_epochs), so no finished step is lost and a rerun continues from exactly there.
+    max_epochs, SIGTERM, Ctrl-C), so no finished step is lost and a rerun continues from exactly there.
 
     A stop by ``max_steps`` or ``max_time`` ends Lightning's epoch loop early, and Lightning then
     counts that epoch as finished: a rerun would start the next epoch's shuffle and never train the
@@ -89,6 +90,12 @@ class SaveAtEnd(pl.Callback):
 
     def on_train_end(self, trainer, module):
         trainer.save_checkpoint(self.path)
+
+    def on_exception(self, trainer, module, exception):
+        # `kill <pid>` (SIGTERM) or Ctrl-C ends a leg cleanly: Lightning stops after the current
+        # step, and that step is saved like any other end (a crash keeps the periodic checkpoint)
+        if isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
+            trainer.save_checkpoint(self.path)
 
     def on_save_checkpoint(self, trainer, module, checkpoint):
         loader = trainer.train_dataloader
