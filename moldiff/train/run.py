@@ -139,16 +139,22 @@ def run_training(cfg, output_dir: str | Path) -> DiffusionModule:
     target = list(cfg.get("context") or []) or None  # a conditional model needs its properties in the batches
     train = load_split(cfg.dataset.train, layout, cfg.dataset.get("train_max"), int(cfg.seed), target)
     val = load_split(cfg.dataset.val, layout, cfg.val_max, int(cfg.seed), target) if cfg.dataset.val else None
-    context = Context.fit(target, train.y.view(len(train), -1).numpy()).to_dict() if target else None
-    module = DiffusionModule(
-        model=_plain(cfg.model), noise=_plain(cfg.noise), loss=_plain(cfg.loss), features=_plain(cfg.dataset.features),
-        optim=_plain(cfg.optim), size_histogram=size_histogram(train), ema_decay=float(cfg.ema_decay), seed=int(cfg.seed),
-        dataset=str(cfg.dataset.name), context=context,
-    )
+    module = build_module(cfg, train)
     record = TrainingRecord()
     if cfg.init_from is not None:
         record.history = warm_start(module, SHIPPED if cfg.init_from == "shipped" else Path(cfg.init_from))
     return fit(cfg, module, *make_loaders(cfg, train, val), output_dir, ckpt_dir, record, [SampleAndEvaluate(**_plain(cfg.evaluate))])
+
+
+def build_module(cfg, train: MoleculeDataset) -> DiffusionModule:
+    """A new model for this config, with the training set's atom counts (and property statistics)."""
+    target = list(cfg.get("context") or []) or None
+    context = Context.fit(target, train.y.view(len(train), -1).numpy()).to_dict() if target else None
+    return DiffusionModule(
+        model=_plain(cfg.model), noise=_plain(cfg.noise), loss=_plain(cfg.loss), features=_plain(cfg.dataset.features),
+        optim=_plain(cfg.optim), size_histogram=size_histogram(train), ema_decay=float(cfg.ema_decay), seed=int(cfg.seed),
+        dataset=str(cfg.dataset.name), context=context,
+    )
 
 
 def warm_start(module: DiffusionModule, path: Path) -> list:
