@@ -185,3 +185,49 @@ def test_tiny_egnn_learns_eight_qm9_molecules_under_fresh_noise():
     """Fresh t and noise every step: the loss still falls >= 4x in 600 steps (~6x; ~10 s)."""
     before, after = _overfit(600, fixed_noise=False, lr=1e-3)
     assert after < before / 4
+
+
+# --- recipe variants: x0-error weighting, low-noise oversampling ----------------------------------
+def test_snr_clip_is_the_simple_error_times_clipped_snr_over_snr():
+    sde = VPSDE(PolynomialSchedule())
+    g = torch.Generator().manual_seed(3)
+    batch, n = sizes_to_batch([5] * 200)
+    x0 = remove_mean(torch.randn(len(batch), 3, generator=g, dtype=torch.float64), batch, n)
+    h0 = LAYOUT.encode_indices(torch.randint(0, 5, (len(batch),), generator=g), torch.float64)
+    zero = lambda x, h, t, b, m: (torch.zeros_like(x), torch.zeros_like(h))  # noqa: E731
+    simple, t1 = DiffusionLoss(sde, LAYOUT, "simple")(zero, x0, h0, batch, n, torch.Generator().manual_seed(0))
+    clipped, t2 = DiffusionLoss(sde, LAYOUT, "snr_clip", snr_clip=(0.05, 1.5))(zero, x0, h0, batch, n, torch.Generator().manual_seed(0))
+    assert torch.equal(t1, t2)
+    snr = sde.schedule.snr(t1)
+    assert torch.allclose(clipped, simple * snr.clamp(0.05, 1.5) / snr, rtol=1e-12)
+    # in x0 terms: weight clip(SNR) on ||x0 - x0_hat||^2 = ||eps - eps_hat||^2 / SNR
+    assert float((clipped / simple)[snr > 1.5].max()) < 1.0 < float((clipped / simple)[snr < 0.05].min())
+
+
+@pytest.mark.parametrize("timesteps", [1000, None])
+def test_low_t_oversampling_draws_that_fraction_at_low_noise(timesteps):
+    sde = VPSDE(PolynomialSchedule())
+    like = torch.zeros(1, dtype=torch.float64)
+    plain = DiffusionLoss(sde, LAYOUT, "simple", timesteps=timesteps)
+    t = plain.sample_times(1000, like, torch.Generator().manual_seed(0))
+    if timesteps:  # no oversampling: the draws L_simple always made (exact resume of older runs)
+        expected = torch.randint(1, 1001, (1000,), generator=torch.Generator().manual_seed(0)).double() / 1000
+        assert torch.equal(t, expected)
+    low = DiffusionLoss(sde, LAYOUT, "simple", timesteps=timesteps, low_t=(0.5, 0.01)).sample_times(1000, like, torch.Generator().manual_seed(0))
+    assert (low[:500] <= 0.01).all() and (low[:500] > 0).all() and float((low[500:] > 0.01).float().mean()) > 0.9
+    if timesteps:
+        assert set(torch.unique(low[:500] * 1000).round().tolist()) == set(range(1, 11))
+    with pytest.raises(ValueError, match="low_t"):
+        DiffusionLoss(sde, LAYOUT, "simple", low_t=(1.5, 0.05))
+    with pytest.raises(ValueError, match="bias"):
+        DiffusionLoss(sde, LAYOUT, "vlb", low_t=(0.5, 0.05), t0=1e-3)
+
+
+def test_lr_decay_factors():
+    from moldiff.train.module import lr_factor
+
+    cos, lin = lr_factor("cosine", 100, 0.1), lr_factor("linear", 100, 0.0)
+    assert cos(0) == 1.0 and abs(cos(50) - 0.55) < 1e-12 and abs(cos(100) - 0.1) < 1e-12 and cos(500) == cos(100)
+    assert lin(25) == 0.75 and lin(100) == 0.0
+    with pytest.raises(ValueError, match="decay"):
+        lr_factor("step", 100, 0.1)

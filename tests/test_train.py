@@ -156,6 +156,13 @@ def test_bf16_mixed_training_keeps_float32_state_and_tracks_float32(tmp_path, mo
     assert cos > 0.95, cos  # Adam moves every weight by ~lr per step: the direction is what bf16 could get wrong
 
 
+def test_lr_decay_reaches_its_final_rate(tmp_path):
+    train_run.run_training(tiny_cfg(tmp_path, "trainer.max_steps=6", "optim.decay.kind=cosine", "optim.decay.steps=4", "optim.decay.final=0.2"), tmp_path)
+    ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    lr = float(ckpt["hyper_parameters"]["optim"]["lr"])
+    assert abs(ckpt["optimizer_states"][0]["param_groups"][0]["lr"] - 0.2 * lr) < 1e-12
+
+
 def test_training_record_and_warm_start(tmp_path):
     train_run.run_training(tiny_cfg(tmp_path / "a", "trainer.max_steps=3"), tmp_path / "a")
     last = tmp_path / "a" / "ckpt" / "last.ckpt"
@@ -185,6 +192,8 @@ def test_training_record_and_warm_start(tmp_path):
         ("batch_size=0", "batch_size"),
         ("trainer.accelerator=tpu9", "trainer"),
         ("dataset.features.vocabulary=zinc", "vocabulary"),
+        ("optim.decay.kind=step", "decay"),
+        ("loss.low_t.fraction=2", "low_t"),
     ],
 )
 def test_bad_config_values_fail_before_any_work(tmp_path, monkeypatch, override, message):

@@ -6,6 +6,10 @@ eps_h)``; a network or an analytic model.
 
 * ``weighting="simple"``: the mean squared epsilon error per dimension (DDPM's L_simple; EDM's
   ``l2`` training loss), t uniform on the grid i / T, i = 1..T, or on (0, 1] when continuous.
+* ``weighting="snr_clip"``: the same per-dimension error weighted by clip(SNR, lo, hi) / SNR,
+  i.e. EQGAT-diff's x0-error weighting (``weights.py``).
+* ``low_t=(fraction, t_max)``: that fraction of each batch draws its times at or below t_max
+  (UniGEM's oversampling of low noise, where whole molecules are decided); the rest as usual.
 * ``weighting="vlb"``: an unbiased one-sample estimate of the diffusion part of the ELBO
   (``weights.py``). Discrete: i uniform on 0..T, the term scaled by T + 1, and at i = 0 the
   reconstruction L0 (``reconstruction.py``). Continuous: -1/2 dlambda/dt ||eps - eps_hat||^2 at
@@ -21,7 +25,7 @@ import torch
 from moldiff.data.features import FeatureLayout
 from moldiff.geometry import segment_sum
 from moldiff.loss.reconstruction import l0_from_pieces
-from moldiff.loss.weights import continuous_vlb_weight, discrete_vlb_weight
+from moldiff.loss.weights import continuous_vlb_weight, discrete_vlb_weight, snr_clip_weight
 from moldiff.noise.vp_sde import VPSDE
 
 
@@ -34,10 +38,22 @@ def noised_error(eps_fn, sde, x0, h0, t, batch, n, generator=None):
     return err, (xt, ht, ex, eh, px, ph)
 
 
+WEIGHTINGS = ("simple", "snr_clip", "vlb")
+
+
 class DiffusionLoss:
-    def __init__(self, sde: VPSDE, layout: FeatureLayout, weighting: str = "simple", timesteps: int | None = 1000, t0: float = 0.0):
-        if weighting not in ("simple", "vlb"):
-            raise ValueError(f"weighting must be 'simple' or 'vlb', got {weighting!r}")
+    def __init__(self, sde: VPSDE, layout: FeatureLayout, weighting: str = "simple", timesteps: int | None = 1000, t0: float = 0.0,
+                 snr_clip: tuple[float, float] = (0.05, 1.5), low_t: tuple[float, float] = (0.0, 0.05)):
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        if not 0.0 < float(snr_clip[0]) <= float(snr_clip[1]):
+            raise ValueError(f"snr_clip must be 0 < lo <= hi, got {list(snr_clip)}")
+        if not (0.0 <= float(low_t[0]) <= 1.0 and 0.0 < float(low_t[1]) <= 1.0):
+            raise ValueError(f"low_t must be (fraction in [0, 1], t_max in (0, 1]), got {list(low_t)}")
+        if weighting == "vlb" and float(low_t[0]) > 0:
+            raise ValueError("low_t oversampling would bias the VLB estimate; use it with simple or snr_clip")
+        self.snr_clip = (float(snr_clip[0]), float(snr_clip[1]))
+        self.low_t = (float(low_t[0]), float(low_t[1]))
         if timesteps is not None and int(timesteps) < 1:
             raise ValueError(f"timesteps must be a positive integer or None (continuous), got {timesteps!r}")
         self.sde, self.layout, self.weighting = sde, layout, weighting
@@ -48,12 +64,20 @@ class DiffusionLoss:
 
     # --- time ---------------------------------------------------------------------------------
     def sample_times(self, n: int, like: torch.Tensor, generator=None) -> torch.Tensor:
-        """(M,) times: grid points i / T or uniform on (0, 1]."""
+        """(M,) times: grid points i / T or uniform on (0, 1]; with ``low_t``, the first
+        round(fraction n) of them at or below t_max (batches are shuffled, so any would do)."""
+        t = self._times(n, 1.0, like, generator)
+        k = round(self.low_t[0] * n)
+        if k:
+            t[:k] = self._times(k, self.low_t[1], like, generator)
+        return t
+
+    def _times(self, n: int, t_max: float, like: torch.Tensor, generator) -> torch.Tensor:
         if self.T is None:
             u = torch.rand(n, generator=generator, dtype=like.dtype, device=like.device)
-            return 1.0 - u  # (0, 1]: t = 0 has no noise to predict
+            return t_max * (1.0 - u)  # (0, t_max]: t = 0 has no noise to predict
         low = 0 if self.weighting == "vlb" else 1
-        i = torch.randint(low, self.T + 1, (n,), generator=generator, device=like.device)
+        i = torch.randint(low, max(low, round(t_max * self.T)) + 1, (n,), generator=generator, device=like.device)
         return i.to(like.dtype) / self.T
 
     # --- terms --------------------------------------------------------------------------------
@@ -75,8 +99,10 @@ class DiffusionLoss:
     def __call__(self, eps_fn, x0, h0, batch, n, generator=None):
         t = self.sample_times(n, x0, generator)
         err, pieces = self.squared_error(eps_fn, x0, h0, t, batch, n, generator)
-        if self.weighting == "simple":
+        if self.weighting in ("simple", "snr_clip"):
             dims = torch.bincount(batch, minlength=n).to(err.dtype) * (3 + h0.shape[1])
+            if self.weighting == "snr_clip":
+                err = err * snr_clip_weight(self.sde.schedule, t, *self.snr_clip)
             return err / dims, t
         sched = self.sde.schedule
         if self.T is None:

@@ -119,12 +119,33 @@ class DiffusionModule(pl.LightningModule):
 
     def configure_optimizers(self):
         o = self.hparams.optim
-        return torch.optim.AdamW(
+        opt = torch.optim.AdamW(
             self.net.parameters(), lr=float(o["lr"]), weight_decay=float(o.get("weight_decay", 0.0)), amsgrad=bool(o.get("amsgrad", True))
         )
+        decay = o.get("decay") or {}
+        if decay.get("kind", "none") == "none":
+            return opt
+        factor = lr_factor(decay["kind"], int(decay["steps"]), float(decay.get("final", 0.1)))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, factor), "interval": "step"}}
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         return batch.to(device) if isinstance(batch, MoleculeBatch) else super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+
+def lr_factor(kind: str, steps: int, final: float):
+    """The learning rate's factor at optimizer step k: from 1 down to ``final`` over ``steps`` steps
+    (cosine or linear), then ``final``. Counted from this run's first step (a warm start's too)."""
+    import math
+
+    if kind not in ("cosine", "linear") or steps < 1 or not 0.0 <= final <= 1.0:
+        raise ValueError(f"optim.decay: kind cosine|linear|none, steps >= 1, final in [0, 1]; got {kind!r}, {steps}, {final}")
+
+    def factor(k: int) -> float:
+        u = min(k / steps, 1.0)
+        shape = 0.5 * (1 + math.cos(math.pi * u)) if kind == "cosine" else 1.0 - u
+        return final + (1.0 - final) * shape
+
+    return factor
 
 
 class TrainingRecord(pl.Callback):

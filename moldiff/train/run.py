@@ -14,7 +14,7 @@ from moldiff.train import build
 from moldiff.train.build import plain as _plain
 from moldiff.train.conditioning import Context
 from moldiff.train.callbacks import AtomicCheckpointIO, LegTimer, SampleAndEvaluate, SaveAtEnd
-from moldiff.train.module import DiffusionModule, TrainingRecord
+from moldiff.train.module import DiffusionModule, TrainingRecord, lr_factor
 
 from moldiff.sampling.run import SHIPPED  # one place for the shipped checkpoint
 
@@ -31,6 +31,9 @@ def check_config(cfg) -> None:
         raise ValueError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
     if float(cfg.optim.lr) <= 0:
         raise ValueError(f"optim.lr must be > 0, got {cfg.optim.lr}")
+    decay = _plain(cfg.optim.get("decay")) or {}
+    if decay.get("kind", "none") != "none":
+        lr_factor(decay["kind"], int(decay.get("steps") or 0), float(decay.get("final", 0.1)))
     if cfg.checkpoint.resume not in (None, "auto") and not Path(cfg.checkpoint.resume).is_file():
         raise FileNotFoundError(f"checkpoint.resume: no file {cfg.checkpoint.resume}")
     if cfg.init_from not in (None, "shipped") and not Path(cfg.init_from).is_file():
