@@ -20,6 +20,8 @@ CASES = [
     ("ode_heun", 50, {}),
     ("ode_dpm2", 50, {}),
     ("ode_adaptive", 1, {"rtol": 1e-6, "atol": 1e-6}),
+    ("karras", 50, {}),  # churn 0: Heun on the rho-spaced grid
+    ("karras", 100, {"churn": 30, "s_tmin": 0.05, "s_tmax": 50.0}),
 ]
 
 
@@ -92,3 +94,12 @@ def test_unknown_sampler_is_a_clear_error():
     sde = VPSDE(get_schedule("linear"))
     with pytest.raises(ValueError, match="unknown sampler"):
         sample("heun", GaussianPointClouds(sde).eps, sde, [3], 2, 5)
+
+
+def test_ancestral_late_noise_is_an_exact_no_op_at_one_and_shrinks_spread_below_one():
+    sde = VPSDE(get_schedule("polynomial"))
+    data = GaussianPointClouds(sde)
+    run = lambda **o: sample("ancestral", data.eps, sde, [N_ATOMS] * 500, 2, 100, generator=torch.Generator().manual_seed(2),  # noqa: E731
+                             dtype=torch.float64, **o)[0]
+    assert torch.equal(run(), run(late_noise=1.0, late_t=0.5))
+    assert float(run(late_noise=0.0, late_t=0.5).var()) < 0.97 * float(run().var())

@@ -39,7 +39,16 @@ def time_grid(steps: int, t_min: float = 1e-3, t_max: float = 1.0, kind: str = "
         grid = schedule.t_of_log_snr(torch.linspace(float(ends[0]), float(ends[1]), steps + 1, dtype=torch.float64))
         grid[0], grid[-1] = t_max, t_min  # exact ends despite bisection
         return grid
-    raise ValueError(f"unknown time grid {kind!r}; use uniform or logsnr")
+    if kind == "karras":  # Karras et al.'s grid: uniform in s^(1/rho), s = sigma / alpha, rho = 7
+        rho = 7.0
+        ends = torch.tensor([t_max, t_min], dtype=torch.float64)
+        s_max, s_min = (schedule.sigma(ends) / schedule.alpha(ends)).tolist()
+        ramp = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
+        s = (s_max ** (1 / rho) + ramp * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+        grid = schedule.t_of_log_snr(-2 * torch.log(s))
+        grid[0], grid[-1] = t_max, t_min
+        return grid
+    raise ValueError(f"unknown time grid {kind!r}; use uniform, logsnr or karras")
 
 
 def per_molecule(t: torch.Tensor | float, n: int, like: torch.Tensor) -> torch.Tensor:
@@ -75,7 +84,7 @@ def sample(
     ``name`` is a key of ``SAMPLERS``; ``options`` go to its step (e.g. ``snr``, ``corrector_steps``
     for ``pc``; ``rtol``/``atol`` for ``ode_adaptive``). ``x_init``/``h_init`` replace the prior
     draw (the ODE encodes data this way and back). ``grid``: ``uniform`` or ``logsnr`` time
-    steps; by default log-SNR for DPM-Solver-2, uniform for the rest. ``t_max``: where sampling
+    steps; by default log-SNR for DPM-Solver-2, Karras's rho-spaced grid for ``karras``, uniform for the rest. ``t_max``: where sampling
     starts from N(0, I) (below 1 for a model refined as a bridge over a shorter horizon).
     """
     if name not in SAMPLERS:
@@ -85,7 +94,7 @@ def sample(
         x, h = sde.prior(batch, n, feat_dim, dtype, generator)
     else:
         x, h = remove_mean(x_init.to(dtype), batch, n), h_init.to(dtype)
-    times = time_grid(steps, t_min, t_max, kind=grid or ("logsnr" if name == "ode_dpm2" else "uniform"), schedule=sde.schedule)
+    times = time_grid(steps, t_min, t_max, kind=grid or DEFAULT_GRID.get(name, "uniform"), schedule=sde.schedule)
     x, h = SAMPLERS[name](eps_fn, sde, x, h, times, batch, n, generator, **options)
     x, h = denoise(eps_fn, sde, x, h, times[-1], batch, n)
     return x, h, batch
@@ -99,6 +108,7 @@ def walk(step, eps_fn, sde, x, h, grid, batch, n, generator, **options):
 
 
 SAMPLERS: dict[str, Callable] = {}
+DEFAULT_GRID = {"ode_dpm2": "logsnr", "karras": "karras"}
 
 
 def register(name: str):
@@ -110,4 +120,4 @@ def register(name: str):
 
 
 # Importing the sampler modules fills SAMPLERS.
-from moldiff.sampling import ancestral, ode, reverse_sde  # noqa: E402,F401
+from moldiff.sampling import ancestral, karras, ode, reverse_sde  # noqa: E402,F401
