@@ -2,12 +2,15 @@
 evaluate each set under both protocols (CPU; run on an idle machine).
 
 python benchmarks/sampler_quality.py [--ckpt shipped] [--n 1000] [--runs ancestral:1000,ancestral:100,ode_dpm2:25]
-                                     [--batch-size 500] [--seed 0] [--t-max T] [--distances] [--out results.json]
+                                     [--batch-size 500] [--seed 0] [--t-max T] [--distances]
+                                     [--precision 32|bf16-mixed] [--out results.json]
 
-Each run is sampler:steps (network evaluations: steps for ancestral / euler_maruyama, 2 x steps
-for ode_heun and ode_dpm2, (1 + corrector_steps) x steps for pc). ``--t-max`` starts sampling
-there instead of at the model's horizon (1, or a bridge-refined model's); ``--distances`` adds
-the distribution distances against 10,000 QM9 training molecules. Prints a markdown table.
+Each run is sampler:steps[:key=value;...] with sampler options, e.g.
+karras:50:churn=30;s_tmin=0.05;s_tmax=50 or ancestral:100:late_noise=0.5;late_t=0.05. Network
+evaluations: steps for ancestral / euler_maruyama, 2 x steps for ode_heun, ode_dpm2 and karras,
+(1 + corrector_steps) x steps for pc. ``--t-max`` starts sampling there instead of at the model's
+horizon (1, or a bridge-refined model's); ``--distances`` adds the distribution distances against
+10,000 QM9 training molecules; ``--precision bf16-mixed`` runs the network in bfloat16. Prints a markdown table.
 """
 
 import argparse
@@ -22,7 +25,14 @@ from moldiff.nn.egnn import tune_cpu_allocator
 from moldiff.sampling.generate import generate
 from moldiff.sampling.run import checkpoint_path, load_module
 
-NFE_PER_STEP = {"ancestral": 1, "euler_maruyama": 1, "pc": 2, "ode_heun": 2, "ode_dpm2": 2}
+NFE_PER_STEP = {"ancestral": 1, "euler_maruyama": 1, "pc": 2, "ode_heun": 2, "ode_dpm2": 2, "karras": 2}
+
+
+def parse_run(run: str):
+    """sampler:steps[:key=value;key=value] -> (sampler, steps, options), values as floats."""
+    parts = run.split(":")
+    options = dict(kv.split("=") for kv in parts[2].split(";")) if len(parts) > 2 and parts[2] else {}
+    return parts[0], int(parts[1]), {k: float(v) for k, v in options.items()}
 
 
 def main():
@@ -34,6 +44,7 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--t-max", type=float, default=None)
     p.add_argument("--distances", action="store_true")
+    p.add_argument("--precision", choices=["32", "bf16-mixed"], default="32")
     p.add_argument("--out", default=None)
     a = p.parse_args()
     tune_cpu_allocator()
@@ -47,12 +58,13 @@ def main():
     options = {} if a.t_max is None else {"t_max": a.t_max}
     rows = []
     for run in a.runs.split(","):
-        sampler, steps = run.split(":")
+        sampler, steps, extra = parse_run(run)
         t0 = time.perf_counter()
-        mols = generate(module, a.n, sampler=sampler, steps=int(steps), batch_size=a.batch_size, seed=a.seed, progress=False, **options)
+        mols = generate(module, a.n, sampler=sampler, steps=steps, batch_size=a.batch_size, seed=a.seed, progress=False,
+                        precision=a.precision, **options, **extra)
         seconds = time.perf_counter() - t0
         m = evaluate(mols, vocab, InputReport(), reference=reference, protocols=("edm", "corrected"), workers=2)
-        row = {"sampler": sampler, "steps": int(steps), "nfe": int(steps) * NFE_PER_STEP.get(sampler, 1), "seconds": round(seconds, 1),
+        row = {"sampler": sampler, "options": extra, "precision": a.precision, "steps": int(steps), "nfe": int(steps) * NFE_PER_STEP.get(sampler, 1), "seconds": round(seconds, 1),
                "edm": {k: m["edm"][k] for k in ("atom_stability", "molecule_stability", "validity", "valid_and_unique")},
                "corrected": {k: m["corrected"][k] for k in ("atom_stability", "molecule_stability", "validity", "valid_and_unique")},
                "distances": m.get("distribution")}
@@ -62,7 +74,7 @@ def main():
         if row["distances"]:
             d = row["distances"]
             dist = f" {d['atom_type_tv']:.3f} / {d['bond_length_w1']['weighted_mean']:.3f} / {d['bond_angle_w1']['weighted_mean']:.2f} |"
-        print(f"| {sampler} | {steps} | {row['nfe']} | {seconds:.0f} | "
+        print(f"| {run} | {steps} | {row['nfe']} | {seconds:.0f} | "
               + " / ".join(f"{100 * e[k]:.1f}" for k in e) + " | " + " / ".join(f"{100 * c[k]:.1f}" for k in c) + " |" + dist, flush=True)
     if a.out:
         with open(a.out, "w") as f:
