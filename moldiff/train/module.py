@@ -164,7 +164,8 @@ class TrainingRecord(pl.Callback):
         if module.device.type == "cuda":
             device = "gpu: " + torch.cuda.get_device_name(module.device)
         self._start = time.time()
-        self._entry = {"device": device, "world_size": trainer.world_size, "first_step": int(trainer.global_step), "seconds": 0.0}
+        self._entry = {"device": device, "world_size": trainer.world_size, "precision": str(trainer.precision),
+                       "first_step": int(trainer.global_step), "seconds": 0.0}
 
     def _current(self, trainer) -> list:
         if self._entry is None:
