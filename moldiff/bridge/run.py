@@ -65,7 +65,7 @@ def run_refinement(cfg, output_dir) -> tuple[BridgeModule, Path]:
     output_dir = Path(output_dir)
     ckpt_dir = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else output_dir / "checkpoints"
     base_path = checkpoint_path(cfg.ckpt)
-    base = torch.load(base_path, map_location="cpu", weights_only=False)
+    base = torch.load(base_path, map_location="cpu", weights_only=True)
     if base["hyper_parameters"].get("context"):
         raise ValueError(f"{base_path} is a conditional model ({base['hyper_parameters']['context']['names']}); bridge refinement takes unconditional ones")
     module = BridgeModule(base=dict(base["hyper_parameters"]), horizon=float(cfg.horizon), steps=int(cfg.steps), t_min=float(cfg.t_min),

@@ -74,7 +74,7 @@ def load_property_net(path: Path, device, prop: str):
     """(predictor, its output column for ``prop``); a clear error if the model does not predict it."""
     from moldiff.train.property_module import PropertyModule
 
-    module = PropertyModule.load_from_checkpoint(path, map_location=device, weights_only=False)
+    module = PropertyModule.load_from_checkpoint(path, map_location=device, weights_only=True)
     try:
         column = module.column(prop)
     except ValueError as e:

@@ -93,7 +93,7 @@ def _evaluation_cfg(cfg, sdf, out):
 def load_module(path: Path, device):
     from moldiff.train.module import DiffusionModule
 
-    module = DiffusionModule.load_from_checkpoint(path, map_location=device, weights_only=False)
+    module = DiffusionModule.load_from_checkpoint(path, map_location=device, weights_only=True)
     return module.eval()
 
 

@@ -20,7 +20,7 @@ KEEP = ("state_dict", "hyper_parameters", "moldiff_record", "epoch", "global_ste
 
 
 def export_checkpoint(src: str | Path, dst: str | Path) -> dict:
-    ckpt = torch.load(src, map_location="cpu", weights_only=False)
+    ckpt = torch.load(src, map_location="cpu", weights_only=True)
     missing = [k for k in ("state_dict", "hyper_parameters") if k not in ckpt]
     if missing:
         raise ValueError(f"{src} is not a moldiff training checkpoint (no {missing})")

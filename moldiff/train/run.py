@@ -129,7 +129,8 @@ def fit(cfg, module, train_loader, val_loader, output_dir: Path, ckpt_dir: Path,
         **kwargs, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False, default_root_dir=output_dir,
     )
-    trainer.fit(module, train_loader, val_loader, ckpt_path=resume_path(cfg, ckpt_dir))
+    # weights_only: a shared checkpoint is data; unpickling it must not be able to run code
+    trainer.fit(module, train_loader, val_loader, ckpt_path=resume_path(cfg, ckpt_dir), weights_only=True)
     return module
 
 
@@ -165,7 +166,7 @@ def warm_start(module: DiffusionModule, path: Path) -> list:
     continues training a model, e.g. the shipped one, with a fresh optimizer). Returns its record.
     An unconditional checkpoint can start a conditional model: the embedding's new context columns
     start at zero, so training begins from the unconditional model's predictions."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
     theirs = ckpt["hyper_parameters"]
     for key in ("model", "noise", "features"):
         if theirs[key] != module.hparams[key]:
