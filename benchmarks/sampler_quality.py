@@ -35,6 +35,19 @@ def parse_run(run: str):
     return parts[0], int(parts[1]), {k: float(v) for k, v in options.items()}
 
 
+def quality(module, sampler, steps, n, seed, batch_size=500, reference=None, precision="32", options=None) -> dict:
+    """Sample n molecules and evaluate them under both protocols (and the distances, given a reference)."""
+    options = options or {}
+    t0 = time.perf_counter()
+    mols = generate(module, n, sampler=sampler, steps=steps, batch_size=batch_size, seed=seed, progress=False, precision=precision, **options)
+    seconds = time.perf_counter() - t0
+    m = evaluate(mols, module.layout.vocab, InputReport(), reference=reference, protocols=("edm", "corrected"), workers=2)
+    keys = ("atom_stability", "molecule_stability", "validity", "valid_and_unique")
+    return {"sampler": sampler, "options": options, "precision": precision, "steps": int(steps), "seed": seed,
+            "nfe": int(steps) * NFE_PER_STEP.get(sampler, 1), "seconds": round(seconds, 1),
+            "edm": {k: m["edm"][k] for k in keys}, "corrected": {k: m["corrected"][k] for k in keys}, "distances": m.get("distribution")}
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--ckpt", default="shipped")
@@ -49,7 +62,6 @@ def main():
     a = p.parse_args()
     tune_cpu_allocator()
     module = load_module(checkpoint_path(a.ckpt), torch.device("cpu"))
-    vocab = module.layout.vocab
     reference = None
     if a.distances:
         from moldiff.metrics.reference import reference_stats
@@ -59,22 +71,14 @@ def main():
     rows = []
     for run in a.runs.split(","):
         sampler, steps, extra = parse_run(run)
-        t0 = time.perf_counter()
-        mols = generate(module, a.n, sampler=sampler, steps=steps, batch_size=a.batch_size, seed=a.seed, progress=False,
-                        precision=a.precision, **options, **extra)
-        seconds = time.perf_counter() - t0
-        m = evaluate(mols, vocab, InputReport(), reference=reference, protocols=("edm", "corrected"), workers=2)
-        row = {"sampler": sampler, "options": extra, "precision": a.precision, "steps": int(steps), "nfe": int(steps) * NFE_PER_STEP.get(sampler, 1), "seconds": round(seconds, 1),
-               "edm": {k: m["edm"][k] for k in ("atom_stability", "molecule_stability", "validity", "valid_and_unique")},
-               "corrected": {k: m["corrected"][k] for k in ("atom_stability", "molecule_stability", "validity", "valid_and_unique")},
-               "distances": m.get("distribution")}
+        row = quality(module, sampler, steps, a.n, a.seed, a.batch_size, reference, a.precision, {**options, **extra})
         rows.append(row)
         e, c = row["edm"], row["corrected"]
         dist = ""
         if row["distances"]:
             d = row["distances"]
             dist = f" {d['atom_type_tv']:.3f} / {d['bond_length_w1']['weighted_mean']:.3f} / {d['bond_angle_w1']['weighted_mean']:.2f} |"
-        print(f"| {run} | {steps} | {row['nfe']} | {seconds:.0f} | "
+        print(f"| {run} | {steps} | {row['nfe']} | {row['seconds']:.0f} | "
               + " / ".join(f"{100 * e[k]:.1f}" for k in e) + " | " + " / ".join(f"{100 * c[k]:.1f}" for k in c) + " |" + dist, flush=True)
     if a.out:
         with open(a.out, "w") as f:

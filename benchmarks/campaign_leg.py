@@ -1,0 +1,87 @@
+"""End of a campaign leg: export the run's checkpoint, evaluate it as users would sample it, add it
+to the learning curve, and ship it if it beats the shipped model.
+
+python benchmarks/campaign_leg.py [--run outputs/train/campaign] [--seeds 0,1] [--n 1000] [--ship]
+
+* export: ``<run>/checkpoints/last.ckpt`` -> ``<run>/exports/step_<N>.ckpt`` (weights, EMA, configs,
+  training record; no optimizer state);
+* evaluate: ``sample.py``'s defaults (ancestral, 300 steps, EMA weights, float32), ``--n``
+  molecules per seed, EDM and corrected protocols and the distribution distances against 10,000
+  QM9 training molecules (``sampler_quality.quality``);
+* record: an entry in ``benchmarks/campaign.json`` with cumulative epochs, steps and training
+  hours summed over every leg of the training record (the shipped model's legs included);
+* ``--ship``: copy the export to ``moldiff/checkpoints/qm9_egnn.ckpt`` only if its mean EDM
+  molecule stability over the seeds beats the entry marked as shipped.
+
+Run it with the campaign stopped: the sampling time goes into the record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from moldiff.metrics.reference import reference_stats
+from moldiff.nn.egnn import tune_cpu_allocator
+from moldiff.sampling.run import SHIPPED, load_module
+from moldiff.train.export import export_checkpoint
+from sampler_quality import quality
+
+HERE = Path(__file__).resolve().parent
+TRAIN_MOLECULES = 100_000  # QM9 train split (EDM's)
+
+
+def record_totals(ckpt: dict) -> dict:
+    record = ckpt.get("moldiff_record", [])
+    devices = sorted({r["device"].split(":")[0] for r in record})
+    precisions = sorted({str(r.get("precision", "32")) for r in record})
+    batch = 64  # the recipe's batch size (configs/train.yaml)
+    steps = sum(r["last_step"] - r["first_step"] for r in record)  # a warm start restarts the step count: add up the legs
+    return {"steps": steps, "epochs": round(steps * batch / TRAIN_MOLECULES, 2),
+            "hours": round(sum(r["seconds"] for r in record) / 3600, 2), "device": "+".join(devices),
+            "precision": "+".join(precisions), "legs": len(record)}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--run", default="outputs/train/campaign")
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--ship", action="store_true")
+    ap.add_argument("--data", default=str(HERE / "campaign.json"))
+    a = ap.parse_args()
+    tune_cpu_allocator()
+    run = Path(a.run)
+    step = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
+    export = run / "exports" / f"step_{step}.ckpt"
+    export.parent.mkdir(exist_ok=True)
+    small = export_checkpoint(run / "checkpoints" / "last.ckpt", export)
+    module = load_module(export, torch.device("cpu"))
+    reference = reference_stats("qm9:train", 10_000)
+    rows = [quality(module, "ancestral", 300, a.n, int(seed), reference=reference) for seed in a.seeds.split(",")]
+    entry = {"name": f"campaign (run step {step})", "export": str(export), **record_totals(small),
+             "edm": {k: [r["edm"][k] for r in rows] for k in rows[0]["edm"]},
+             "corrected": {k: [r["corrected"][k] for r in rows] for k in rows[0]["corrected"]},
+             "distances": [r["distances"] for r in rows], "sampling_seconds": [r["seconds"] for r in rows],
+             "command": f"python benchmarks/campaign_leg.py --run {a.run} --seeds {a.seeds} --n {a.n}"}
+    data = json.loads(Path(a.data).read_text())
+    shipped = next(e for e in data["entries"] if e.get("shipped"))
+    mean = lambda v: sum(v) / len(v)  # noqa: E731
+    better = mean(entry["edm"]["molecule_stability"]) > mean(shipped["edm"]["molecule_stability"])
+    print(f"{entry['name']}: {entry['epochs']} epochs, {entry['hours']} h; EDM mol. stability "
+          f"{100 * mean(entry['edm']['molecule_stability']):.1f} % against the shipped {100 * mean(shipped['edm']['molecule_stability']):.1f} %")
+    if a.ship and better:
+        shutil.copyfile(export, SHIPPED)
+        shipped["shipped"] = False
+        entry["shipped"] = True
+        print(f"shipped as {SHIPPED}")
+    data["entries"].append(entry)
+    Path(a.data).write_text(json.dumps(data, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
