@@ -16,7 +16,8 @@ from moldiff.guidance.property_energy import PropertyEnergy, PropertyPredictor
 from moldiff.noise.schedules import PolynomialSchedule
 from moldiff.noise.vp_sde import VPSDE
 from moldiff.nn.egnn import EGNN
-from moldiff.sampling.base import sample, sizes_to_batch
+from moldiff.sampling.base import sizes_to_batch
+from moldiff.sampling.samplers import sample
 
 SDE = VPSDE(PolynomialSchedule())
 LAYOUT = FeatureLayout(QM9_VOCAB)

@@ -27,7 +27,8 @@ import torch
 
 from moldiff.bridge.reference import bridge_sample, forward_step, reference_endpoint
 from moldiff.geometry import atom_counts, remove_mean, segment_sum
-from moldiff.sampling.base import per_molecule, sample, time_grid
+from moldiff.sampling.base import per_molecule, time_grid
+from moldiff.sampling.samplers import sample
 
 
 def _per_molecule_mse(ex, eh, tx, th, batch, n):

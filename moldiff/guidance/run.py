@@ -38,7 +38,7 @@ def property_checkpoint(cfg, role: str) -> Path:
 
 
 def check_config(cfg) -> None:
-    from moldiff.sampling.base import SAMPLERS
+    from moldiff.sampling.samplers import SAMPLERS
     from moldiff.sampling.run import checkpoint_path
 
     if cfg.mode not in ("design", "protocol"):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from functools import partial
-
-from moldiff.sampling.base import per_molecule, register, walk
+from moldiff.sampling.base import per_molecule
 
 
 def ancestral_step(eps_fn, sde, x, h, t, s, batch, n, generator, late_noise: float = 1.0, late_t: float = 0.0):
@@ -25,6 +23,3 @@ def ancestral_step(eps_fn, sde, x, h, t, s, batch, n, generator, late_noise: flo
     x = x / a_ts - s2_ts / (a_ts * sg_t) * ex + std * zx
     h = h / a_ts - s2_ts / (a_ts * sg_t) * eh + std * zh
     return x, h
-
-
-register("ancestral")(partial(walk, ancestral_step))

@@ -1,5 +1,6 @@
 """What every sampler shares: batches from atom counts, the time grid, the final denoising step,
-and the driver that walks a step function down the grid."""
+and the loop that walks a step function down the grid. The samplers themselves and the
+``sample`` driver are in ``samplers.py``."""
 
 from __future__ import annotations
 
@@ -63,61 +64,8 @@ def denoise(eps_fn: EpsFn, sde: VPSDE, x, h, t, batch, n):
     return remove_mean((x - s * ex) / a, batch, n), (h - s * eh) / a
 
 
-def sample(
-    name: str,
-    eps_fn: EpsFn,
-    sde: VPSDE,
-    sizes,
-    feat_dim: int,
-    steps: int = 100,
-    t_min: float = 1e-3,
-    t_max: float = 1.0,
-    grid: str | None = None,
-    generator: torch.Generator | None = None,
-    dtype=torch.float32,
-    x_init=None,
-    h_init=None,
-    **options,
-):
-    """Samples of molecules with the given atom counts: (x (A, 3), h (A, F), batch (A,)).
-
-    ``name`` is a key of ``SAMPLERS``; ``options`` go to its step (e.g. ``snr``, ``corrector_steps``
-    for ``pc``; ``rtol``/``atol`` for ``ode_adaptive``). ``x_init``/``h_init`` replace the prior
-    draw (the ODE encodes data this way and back). ``grid``: ``uniform`` or ``logsnr`` time
-    steps; by default log-SNR for DPM-Solver-2, Karras's rho-spaced grid for ``karras``, uniform for the rest. ``t_max``: where sampling
-    starts from N(0, I) (below 1 for a model refined as a bridge over a shorter horizon).
-    """
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; use one of {sorted(SAMPLERS)}")
-    batch, n = sizes_to_batch(sizes)
-    if x_init is None:
-        x, h = sde.prior(batch, n, feat_dim, dtype, generator)
-    else:
-        x, h = remove_mean(x_init.to(dtype), batch, n), h_init.to(dtype)
-    times = time_grid(steps, t_min, t_max, kind=grid or DEFAULT_GRID.get(name, "uniform"), schedule=sde.schedule)
-    x, h = SAMPLERS[name](eps_fn, sde, x, h, times, batch, n, generator, **options)
-    x, h = denoise(eps_fn, sde, x, h, times[-1], batch, n)
-    return x, h, batch
-
-
 def walk(step, eps_fn, sde, x, h, grid, batch, n, generator, **options):
     """Apply ``step(eps_fn, sde, x, h, t, s, batch, n, generator)`` along consecutive grid times."""
     for t, s in zip(grid[:-1], grid[1:]):
         x, h = step(eps_fn, sde, x, h, float(t), float(s), batch, n, generator, **options)
     return x, h
-
-
-SAMPLERS: dict[str, Callable] = {}
-DEFAULT_GRID = {"ode_dpm2": "logsnr", "karras": "karras"}
-
-
-def register(name: str):
-    def deco(fn):
-        SAMPLERS[name] = fn
-        return fn
-
-    return deco
-
-
-# Importing the sampler modules fills SAMPLERS.
-from moldiff.sampling import ancestral, karras, ode, reverse_sde  # noqa: E402,F401

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from moldiff.data.molecules import MoleculeSet
-from moldiff.sampling.base import sample, sample_sizes
+from moldiff.sampling.base import sample_sizes
+from moldiff.sampling.samplers import sample
 from moldiff.train.conditioning import ContextSlot
 
 PRECISIONS = ("32", "bf16-mixed")

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from moldiff.sampling.base import per_molecule, register
+from moldiff.sampling.base import per_molecule
 
 
 def _eps(eps_fn, sde, xt, ht, s, batch, n):
@@ -50,6 +50,3 @@ def karras(eps_fn, sde, x, h, grid, batch, n, generator=None, churn: float = 0.0
         xt, ht = x_next, h_next
     a_end = float(sch.alpha(g64[-1]))
     return a_end * xt, a_end * ht
-
-
-register("karras")(karras)

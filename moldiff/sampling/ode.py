@@ -5,12 +5,11 @@ torchdiffeq for accuracy (and for likelihoods)."""
 
 from __future__ import annotations
 
-from functools import partial
 
 import torch
 
 from moldiff.geometry import remove_mean
-from moldiff.sampling.base import per_molecule, register, walk
+from moldiff.sampling.base import per_molecule
 
 
 def pf_drift(eps_fn, sde, x, h, t, batch, n):
@@ -65,8 +64,3 @@ def solve_adaptive(eps_fn, sde, x, h, grid, batch, n, generator=None, rtol: floa
     options = {"step_t": ts[1:]} if method in ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun") else None
     y = odeint(f, y0, ts, rtol=rtol, atol=atol, method=method, options=options)[-1]
     return y[:nx].view_as(x), y[nx:].view_as(h)
-
-
-register("ode_heun")(partial(walk, heun_step))
-register("ode_dpm2")(partial(walk, dpm2_step))
-register("ode_adaptive")(solve_adaptive)

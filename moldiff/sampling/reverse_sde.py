@@ -4,10 +4,9 @@ predictor-corrector sampling with a Langevin corrector controlled by a signal-to
 
 from __future__ import annotations
 
-from functools import partial
 
 from moldiff.geometry import segment_sum
-from moldiff.sampling.base import per_molecule, register, walk
+from moldiff.sampling.base import per_molecule
 
 
 def score(eps_fn, sde, x, h, tt, batch, n):
@@ -48,7 +47,3 @@ def langevin_correct(eps_fn, sde, x, h, t, batch, n, generator, snr: float = 0.1
 def pc_step(eps_fn, sde, x, h, t, s, batch, n, generator, snr: float = 0.1, corrector_steps: int = 1):
     x, h = euler_maruyama_step(eps_fn, sde, x, h, t, s, batch, n, generator)
     return langevin_correct(eps_fn, sde, x, h, s, batch, n, generator, snr, corrector_steps)
-
-
-register("euler_maruyama")(partial(walk, euler_maruyama_step))
-register("pc")(partial(walk, pc_step))

@@ -58,7 +58,7 @@ def resolve_targets(target, module, n: int):
 
 
 def check_config(cfg) -> None:
-    from moldiff.sampling.base import SAMPLERS
+    from moldiff.sampling.samplers import SAMPLERS
 
     if int(cfg.n) < 1:
         raise ValueError(f"n must be >= 1, got {cfg.n}")

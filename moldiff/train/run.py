@@ -43,7 +43,7 @@ def check_config(cfg) -> None:
         raise ValueError(f"context: a property is listed twice in {context}")
     if cfg.init_from is not None and cfg.checkpoint.resume not in (None, "auto"):
         raise ValueError("give either init_from (new run, warm start) or checkpoint.resume (continue a run), not both")
-    from moldiff.sampling.base import SAMPLERS
+    from moldiff.sampling.samplers import SAMPLERS
 
     if cfg.evaluate.sampler not in SAMPLERS:
         raise ValueError(f"evaluate.sampler: unknown {cfg.evaluate.sampler!r}; use one of {sorted(SAMPLERS)}")
