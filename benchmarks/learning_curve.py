@@ -1,6 +1,6 @@
 """The training campaign's learning curve: a markdown table and a PNG from ``campaign.json``.
 
-python benchmarks/learning_curve.py [--data benchmarks/campaign.json] [--png docs/learning_curve.png]
+python benchmarks/learning_curve.py [--data benchmarks/campaign.json] [--png docs/learning_curve.png] [--legs ckpt]
 
 ``campaign.json`` holds one entry per evaluated checkpoint (the shipped starting point and the end
 of every campaign leg): cumulative epochs, steps and training hours (wall time on the machine that
@@ -34,6 +34,18 @@ def table(entries: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def leg_table(ckpt_path: str) -> str:
+    """The training record of a checkpoint, one row per leg (the warm start's legs first)."""
+    import torch
+
+    record = torch.load(ckpt_path, map_location="cpu", weights_only=True)["moldiff_record"]
+    lines = ["| leg | device | precision | steps (run's own count) | epoch at end | wall time |", "|---|---|---|---|---|---|"]
+    for k, r in enumerate(record, 1):
+        lines.append(f"| {k} | {r['device']} | {r.get('precision', '32')} | {r['first_step']:,} → {r['last_step']:,} | "
+                     f"{r['epoch']} | {r['seconds'] / 60:.0f} min |")
+    return "\n".join(lines)
+
+
 def plot(entries: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -62,7 +74,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(HERE / "campaign.json"))
     ap.add_argument("--png", default=str(HERE.parent / "docs" / "learning_curve.png"))
+    ap.add_argument("--legs", default=None, help="also print the leg table of this checkpoint's training record")
     a = ap.parse_args()
+    if a.legs:
+        print(leg_table(a.legs) + "\n")
     entries = json.loads(Path(a.data).read_text())["entries"]
     print(table(entries))
     plot(entries, Path(a.png))
