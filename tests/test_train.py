@@ -230,6 +230,49 @@ def test_ddp_with_two_cpu_processes(tmp_path):
     assert ckpt["moldiff_record"][-1]["world_size"] == 2
 
 
+class Snapshot(pl.Callback):
+    def __init__(self, batch_idx):
+        self.batch_idx, self.before, self.after = batch_idx, None, None
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if batch_idx == self.batch_idx:
+            self.before = params(module)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if batch_idx == self.batch_idx:
+            self.after = params(module)
+
+
+def test_a_nonfinite_loss_leaves_weights_ema_and_optimizer_untouched(tmp_path, monkeypatch):
+    from moldiff.train.module import DiffusionModule
+
+    real_step = DiffusionModule.training_step
+
+    def poisoned(self, batch, batch_idx):
+        if batch_idx == 2:
+            batch.x = batch.x * float("nan")
+        return real_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(DiffusionModule, "training_step", poisoned)
+    snap = Snapshot(2)
+    real_trainer = pl.Trainer
+    monkeypatch.setattr(train_run.pl, "Trainer", lambda *a, **k: real_trainer(*a, **{**k, "callbacks": [snap, *k.get("callbacks", [])]}))
+    module = train_run.run_training(tiny_cfg(tmp_path, "trainer.max_steps=5"), tmp_path)
+    assert module.skipped_batches == 1
+    assert all(torch.equal(snap.before[k], snap.after[k]) for k in snap.before)  # network and EMA
+    assert all(torch.isfinite(v).all() for v in params(module).values())
+
+
+def test_ddp_ranks_skip_a_nonfinite_loss_together(tmp_path):
+    """One rank's non-finite loss: every rank skips that update (no hang), and the replicas stay equal."""
+    p = subprocess.run([sys.executable, str(ROOT / "tests" / "ddp_nonfinite_run.py"), str(tmp_path)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert [(tmp_path / f"skipped_rank{r}.txt").read_text() for r in (0, 1)] == ["1", "1"]
+    a, b = (torch.load(tmp_path / f"weights_rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_loader_batches_cover_the_epoch_and_are_reproducible():
     from moldiff.data.elements import QM9_VOCAB
     from moldiff.data.features import FeatureLayout

@@ -47,6 +47,7 @@ class DiffusionModule(pl.LightningModule):
             self.ema.requires_grad_(False)  # a copy, not trained (DDP rejects unused trainable parameters)
         self._tic = None
         self.skipped_batches = 0
+        self._skip_update = False
 
     # --- the epsilon functions samplers and likelihoods use ---------------------------------------
     def eps_fn(self, ema: bool = True, context=None):
@@ -88,20 +89,31 @@ class DiffusionModule(pl.LightningModule):
         eps = self._batch_eps(self.net, batch)
         values, _ = self.objective(eps, batch.x, batch.h, batch.batch, batch.n_mol, self._generator(batch.x.device))
         loss = values.mean()
-        if not torch.isfinite(loss):
-            # skip the update (returning None) and count it, rather than poison the weights
+        finite = bool(torch.isfinite(loss))
+        if self.trainer.world_size > 1:  # under DDP all ranks skip together, or the gradient all-reduce would hang
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        self._skip_update = not finite
+        if not finite:
+            # skip the update and count it, rather than poison the weights. Returning None is not
+            # allowed under DDP, so every rank backpropagates a zero through all parameters (the
+            # gradient all-reduce stays in step) and the gradients are dropped before the optimizer
             self.skipped_batches += 1
             self.log("train/skipped_nonfinite", float(self.skipped_batches))
-            return None
+            return 0.0 * sum(p.sum() for p in self.net.parameters())
         self.log("train/loss", loss, prog_bar=True, batch_size=batch.n_mol)
         return loss
+
+    def on_before_optimizer_step(self, optimizer):
+        if self._skip_update:  # parameters without gradients are left alone by AdamW (no momentum, no decay)
+            for p in self.net.parameters():
+                p.grad = None
 
     def on_train_batch_start(self, batch, batch_idx):
         self._tic = time.perf_counter()
 
     def optimizer_step(self, *args, **kwargs):
         super().optimizer_step(*args, **kwargs)
-        if self.ema is not None:  # here, not in on_train_batch_end: checkpoints are saved before that
+        if self.ema is not None and not self._skip_update:  # here, not in on_train_batch_end: checkpoints are saved before that
             self.ema.update_parameters(self.net)
 
     def on_train_batch_end(self, outputs, batch: MoleculeBatch, batch_idx: int):
