@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -38,8 +39,8 @@ def property_checkpoint(cfg, role: str) -> Path:
 
 
 def check_config(cfg) -> None:
-    from moldiff.sampling.samplers import SAMPLERS
     from moldiff.sampling.run import checkpoint_path
+    from moldiff.sampling.samplers import SAMPLERS
 
     if cfg.mode not in ("design", "protocol"):
         raise ValueError(f"mode: 'design' or 'protocol', got {cfg.mode!r}")
@@ -157,7 +158,7 @@ def run_guidance(cfg, output_dir) -> dict:
 
     t0 = time.perf_counter()
     mols = generate(module, n, sampler=cfg.sampler, steps=int(cfg.steps), batch_size=int(cfg.batch_size), seed=int(cfg.seed), device=device,
-                    sizes=sizes, eps_fn=eps_fn, before_batch=before_batch, progress=True)
+                    sizes=sizes, eps_fn=eps_fn, before_batch=before_batch, progress=sys.stderr.isatty())
     seconds = time.perf_counter() - t0
     for energy_term, _ in terms:
         getattr(energy_term, "close", lambda: None)()  # the xTB worker pool

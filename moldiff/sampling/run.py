@@ -9,6 +9,7 @@ exactly what ``scripts/evaluate.py input=samples.sdf`` reports. Finished batches
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -140,7 +141,7 @@ def _generate(module, cfg, n, device, done, partial):
 
     return generate(
         module, n, sampler=cfg.sampler, steps=int(cfg.steps), batch_size=int(cfg.batch_size), seed=int(cfg.seed), device=device,
-        sizes=resolve_sizes(_plain(cfg.sizes), n), ema=bool(cfg.ema), progress=True, on_batch=save, done=done,
+        sizes=resolve_sizes(_plain(cfg.sizes), n), ema=bool(cfg.ema), progress=sys.stderr.isatty(), on_batch=save, done=done,
         context=resolve_targets(_plain(cfg.get("target")), module, n), precision=str(cfg.get("precision", "32")),
         **(_plain(cfg.options) or {}),
     )

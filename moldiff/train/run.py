@@ -3,6 +3,7 @@ fit (resuming from ``last.ckpt`` in the run folder when there is one)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,15 +11,17 @@ import pytorch_lightning as pl
 import torch
 
 from moldiff.data.loader import EpochBatchSampler, MoleculeDataset, ResumableLoader
+from moldiff.sampling.run import SHIPPED  # one place for the shipped checkpoint
 from moldiff.train import build
 from moldiff.train.build import plain as _plain
+from moldiff.train.callbacks import (
+    AtomicCheckpointIO,
+    LegTimer,
+    SampleAndEvaluate,
+    SaveAtEnd,
+)
 from moldiff.train.conditioning import Context
-from moldiff.train.callbacks import AtomicCheckpointIO, LegTimer, SampleAndEvaluate, SaveAtEnd
 from moldiff.train.module import DiffusionModule, TrainingRecord, lr_factor
-
-from moldiff.sampling.run import SHIPPED  # one place for the shipped checkpoint
-
-
 
 
 def check_config(cfg) -> None:
@@ -56,6 +59,8 @@ def check_config(cfg) -> None:
 def _trainer_kwargs(cfg) -> dict:
     kw = _plain(cfg.trainer)
     kw.pop("name", None)
+    if kw.get("enable_progress_bar") is None:  # a bar redrawn into a log file is noise
+        kw["enable_progress_bar"] = sys.stderr.isatty()
     return kw
 
 
