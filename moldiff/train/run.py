@@ -14,12 +14,7 @@ from moldiff.data.loader import EpochBatchSampler, MoleculeDataset, ResumableLoa
 from moldiff.sampling.run import SHIPPED  # one place for the shipped checkpoint
 from moldiff.train import build
 from moldiff.train.build import plain as _plain
-from moldiff.train.callbacks import (
-    AtomicCheckpointIO,
-    LegTimer,
-    SampleAndEvaluate,
-    SaveAtEnd,
-)
+from moldiff.train.callbacks import AtomicCheckpointIO, LegTimer, SampleAndEvaluate, SaveAtEnd
 from moldiff.train.conditioning import Context
 from moldiff.train.module import DiffusionModule, TrainingRecord, lr_factor
 
