@@ -48,7 +48,8 @@ import torch
 
 from moldiff.data.qm9 import load_qm9, one_hot
 from moldiff.geometry import centered_noise, remove_mean
-from moldiff.nn.egnn import EGNN, tune_cpu_allocator
+from moldiff.nn.cpu_tuning import tune_cpu_allocator
+from moldiff.nn.egnn import EGNN
 from moldiff.nn.graph import fully_connected_edges
 
 EDM_REFERENCE = {  # (molecules/s fwd+bwd at batch 64, seconds per no-grad forward of 100 molecules)

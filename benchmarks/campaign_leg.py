@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from moldiff.metrics.reference import reference_stats
-from moldiff.nn.egnn import tune_cpu_allocator
+from moldiff.nn.cpu_tuning import tune_cpu_allocator
 from moldiff.sampling.run import SHIPPED, load_module
 from moldiff.train.export import export_checkpoint
 from sampler_quality import quality

@@ -25,7 +25,7 @@ from moldiff.guidance.guided import GuidanceReport, Scale, guided
 from moldiff.guidance.property_energy import QM9_TARGETS, PropertyEnergy
 from moldiff.guidance.run import base_eps, load_property_net, predict, protocol_pairs
 from moldiff.metrics.evaluate import evaluate
-from moldiff.nn.egnn import tune_cpu_allocator
+from moldiff.nn.cpu_tuning import tune_cpu_allocator
 from moldiff.sampling.generate import generate
 from moldiff.sampling.run import checkpoint_path, load_module
 

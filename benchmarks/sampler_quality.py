@@ -21,7 +21,7 @@ import torch
 
 from moldiff.data.report import InputReport
 from moldiff.metrics.evaluate import evaluate
-from moldiff.nn.egnn import tune_cpu_allocator
+from moldiff.nn.cpu_tuning import tune_cpu_allocator
 from moldiff.sampling.generate import generate
 from moldiff.sampling.run import checkpoint_path, load_module
 

@@ -23,7 +23,7 @@ from moldiff.guidance.guided import GuidanceReport, Scale, guided
 from moldiff.guidance.xtb_energy import XTBEnergy
 from moldiff.metrics.protocols import run_edm
 from moldiff.metrics.xtb_energy import strain_energies, xtb_pool
-from moldiff.nn.egnn import tune_cpu_allocator
+from moldiff.nn.cpu_tuning import tune_cpu_allocator
 from moldiff.sampling.generate import generate
 from moldiff.sampling.run import checkpoint_path, load_module
 

@@ -1,11 +1,12 @@
-"""EGNN (moldiff.nn.egnn) and edge builders (moldiff.nn.graph): symmetries, batching, graphs."""
+"""EGNN (moldiff.nn.egnn, egnn_kernels) and edge builders (moldiff.nn.graph): symmetries, batching, graphs."""
 
 import copy
 
 import pytest
 import torch
 
-from moldiff.nn.egnn import EGNN, Graph, _EdgeMLP
+from moldiff.nn.egnn import EGNN
+from moldiff.nn.egnn_kernels import EdgeMLP, Graph
 from moldiff.nn.graph import fully_connected_edges, radius_graph
 
 F64 = torch.float64
@@ -210,7 +211,7 @@ def test_edge_mlp_gradcheck(mode):
         return torch.randn(*shape, generator=g, dtype=F64, requires_grad=True)
 
     args = (r(2 * A + 2, H), r(E), r(E), r(H, H), r(H), r(1, H), r(1) if mode == "att" else None)
-    assert torch.autograd.gradcheck(lambda *a: _EdgeMLP.apply(*a, graph, mode), args)
+    assert torch.autograd.gradcheck(lambda *a: EdgeMLP.apply(*a, graph, mode), args)
 
 
 def test_unsorted_edges_and_single_atoms():

@@ -21,255 +21,29 @@ and parameter names and shapes follow EDM's (one ``nn.Linear`` over the concaten
 (it drops it anyway). ``normalization_factor`` defaults to 1, the value EDM's QM9 training passes
 (its ``EGNN`` class default of 100 is not what its published models used).
 
-How it is made fast (CPU; ``benchmarks/bench_egnn.py`` has the numbers):
-
-* Sparse edge lists: sum N (N - 1) edges per batch (~20k for 64 QM9 molecules) instead of EDM's
-  dense B x N_max^2 (54k) with masks; built once per forward and shared by all layers, or passed
-  in by a sampler (``edges=``).
-* The first layer of each edge MLP is split: ``W1 [h_i, h_j, d, d0] + b1 = P_i + Q_j + d w_d +
-  d0 w_0`` with per-atom projections ``P = h W1a^T + b1``, ``Q = h W1b^T`` (A x H, cheap). Per edge
-  this is a weighted sum of four table rows, done by one ``embedding_bag`` kernel: no (E, 2H + 2)
-  concatenation, two thirds fewer edge-MLP FLOPs, and no pathological K=2 GEMM.
-* The per-edge chain (pre-activation -> SiLU -> Linear -> SiLU -> attention-weighted sum over
-  incoming edges, or -> the coordinate weight phi) is one ``torch.autograd.Function`` with a
-  hand-written backward: sums over incoming / outgoing edges are ``embedding_bag`` segment sums
-  on dst-grouped edges (no temporaries, no atomics), small-N products avoid MKL's slow skinny
-  GEMMs, and no (E, H) tensor is materialised twice.
-* Products are plain ``F.linear``. Earlier versions called oneDNN's private
-  ``mkldnn._linear_pointwise`` for float32: with torch 2.13 it is no faster here (265 against
-  275 molecules/s at 4 x 128), and it kept per-shape state that grew a training run's memory
-  to 6-7 GB (batches have a different edge count every step). ``fused=False`` selects a plain
-  autograd implementation of the same maths (the reference the tests compare against).
-* Mixed precision: under ``torch.autocast`` (Lightning's ``precision="bf16-mixed"``) the per-edge
-  chains, edge tables and node MLPs run in bfloat16, everything else in float32 (``Graph.compute_dtype``).
-* Optional, process-wide: ``tune_cpu_allocator()`` stops glibc from unmapping and re-faulting
-  every large freed tensor: ~25% off a training step once the heap has stopped growing; over
-  the benchmark's 20 steps 0 to +15%, within run-to-run noise.
-* ``compile=True`` runs the plain ops through ``torch.compile`` (inductor cannot lower the fused
-  kernels). Optional and not the default: on this CPU it is slower than the fused eager path
-  (see the benchmark's ``--compile``) and costs a minute of compilation.
+Execution: edges are sparse ``(src, dst)`` lists (``moldiff.nn.graph``), built once per forward
+and shared by all layers, or passed in by a sampler (``edges=``). The per-edge MLPs run through
+the fused kernels of ``moldiff.nn.egnn_kernels`` (split first layer, hand-written backward; that
+module says how and why, ``docs/performance.md`` has the figures). ``fused=False`` evaluates the
+modules above with plain autograd ops, the reference the tests compare against. Under
+``torch.autocast`` (Lightning's ``precision="bf16-mixed"``) the per-edge chains, edge tables and
+node MLPs run in the autocast dtype, everything else in float32 (``Graph.compute_dtype``).
+``compile=True`` runs the plain ops through ``torch.compile`` (inductor cannot lower the fused
+kernels); optional and not the default: on CPU it is slower than the fused eager path and costs
+a minute of compilation.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
-from torch.nn import functional as F
 
 from moldiff.geometry import remove_mean
+from moldiff.nn.egnn_kernels import Graph, PlainGraph, edge_mlp, edge_table
 from moldiff.nn.graph import fully_connected_edges, radius_graph
 from moldiff.nn.inputs import atom_inputs
 
-__all__ = ["EGNN", "tune_cpu_allocator"]
-
-
-def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, act: str = "none") -> torch.Tensor:
-    """``act(x @ w.T + b)`` (act: "none", "swish" = SiLU, "sigmoid"), activations in place. No autograd."""
-    y = F.linear(x, w, b)
-    if act == "swish":
-        return F.silu(y, inplace=True)
-    if act == "sigmoid":
-        return y.sigmoid_()
-    return y
-
-
-def tune_cpu_allocator() -> bool:
-    """Process-wide CPU memory settings for a training or sampling job; call it once, first.
-
-    1. Keep freed memory in the process (glibc malloc) instead of returning it to the OS. By
-       default glibc serves every block above a threshold (at most 32 MB) with a fresh ``mmap``
-       and unmaps it on free, so every new (E, H) activation (22 MB for 64 QM9 molecules at
-       H = 256) is paged in again: ~30k page faults and ~25% of a CPU training step. This sets
-       ``M_MMAP_MAX = 0`` (no mmap'd blocks), a 2 GB trim threshold and 64 MB top pad, the
-       ``mallopt`` equivalent of the usual jemalloc/tcmalloc advice for PyTorch on CPU.
-    2. Bound oneDNN's caches (``DNNL_PRIMITIVE_CACHE_CAPACITY`` and ideep's
-       ``LRU_CACHE_CAPACITY``, unless already set). bfloat16 products go through oneDNN, which
-       keeps state per input shape, 1024 shapes by default; every batch has a new edge count, so
-       a bf16 training run grew by ~1 MB per step (0.46 GB flat with the caps against 1.7 GB and
-       rising after 3000 products of varying shape). A new shape misses the cache anyway, so the
-       caps cost nothing. They must be set before the first bf16 product of the process.
-
-    Returns False where (1) does not apply (not glibc).
-    """
-    import ctypes
-    import ctypes.util
-    import os
-
-    for var in ("DNNL_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
-        os.environ.setdefault(var, "64")
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4
-    return bool(mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, 2**31 - 1) and mallopt(M_TOP_PAD, 64 << 20))
-
-
-class Graph:
-    """Edges (j -> i as ``src`` -> ``dst``) of one forward pass plus the index tensors the fused
-    kernels reuse in every layer."""
-
-    def __init__(self, src: torch.Tensor, dst: torch.Tensor, n_atoms: int, compute_dtype: torch.dtype | None = None):
-        A, E = n_atoms, src.numel()
-        device = src.device
-        self.src, self.dst, self.n_atoms, self.n_edges = src, dst, A, E
-        self.compute_dtype = compute_dtype  # the per-edge MLPs' dtype under mixed precision; None: the inputs'
-        self.dst_sorted = E < 2 or bool((dst[1:] >= dst[:-1]).all())
-        deg = torch.bincount(dst, minlength=A)
-        self.in_degree = deg
-        self.arange = torch.arange(E, device=device)
-        self.dst_ptr = torch.cumsum(deg, 0) - deg
-        # edges grouped by source, for the sums over outgoing edges in the backward pass
-        self.src_perm = torch.argsort(src, stable=True)
-        deg_src = torch.bincount(src, minlength=A)
-        self.src_ptr = torch.cumsum(deg_src, 0) - deg_src
-        # rows of the table [P; Q; w_d; w_0] that make up each edge's first-layer pre-activation
-        self.bag4 = torch.stack([dst, src + A, torch.full_like(dst, 2 * A), torch.full_like(dst, 2 * A + 1)], 1)
-        self.bag2 = torch.cat([self.arange, self.arange])
-        self.bag2_ptr = torch.tensor([0, E], device=device)
-        self.zero_ptr = torch.zeros(1, dtype=torch.long, device=device)
-
-    def sum_into_dst(self, v: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-        """(A, H): sum of ``weight_e * v_e`` over the edges into each atom."""
-        if self.dst_sorted:
-            return F.embedding_bag(self.arange, v, self.dst_ptr, mode="sum", per_sample_weights=weight)
-        if weight is not None:
-            v = v * weight[:, None]
-        return v.new_zeros((self.n_atoms, v.shape[1])).index_add_(0, self.dst, v)
-
-    def sum_into_src(self, v: torch.Tensor) -> torch.Tensor:
-        """(A, H): sum of ``v_e`` over the edges out of each atom."""
-        return F.embedding_bag(self.src_perm, v, self.src_ptr, mode="sum")
-
-    def total(self, v: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """(H,): sum over all edges of ``weight_e * v_e`` (a skinny GEMV without MKL)."""
-        return F.embedding_bag(self.arange, v, self.zero_ptr, mode="sum", per_sample_weights=weight)[0]
-
-
-class _Edges:
-    """Just ``src`` and ``dst``: what the plain (unfused) ops need."""
-
-    def __init__(self, src: torch.Tensor, dst: torch.Tensor):
-        self.src, self.dst = src, dst
-
-
-class _EdgeMLP(torch.autograd.Function):
-    """The per-edge chain of one GCL (``mode="att"``/``"sum"``) or coordinate MLP (``"phi"``).
-
-    Inputs: ``table`` (2A + 2, H) = [P; Q; w_d; w_0] (first layer split per atom, bias in P),
-    ``d``, ``d0`` (E,) edge attributes, ``w2``, ``b2`` the second layer, ``wo`` (1, H), ``bo`` (1,)
-    or None the attention / phi layer. Output: (A, H) attention-weighted sums of m_ij over the
-    edges into each atom, or phi (E,).
-
-    Mixed precision (``graph.compute_dtype``, e.g. bfloat16): inputs are cast once on entry, the
-    whole chain and its backward run in that dtype (bf16 GEMMs accumulate in float32),
-    and the output and every gradient are cast back to the inputs' dtype, so the residual stream,
-    positions, parameters and optimizer never leave float32.
-    """
-
-    @staticmethod
-    def forward(ctx, table, d, d0, w2, b2, wo, bo, graph: Graph, mode: str):
-        ctx.dtypes = [None if v is None else v.dtype for v in (table, d, d0, w2, b2, wo, bo)]
-        out_dtype = d.dtype  # the coordinates' dtype, that of the residual stream too
-        table, d, d0, w2, b2, wo, bo = _cast((table, d, d0, w2, b2, wo, bo), graph.compute_dtype)
-        g = _first_layer(table, d, d0, graph)  # (E, H)
-        a = F.silu(g)
-        z = _linear(a, w2, b2)
-        m = F.silu(z)
-        s = None
-        if mode == "phi":
-            out = _linear(m, wo)[:, 0]
-        elif mode == "att":
-            s = _linear(m, wo, bo, "sigmoid")[:, 0]
-            out = graph.sum_into_dst(m, s)
-        else:
-            out = graph.sum_into_dst(m)
-        ctx.save_for_backward(table, d, d0, w2, wo, g, a, z, m, s)
-        ctx.graph, ctx.mode = graph, mode
-        return out.to(out_dtype)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dout):
-        table, d, d0, w2, wo, g, a, z, m, s = ctx.saved_tensors
-        graph, mode = ctx.graph, ctx.mode
-        dout = dout.to(g.dtype)
-        A = graph.n_atoms
-        dwo = dbo = None
-        if mode == "phi":
-            dm = torch.outer(dout, wo[0])
-            dwo = graph.total(m, dout)[None]
-        else:
-            dm = F.embedding(graph.dst, dout)  # (E, H) gradient of each message
-            if mode == "att":
-                dpre = torch.linalg.vecdot(dm, m)  # d out / d s, per edge
-                dpre.mul_(s * (1 - s))
-                dm.mul_(s[:, None]).addcmul_(dpre[:, None], wo)  # (addr_ is 5x slower in bfloat16)
-                dwo = graph.total(m, dpre)[None]
-                dbo = dpre.sum()[None]
-        dz = torch.ops.aten.silu_backward.grad_input(dm, z, grad_input=dm)  # in place: fewer fresh pages
-        dw2 = dz.t() @ a
-        db2 = dz.sum(0)
-        da = _linear(dz, w2.t())
-        del dm, dz
-        dg = torch.ops.aten.silu_backward.grad_input(da, g, grad_input=da)
-        we = table[2 * A :]  # (2, H)
-        dtable = torch.cat(
-            [
-                graph.sum_into_dst(dg),
-                graph.sum_into_src(dg),
-                F.embedding_bag(graph.bag2, dg, graph.bag2_ptr, mode="sum", per_sample_weights=torch.cat([d, d0])),
-            ]
-        )
-        dd = dd0 = None
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            dd, dd0 = _linear(dg, we).unbind(1)  # one pass over dg for both edge attributes
-        grads = (dtable, dd, dd0, dw2, db2, dwo, dbo)
-        return (*(None if g is None else g.to(dtype) for g, dtype in zip(grads, ctx.dtypes)), None, None)
-
-
-def _cast(tensors, dtype):
-    return tuple(t if t is None or dtype is None else t.to(dtype) for t in tensors)
-
-
-def _edge_table(lin: nn.Linear, h: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """[h W1a^T + b1; h W1b^T; w_d; w_0] (2A + 2, H) for the split first layer of an edge MLP,
-    in ``dtype`` (mixed precision) or h's."""
-    H = h.shape[1]
-    w, b = lin.weight, lin.bias
-    if dtype is not None:
-        h, w, b = h.to(dtype), w.to(dtype), b.to(dtype)
-    return torch.cat([torch.addmm(b, h, w[:, :H].t()), h @ w[:, H : 2 * H].t(), w[:, 2 * H :].t()])
-
-
-def _first_layer(table, d, d0, graph: Graph) -> torch.Tensor:
-    """(E, H) pre-activations P_dst + Q_src + d w_d + d0 w_0: one embedding_bag, four rows per edge."""
-    one = torch.ones_like(d)
-    psw = torch.stack([one, one, d, d0], 1).detach()
-    # detached: with a grad-requiring weight embedding_bag takes a much slower path
-    return F.embedding_bag(graph.bag4, table.detach(), mode="sum", per_sample_weights=psw)
-
-
-def _edge_mlp_inference(table, d, d0, w2, b2, graph: Graph) -> torch.Tensor:
-    g = _first_layer(table, d, d0, graph)
-    return _linear(F.silu(g, inplace=True), w2, b2, "swish")
-
-
-def _edge_mlp(table, d, d0, w2, b2, wo, bo, graph: Graph, mode: str) -> torch.Tensor:
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (table, d, d0, w2, b2, wo, bo)):
-        return _EdgeMLP.apply(table, d, d0, w2, b2, wo, bo, graph, mode)
-    dtype = d.dtype
-    table, d, d0, w2, b2, wo, bo = _cast((table, d, d0, w2, b2, wo, bo), graph.compute_dtype)
-    m = _edge_mlp_inference(table, d, d0, w2, b2, graph)
-    if mode == "phi":
-        out = _linear(m, wo)[:, 0]
-    elif mode == "att":
-        out = graph.sum_into_dst(m, _linear(m, wo, bo, "sigmoid")[:, 0])
-    else:
-        out = graph.sum_into_dst(m)
-    return out.to(dtype)
+__all__ = ["EGNN"]
 
 
 class GCL(nn.Module):
@@ -286,7 +60,7 @@ class GCL(nn.Module):
         att = self.att_mlp[0] if self.att_mlp is not None else None
         if fused:
             wo, bo = (att.weight, att.bias) if att is not None else (None, None)
-            return _edge_mlp(_edge_table(l1, h, graph.compute_dtype), d, d0, l2.weight, l2.bias, wo, bo, graph, "att" if att is not None else "sum")
+            return edge_mlp(edge_table(l1, h, graph.compute_dtype), d, d0, l2.weight, l2.bias, wo, bo, graph, "att" if att is not None else "sum")
         src, dst = graph.src, graph.dst
         m = self.edge_mlp(torch.cat([h[dst], h[src], d[:, None], d0[:, None]], dim=1))
         if att is not None:
@@ -315,7 +89,7 @@ class EquivariantUpdate(nn.Module):
     def forward(self, h, x, graph, unit, d, d0, scale, fused=True):
         l1, l2, l3 = self.coord_mlp[0], self.coord_mlp[2], self.coord_mlp[4]
         if fused:
-            phi = _edge_mlp(_edge_table(l1, h, graph.compute_dtype), d, d0, l2.weight, l2.bias, l3.weight, None, graph, "phi")
+            phi = edge_mlp(edge_table(l1, h, graph.compute_dtype), d, d0, l2.weight, l2.bias, l3.weight, None, graph, "phi")
         else:
             phi = self.coord_mlp(torch.cat([h[graph.dst], h[graph.src], d[:, None], d0[:, None]], dim=1))[:, 0]
         if self.tanh:
@@ -404,6 +178,7 @@ class EGNN(nn.Module):
         self._compiled_core = torch.compile(self._plain_core, dynamic=True) if compile else None
 
     def build_edges(self, x: torch.Tensor, batch: torch.Tensor, n_mol: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(src, dst)`` of this network's graph on positions ``x``, to pass as ``forward(..., edges=)``."""
         if self.edges == "full":
             return fully_connected_edges(batch, n_mol)
         return radius_graph(x, self.cutoff, batch, max_num_neighbors=self.max_num_neighbors)
@@ -435,7 +210,7 @@ class EGNN(nn.Module):
 
     def _plain_core(self, x, h, src, dst, scale):
         # only tensors cross the compiled boundary (Graph's Python ints would force recompiles)
-        return self._core(x, h, _Edges(src, dst), scale)
+        return self._core(x, h, PlainGraph(src, dst), scale)
 
     def _core(self, x, h, graph, scale):
         """(x_L - x, eps_h) given the edges."""
