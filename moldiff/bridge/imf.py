@@ -43,9 +43,8 @@ def backward_loss(eps_fn, sde, x0, h0, xT, hT, batch, n, t_min: float, T: float,
     """Denoising loss on reference-bridge samples between the coupled (x_0, x_T)."""
     t = t_min + (T - t_min) * torch.rand(n, generator=generator, dtype=x0.dtype, device=x0.device)
     zx, zh = bridge_sample(sde, x0, h0, xT, hT, t, per_molecule(T, n, x0), batch, n, generator)
-    a, s = sde.alpha(t, batch), sde.sigma(t, batch)
     ex, eh = eps_fn(zx, zh, t, batch, n)
-    return _per_molecule_mse(remove_mean(ex, batch, n), eh, (zx - a * remove_mean(x0, batch, n)) / s, (zh - a * h0) / s, batch, n)
+    return _per_molecule_mse(remove_mean(ex, batch, n), eh, *sde.eps_from_x0(zx, zh, remove_mean(x0, batch, n), h0, t, batch), batch, n)
 
 
 def forward_loss(residual_fn, sde, x0, h0, xT, hT, batch, n, T: float, generator=None):
@@ -53,8 +52,8 @@ def forward_loss(residual_fn, sde, x0, h0, xT, hT, batch, n, T: float, generator
     t = T * (1 - 1e-3) * torch.rand(n, generator=generator, dtype=x0.dtype, device=x0.device)
     TT = per_molecule(T, n, x0)
     zx, zh = bridge_sample(sde, x0, h0, xT, hT, t, TT, batch, n, generator)
-    a = sde.alpha(TT, batch) / sde.alpha(t, batch)
-    s = (sde.sigma(TT, batch) ** 2 - a**2 * sde.sigma(t, batch) ** 2).clamp_min(1e-12).sqrt()
+    a, v = sde.transition(t, TT, batch)
+    s = v.clamp_min(1e-12).sqrt()
     rx, rh = residual_fn(zx, zh, t, batch, n)
     return _per_molecule_mse(remove_mean(rx, batch, n), rh, (xT - a * zx) / s, (hT - a * zh) / s, batch, n)
 

@@ -23,17 +23,10 @@ import torch
 from moldiff.geometry import remove_mean
 
 
-def _coefficients(sde, s, t, batch):
-    """alpha_{t|s}, sigma^2_{t|s} per atom (A, 1) for per-molecule times s < t (M,)."""
-    a = sde.alpha(t, batch) / sde.alpha(s, batch)
-    v = sde.sigma(t, batch) ** 2 - a**2 * sde.sigma(s, batch) ** 2
-    return a, v.clamp_min(0.0)
-
-
 def pinned_gaussian(sde, s, t, r, batch):
     """Weights (w_s, w_r) and variance of z_t given z_s and z_r: mean = w_s z_s + w_r z_r."""
-    a_ts, v_ts = _coefficients(sde, s, t, batch)
-    a_rt, v_rt = _coefficients(sde, t, r, batch)
+    a_ts, v_ts = sde.transition(s, t, batch)
+    a_rt, v_rt = sde.transition(t, r, batch)
     # variance = v_ts v_rt / (v_rt + a_rt^2 v_ts): written without dividing by v_ts or v_rt, so t = s or t = r is exact
     denom = (v_rt + a_rt**2 * v_ts).clamp_min(torch.finfo(v_ts.dtype).tiny)
     return a_ts * v_rt / denom, a_rt * v_ts / denom, v_ts * v_rt / denom
@@ -57,7 +50,7 @@ def forward_step(endpoint_fn, sde, x, h, t, u, T, batch, n, generator=None):
     on Gaussian clouds: x_T variance 0.9 instead of 1 at 40 steps)."""
     xT, hT = endpoint_fn(x, h, t, batch, n)
     wt, wT, _ = pinned_gaussian(sde, t, u, T, batch)
-    _, var = _coefficients(sde, t, u, batch)
+    _, var = sde.transition(t, u, batch)
     ex, eh = sde.noise(batch, n, h.shape[1], x, generator)
     std = var.sqrt()
     return remove_mean(wt * x + wT * xT, batch, n) + std * ex, wt * h + wT * hT + std * eh
@@ -66,6 +59,6 @@ def forward_step(endpoint_fn, sde, x, h, t, u, T, batch, n, generator=None):
 def reference_endpoint(sde, x, h, t, T, batch, residual_x, residual_h):
     """The forward network's parameterisation: xT_hat = alpha_{T|t} z_t + sigma_{T|t} r, the
     reference's own mean plus a correction r on the noise scale (r = 0: the reference process)."""
-    a, v = _coefficients(sde, t, T, batch)
+    a, v = sde.transition(t, T, batch)
     s = v.sqrt()
     return a * x + s * residual_x, a * h + s * residual_h

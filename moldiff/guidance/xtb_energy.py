@@ -54,9 +54,9 @@ class XTBEnergy(Energy):
 
     def gradient(self, x, h, t, batch, n, eps=None):
         ex, eh = eps
-        a, s = self.sde.alpha(t, batch), self.sde.sigma(t, batch)
-        x0 = ((x - s * ex) / a).detach().cpu().double().numpy()
-        numbers = self.layout.decode_numbers((h - s * eh) / a)
+        x0, h0 = self.sde.x0_from_eps(x, h, ex, eh, t, batch)
+        x0 = x0.detach().cpu().double().numpy()
+        numbers = self.layout.decode_numbers(h0)
         b = batch.cpu().numpy()
         jobs = [(numbers[b == m], x0[b == m], self.closed) for m in range(n)]
         if self.workers > 1:
@@ -73,5 +73,5 @@ class XTBEnergy(Energy):
                 ok[m] = False
                 continue
             gx[b == m] = g
-        gx = torch.from_numpy(gx).to(x) / a  # d E(x0_hat) / d x_t = grad E / alpha_t
+        gx = torch.from_numpy(gx).to(x) / self.sde.alpha(t, batch)  # d E(x0_hat) / d x_t = grad E / alpha_t
         return gx, torch.zeros_like(h), torch.from_numpy(ok).to(x.device)

@@ -12,10 +12,8 @@ def ancestral_step(eps_fn, sde, x, h, t, s, batch, n, generator, late_noise: flo
     deviation from the exact posterior that some samplers use to sharpen the last steps)."""
     tt, ss = per_molecule(t, n, x), per_molecule(s, n, x)
     ex, eh = eps_fn(x, h, tt, batch, n)
-    a_t, a_s = sde.alpha(tt, batch), sde.alpha(ss, batch)
+    a_ts, s2_ts = sde.transition(ss, tt, batch)
     sg_t, sg_s = sde.sigma(tt, batch), sde.sigma(ss, batch)
-    a_ts = a_t / a_s
-    s2_ts = sg_t**2 - a_ts**2 * sg_s**2
     std = s2_ts.sqrt() * sg_s / sg_t
     if t <= late_t:
         std = late_noise * std

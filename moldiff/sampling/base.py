@@ -59,9 +59,8 @@ def per_molecule(t: torch.Tensor | float, n: int, like: torch.Tensor) -> torch.T
 def denoise(eps_fn: EpsFn, sde: VPSDE, x, h, t, batch, n):
     """z_0 estimate (z_t - sigma_t eps) / alpha_t: the last step of every sampler."""
     tt = per_molecule(t, n, x)
-    ex, eh = eps_fn(x, h, tt, batch, n)
-    a, s = sde.alpha(tt, batch), sde.sigma(tt, batch)
-    return remove_mean((x - s * ex) / a, batch, n), (h - s * eh) / a
+    x0, h0 = sde.x0_from_eps(x, h, *eps_fn(x, h, tt, batch, n), tt, batch)
+    return remove_mean(x0, batch, n), h0
 
 
 def walk(step, eps_fn, sde, x, h, grid, batch, n, generator, **options):

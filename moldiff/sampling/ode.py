@@ -14,9 +14,7 @@ from moldiff.sampling.base import per_molecule
 
 def pf_drift(eps_fn, sde, x, h, t, batch, n):
     tt = per_molecule(t, n, x)
-    ex, eh = eps_fn(x, h, tt, batch, n)
-    beta, sg = sde.beta(tt, batch), sde.sigma(tt, batch)
-    return -0.5 * beta * (x - ex / sg), -0.5 * beta * (h - eh / sg)
+    return sde.pf_drift(x, h, *eps_fn(x, h, tt, batch, n), tt, batch)
 
 
 def heun_step(eps_fn, sde, x, h, t, s, batch, n, generator=None):
@@ -33,15 +31,16 @@ def dpm2_step(eps_fn, sde, x, h, t, s, batch, n, generator=None):
     lam_t, lam_s = sch.log_snr(tt), sch.log_snr(ss)
     hstep = (lam_s - lam_t) / 2  # in half-log-SNR units (log alpha/sigma)
     uu = sch.t_of_log_snr(lam_t + hstep)  # midpoint: half the log(alpha/sigma) step
-    a = lambda v: sch.alpha(v)[batch, None]  # noqa: E731
-    sg = lambda v: sch.sigma(v)[batch, None]  # noqa: E731
+    a_t = sde.alpha(tt, batch)
     k = hstep[batch, None] / 2
     ex, eh = eps_fn(x, h, tt, batch, n)
-    xu = a(uu) / a(tt) * x - sg(uu) * torch.expm1(k) * ex
-    hu = a(uu) / a(tt) * h - sg(uu) * torch.expm1(k) * eh
+    a_ut, sg_u = sde.alpha(uu, batch) / a_t, sde.sigma(uu, batch)
+    xu = a_ut * x - sg_u * torch.expm1(k) * ex
+    hu = a_ut * h - sg_u * torch.expm1(k) * eh
     ex, eh = eps_fn(xu, hu, uu, batch, n)
     kk = hstep[batch, None]
-    return a(ss) / a(tt) * x - sg(ss) * torch.expm1(kk) * ex, a(ss) / a(tt) * h - sg(ss) * torch.expm1(kk) * eh
+    a_st, sg_s = sde.alpha(ss, batch) / a_t, sde.sigma(ss, batch)
+    return a_st * x - sg_s * torch.expm1(kk) * ex, a_st * h - sg_s * torch.expm1(kk) * eh
 
 
 def solve_adaptive(eps_fn, sde, x, h, grid, batch, n, generator=None, rtol: float = 1e-5, atol: float = 1e-5, method: str = "dopri5"):

@@ -10,9 +10,7 @@ from moldiff.sampling.base import per_molecule
 
 
 def score(eps_fn, sde, x, h, tt, batch, n):
-    ex, eh = eps_fn(x, h, tt, batch, n)
-    sg = sde.sigma(tt, batch)
-    return -ex / sg, -eh / sg
+    return sde.score(*eps_fn(x, h, tt, batch, n), tt, batch)
 
 
 def euler_maruyama_step(eps_fn, sde, x, h, t, s, batch, n, generator):
