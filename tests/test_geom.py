@@ -1,9 +1,12 @@
-"""GEOM-Drugs readers on small files written in both published formats from RDKit conformers."""
+"""GEOM-Drugs readers, parsers, the streamed .npz writer and the cache-building script, on small
+files written in both published formats from RDKit conformers."""
 
 from __future__ import annotations
 
 import json
 import pickle
+import runpy
+from pathlib import Path
 
 import msgpack
 import numpy as np
@@ -20,6 +23,8 @@ from moldiff.data.geom import (
     read_geom_msgpack,
     read_geom_rdkit_folder,
 )
+from moldiff.data.geom_parsers import iter_json_object
+from moldiff.data.npz_writer import NpzStreamWriter
 
 K = 4
 DRUGS = {
@@ -295,3 +300,45 @@ def _assert_same(a, b):
     for k in a.properties:
         assert a.properties[k].dtype == b.properties[k].dtype
         np.testing.assert_array_equal(a.properties[k], b.properties[k])
+
+
+def test_json_object_read_in_small_blocks(data, tmp_path):
+    summary = data["folder"] / "summary_drugs.json"
+    assert list(iter_json_object(summary, block=7)) == list(json.loads(summary.read_text()).items())
+    # values cut at a block boundary (a number there may look complete) and an empty object
+    path = tmp_path / "cut.json"
+    path.write_text('{"a": 12345678, "b" :[1.5e10, "x,}"], "c": {}}')
+    assert dict(iter_json_object(path, block=3)) == {"a": 12345678, "b": [1.5e10, "x,}"], "c": {}}
+    path.write_text(" { } ")
+    assert list(iter_json_object(path, block=2)) == []
+    for bad in ('[1, 2]', '{"a": 1', '{"a" 1}'):
+        path.write_text(bad)
+        with pytest.raises(ValueError):
+            list(iter_json_object(path, block=4))
+
+
+def test_npz_writer_streams_and_cleans_up(tmp_path):
+    out = tmp_path / "x.npz"
+    w = NpzStreamWriter(out, {"pos": np.float32, "ids": np.int64, "none": np.int16}, {"pos": 3})
+    for start in (0, 2, 5):
+        w.append("pos", np.arange(3 * start, 3 * start + 6).reshape(2, 3))
+        w.append("ids", [start, start + 1])
+    w.finish()
+    with np.load(out) as z:
+        assert list(z.keys()) == ["pos", "ids", "none"]
+        assert z["pos"].dtype == np.float32 and z["pos"].shape == (6, 3) and z["none"].shape == (0,)
+        np.testing.assert_array_equal(z["ids"], [0, 1, 2, 3, 5, 6])
+        assert z["pos"][4, 0] == 15
+    w = NpzStreamWriter(tmp_path / "y.npz", {"a": np.float64}, {})
+    w.append("a", np.ones(4))
+    w.close()  # abandoned build: nothing written, nothing left over
+    assert [q.name for q in tmp_path.iterdir()] == ["x.npz"]
+
+
+def test_build_script(data, tmp_path, capsys):
+    main = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "build_geom_cache.py"))["main"]
+    main([str(data["msgpack"]), str(tmp_path / "cli.npz"), "-k", "2", "--max-molecules", "5"])
+    assert "cli.npz" in capsys.readouterr().out
+    ref, _ = build_geom_cache(data["msgpack"], tmp_path / "ref.npz", conformers_per_molecule=2, max_molecules=5)
+    _assert_same(load_geom(tmp_path / "cli.npz"), load_geom(ref))
+    assert load_geom_smiles(tmp_path / "cli.npz") == load_geom_smiles(ref)

@@ -18,26 +18,33 @@ malformed records (``UNREADABLE``), atoms-free conformers (``EMPTY``), non-finit
 is one conformer examined (a molecule whose pickle cannot be read counts as one record);
 conformers past the k-th usable one are not examined.
 
-Pickles execute code when loaded: only read ``rdkit_folder`` files from a source you trust.
+Only read an ``rdkit_folder`` from a trusted source: its pickles can run code when loaded.
+
+Record decoding is in ``moldiff.data.geom_parsers``, the chunked .npz output in
+``moldiff.data.npz_writer``; ``scripts/build_geom_cache.py`` builds a cache from the command line.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import pickle
-import shutil
-import tempfile
-import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
 from moldiff.data import report as R
 from moldiff.data.elements import GEOM_VOCAB
+from moldiff.data.geom_parsers import (
+    get_key,
+    iter_json_object,
+    msgpack_conformer,
+    rdkit_conformer,
+)
 from moldiff.data.molecules import MoleculeSet
+from moldiff.data.npz_writer import NpzStreamWriter
 from moldiff.data.paths import cache_dir
 
 EDM_CONFORMERS_PER_MOLECULE = 30
@@ -49,15 +56,6 @@ _GEOM_TABLE = GEOM_VOCAB.index_table()
 
 
 # --- shared per-molecule logic -------------------------------------------------------------------
-def _get(d: Any, key: str, default: Any = None) -> Any:
-    """``d[key]`` whether the file was written with str or bytes keys."""
-    if not isinstance(d, dict):
-        return default
-    if key in d:
-        return d[key]
-    return d.get(key.encode(), default)
-
-
 def _as_str(s: Any) -> str:
     return s.decode("utf-8", "replace") if isinstance(s, (bytes, bytearray)) else str(s)
 
@@ -84,7 +82,7 @@ def _lowest_conformers(
         return []
     ranked = []
     for i, conf in enumerate(conformers):
-        e = _finite_float(_get(conf, "totalenergy"))
+        e = _finite_float(get_key(conf, "totalenergy"))
         ranked.append((math.inf if e is None else e, i, conf, e))
     ranked.sort(key=lambda t: (t[0], t[1]))  # stable on ties: source order
     kept: list[Conformer] = []
@@ -92,14 +90,14 @@ def _lowest_conformers(
         if k is not None and len(kept) >= k:
             break
         report.n_records += 1
-        gid = _get(conf, "geom_id")
+        gid = get_key(conf, "geom_id")
         where = f"{smiles} conformer {gid if gid is not None else i}"
         if energy is None:
             report.reject(R.UNREADABLE, where, "no finite totalenergy")
             continue
         try:
             numbers, positions = extract(conf)
-        except Exception as exc:  # a malformed record must not stop the stream
+        except Exception as exc:  # noqa: BLE001 - a malformed record must not stop the stream
             report.reject(R.UNREADABLE, where, f"{type(exc).__name__}: {exc}"[:200])
             continue
         if len(numbers) == 0:
@@ -114,7 +112,7 @@ def _lowest_conformers(
             bad = sorted({int(z) for z in numbers[~known]})
             report.reject(R.UNKNOWN_ELEMENT, where, f"atomic numbers {bad} not in {GEOM_VOCAB.name}")
             continue
-        weight = _finite_float(_get(conf, "boltzmannweight"))
+        weight = _finite_float(get_key(conf, "boltzmannweight"))
         kept.append((smiles, numbers, positions, energy, math.nan if weight is None else weight))
     return kept
 
@@ -130,71 +128,6 @@ def _check_k(k: int | None) -> None:
 
 
 # --- rdkit_folder ------------------------------------------------------------------------------
-def _iter_json_object(path: Path, block: int = 1 << 20) -> Iterator[tuple[str, Any]]:
-    """(key, value) pairs of a top-level JSON object, read incrementally.
-
-    ``summary_drugs.json`` is hundreds of MB; ``json.load`` would hold all of it as Python objects.
-    """
-    decoder = json.JSONDecoder()
-    with open(path, encoding="utf-8") as f:
-        buf, pos, eof = "", 0, False
-
-        def need(n_ahead: int = 1) -> bool:
-            # Make at least n_ahead unread characters available (False at end of file).
-            nonlocal buf, pos, eof
-            while len(buf) - pos < n_ahead and not eof:
-                more = f.read(block)
-                eof = not more
-                buf = buf[pos:] + more
-                pos = 0
-            return len(buf) - pos >= n_ahead
-
-        def skip_ws() -> str:
-            nonlocal pos
-            while True:
-                if not need():
-                    raise ValueError(f"{path}: unexpected end of JSON")
-                while pos < len(buf) and buf[pos] in " \t\r\n":
-                    pos += 1
-                if pos < len(buf):
-                    return buf[pos]
-
-        def value() -> Any:
-            # Parse what is buffered; on failure, or a value touching the buffer's end (a number
-            # there may be cut short), read one more block and retry.
-            nonlocal pos
-            while True:
-                try:
-                    obj, end = decoder.raw_decode(buf, pos)
-                    if end < len(buf) or eof:
-                        pos = end
-                        return obj
-                except json.JSONDecodeError:
-                    if eof:
-                        raise
-                need(len(buf) - pos + 1)
-
-        if skip_ws() != "{":
-            raise ValueError(f"{path}: not a JSON object")
-        pos += 1
-        if skip_ws() == "}":
-            return
-        while True:
-            skip_ws()
-            key = value()
-            if skip_ws() != ":":
-                raise ValueError(f"{path}: expected ':' after key {key!r}")
-            pos += 1
-            skip_ws()
-            yield key, value()
-            c = skip_ws()
-            pos += 1
-            if c == "}":
-                return
-            if c != ",":
-                raise ValueError(f"{path}: expected ',' or '}}', got {c!r}")
-
-
 def _summary_path(folder: Path) -> Path:
     if folder.is_file():
         return folder
@@ -207,26 +140,13 @@ def _summary_path(folder: Path) -> Path:
     return found[0]
 
 
-def _rdkit_conformer(conf: Any) -> tuple[np.ndarray, np.ndarray]:
-    mol = _get(conf, "rd_mol")
-    if mol is None:
-        raise ValueError("no rd_mol")
-    numbers = np.array([a.GetAtomicNum() for a in mol.GetAtoms()], dtype=np.int64)
-    if mol.GetNumConformers() == 0:
-        return numbers[:0], np.zeros((0, 3), np.float32)
-    positions = np.asarray(mol.GetConformer().GetPositions(), dtype=np.float32).reshape(-1, 3)
-    if len(positions) != len(numbers):
-        raise ValueError(f"{len(numbers)} atoms but {len(positions)} positions")
-    return numbers, positions
-
-
 def _rdkit_molecules(folder, k, report, max_molecules) -> Iterator[list[Conformer]]:
     summary = _summary_path(Path(folder))
     base = summary.parent  # pickle_path is relative to the rdkit_folder directory
-    for n, (smiles, entry) in enumerate(_iter_json_object(summary)):
+    for n, (smiles, entry) in enumerate(iter_json_object(summary)):
         if max_molecules is not None and n >= max_molecules:
             return
-        rel = _get(entry, "pickle_path")
+        rel = get_key(entry, "pickle_path")
         if not rel:
             report.n_records += 1
             report.reject(R.EMPTY, smiles, "no pickle_path in summary (no conformers)")
@@ -234,16 +154,16 @@ def _rdkit_molecules(folder, k, report, max_molecules) -> Iterator[list[Conforme
         try:
             with open(base / rel, "rb") as f:
                 record = pickle.load(f)
-            conformers = _get(record, "conformers")
+            conformers = get_key(record, "conformers")
         except FileNotFoundError:
             report.n_records += 1
             report.reject(R.UNREADABLE, smiles, f"missing pickle {rel}")
             continue
-        except Exception as exc:  # corrupt or truncated pickle: count it, read on
+        except Exception as exc:  # noqa: BLE001 - corrupt or truncated pickle: count it, read on
             report.n_records += 1
             report.reject(R.UNREADABLE, smiles, f"pickle {rel}: {type(exc).__name__}")
             continue
-        kept = _lowest_conformers(smiles, conformers, k, report, _rdkit_conformer)
+        kept = _lowest_conformers(smiles, conformers, k, report, rdkit_conformer)
         if kept:
             yield kept
 
@@ -259,6 +179,9 @@ def read_geom_rdkit_folder(
     Yields ``(smiles, numbers, positions, totalenergy, boltzmann_weight)`` molecule by molecule,
     each molecule's conformers in ascending energy. ``max_molecules`` stops after that many
     summary entries (read or not); ``conformers_per_molecule=None`` keeps all.
+
+    GEOM's ``rdkit_folder`` files are Python pickles by design, so loading one can run code; only
+    load them from trusted sources.
     """
     _check_k(conformers_per_molecule)  # here, not lazily at the first next()
     report = R.InputReport() if report is None else report
@@ -266,18 +189,6 @@ def read_geom_rdkit_folder(
 
 
 # --- msgpack -------------------------------------------------------------------------------------
-def _msgpack_conformer(conf: Any) -> tuple[np.ndarray, np.ndarray]:
-    rows = np.asarray(_get(conf, "xyz"), dtype=np.float64)
-    if rows.size == 0:
-        return np.zeros(0, np.int64), np.zeros((0, 3), np.float32)
-    if rows.ndim != 2 or rows.shape[1] != 4:
-        raise ValueError(f"xyz has shape {rows.shape}, expected (n, 4)")
-    z = rows[:, 0]
-    if not (np.isfinite(z).all() and (z == np.round(z)).all()):
-        raise ValueError("non-integer atomic numbers")
-    return z.astype(np.int64), rows[:, 1:].astype(np.float32)
-
-
 def _msgpack_molecules(path, k, report, max_molecules) -> Iterator[list[Conformer]]:
     import msgpack
 
@@ -312,7 +223,7 @@ def _msgpack_molecules(path, k, report, max_molecules) -> Iterator[list[Conforme
                     report.n_records += 1
                     report.reject(R.UNREADABLE, smiles, f"{type(mol).__name__}, not a map")
                     continue
-                kept = _lowest_conformers(smiles, _get(mol, "conformers"), k, report, _msgpack_conformer)
+                kept = _lowest_conformers(smiles, get_key(mol, "conformers"), k, report, msgpack_conformer)
                 if kept:
                     yield kept
         if end != size:  # iteration ends quietly on a truncated last map
@@ -336,55 +247,6 @@ def read_geom_msgpack(
 
 
 # --- cache ---------------------------------------------------------------------------------------
-class _NpzStreamWriter:
-    """Appends arrays chunk by chunk to raw files, then packs them into one .npz atomically.
-
-    The .npz has the keys and dtypes ``MoleculeSet.save`` writes, so ``MoleculeSet.load`` reads it;
-    packing copies through a memory map, so no array is ever whole in RAM.
-    """
-
-    def __init__(self, out: Path, dtypes: dict[str, np.dtype], widths: dict[str, int]):
-        self.out, self.dtypes, self.widths = out, dtypes, widths
-        out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmpdir = Path(tempfile.mkdtemp(dir=out.parent, prefix=".geom_build_"))
-        self.rows = {k: 0 for k in dtypes}
-        self.files = {k: open(self.tmpdir / f"{i}.raw", "wb") for i, k in enumerate(dtypes)}
-
-    def append(self, name: str, arr: np.ndarray) -> None:
-        arr = np.ascontiguousarray(arr, dtype=self.dtypes[name])
-        self.files[name].write(arr.tobytes())
-        self.rows[name] += len(arr)
-
-    def finish(self) -> None:
-        for f in self.files.values():
-            f.close()
-        fd, tmp = tempfile.mkstemp(dir=self.out.parent, suffix=".tmp.npz")
-        os.close(fd)
-        try:
-            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-                for name, f in self.files.items():
-                    shape = (self.rows[name],) + ((self.widths[name],) if self.widths.get(name) else ())
-                    if self.rows[name]:
-                        arr = np.memmap(f.name, dtype=self.dtypes[name], mode="r", shape=shape)
-                    else:
-                        arr = np.zeros(shape, self.dtypes[name])  # an empty file cannot be mapped
-                    with zf.open(name + ".npy", "w", force_zip64=True) as dst:
-                        np.lib.format.write_array(dst, arr, allow_pickle=False)
-                    del arr
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, self.out)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        for f in self.files.values():
-            f.close()
-        shutil.rmtree(self.tmpdir, ignore_errors=True)
-
-
 _PROPERTY_DTYPES = {
     "mol_id": np.int64,
     "energy": np.float64,
@@ -439,7 +301,7 @@ def build_geom_cache(
 
     dtypes = {"numbers": np.int16, "positions": np.float32, "offsets": np.int64}
     dtypes.update({f"prop.{k}": v for k, v in _PROPERTY_DTYPES.items()})
-    writer = _NpzStreamWriter(out, dtypes, {"positions": 3})
+    writer = NpzStreamWriter(out, dtypes, {"positions": 3})
     smi_out = smiles_path(out)
     smi_tmp = smi_out.with_name(smi_out.name + ".tmp")
     try:
@@ -463,14 +325,12 @@ def build_geom_cache(
             buf.clear()
 
         with open(smi_tmp, "w", encoding="utf-8") as smi:
-            mol_id = 0
-            for kept in molecules(source, conformers_per_molecule, report, max_molecules):
+            for mol_id, kept in enumerate(molecules(source, conformers_per_molecule, report, max_molecules)):
                 smi.write(kept[0][0] + "\n")
                 for rank, conf in enumerate(kept):
                     buf.append((mol_id, rank, conf))
                     if len(buf) >= chunk:
                         flush()
-                mol_id += 1
             flush()
         os.chmod(smi_tmp, 0o644)
         os.replace(smi_tmp, smi_out)
@@ -492,24 +352,3 @@ def load_geom_smiles(path: str | os.PathLike | None = None) -> list[str]:
     p = smiles_path(default_cache_path() if path is None else path)
     return p.read_text(encoding="utf-8").splitlines()
 
-
-def main(argv: list[str] | None = None) -> None:
-    import argparse
-
-    ap = argparse.ArgumentParser(description="Build a GEOM-Drugs MoleculeSet cache.")
-    ap.add_argument("source", help="extracted rdkit_folder (or its summary JSON) or drugs_crude.msgpack")
-    ap.add_argument("out", nargs="?", help="output .npz (default: datasets/geom_drugs/cache/geom_drugs_k<k>.npz)")
-    ap.add_argument("--format", default="auto", choices=["auto", "rdkit_folder", "msgpack"])
-    ap.add_argument("-k", "--conformers", type=int, default=EDM_CONFORMERS_PER_MOLECULE, help="0 keeps all")
-    ap.add_argument("--max-molecules", type=int, default=None)
-    args = ap.parse_args(argv)
-    path, rep = build_geom_cache(
-        args.source, args.out, args.format, args.conformers or None, max_molecules=args.max_molecules
-    )
-    print(f"{path}: {rep.summary()}")
-    for line in rep.examples:
-        print("  " + line)
-
-
-if __name__ == "__main__":
-    main()
