@@ -152,3 +152,36 @@ def test_float32_and_gradient_step():
     eps_x2, eps_h2 = net(x, h, t, batch, m)
     loss2 = (eps_x2 - target_x).pow(2).mean() + eps_h2.pow(2).mean()
     assert math.isfinite(loss2.item()) and loss2.item() != loss.item()
+
+
+def test_precomputed_edges_same_result_and_equivariant(net):
+    # the EGNN's interface: a sampler builds the edges once and passes them to every call
+    x, h, t, batch, m = _batch(seed=12)
+    edges = net.build_edges(x, batch, m)
+    eps_x, eps_h = net(x, h, t, batch, m)
+    ex, eh = net(x, h, t, batch, m, edges=edges)
+    assert torch.equal(ex, eps_x) and torch.equal(eh, eps_h)
+    # int32 edges work too; and the fully connected graph stays valid for moved positions
+    ex, eh = net(x, h, t, batch, m, edges=tuple(e.int() for e in edges))
+    assert torch.equal(ex, eps_x) and torch.equal(eh, eps_h)
+    q = _orthogonal(seed=13, det=-1.0)
+    ex2, eh2 = net(x @ q.T + 2.0, h, t, batch, m, edges=edges)
+    assert _max_err(ex2, eps_x @ q.T) < TOL and _max_err(eh2, eps_h) < TOL
+    # a graph with fewer edges changes the output: the argument is used, not rebuilt
+    keep = edges[0] != 0
+    ex3, _ = net(x, h, t, batch, m, edges=(edges[0][keep], edges[1][keep]))
+    assert _max_err(ex3, eps_x) > 1e-6
+
+
+def test_precomputed_edges_with_cutoff():
+    torch.manual_seed(3)
+    net = E3NNNet(F, hidden_irreps="8x0e + 4x1o", layers=1, lmax=2, cutoff=3.5, dtype=torch.float64)
+    x, h, t, batch, m = _batch(seed=14)
+    edges = net.build_edges(x, batch, m)
+    assert len(edges[0]) < len(_molecule_edges(x, batch, m)[0])  # the cutoff removes some pairs
+    eps_x, eps_h = net(x, h, t, batch, m)
+    ex, eh = net(x, h, t, batch, m, edges=edges)
+    assert torch.equal(ex, eps_x) and torch.equal(eh, eps_h)
+    q = _orthogonal(seed=15, det=1.0)
+    ex2, eh2 = net(x @ q.T, h, t, batch, m, edges=edges)
+    assert _max_err(ex2, eps_x @ q.T) < TOL and _max_err(eh2, eps_h) < TOL

@@ -25,7 +25,9 @@ an ``1o`` vector per atom, zero centre of mass per molecule) and of the atom fea
 
 Graph: all ordered pairs ``i != j`` within each molecule (``cutoff=None``), optionally restricted to
 ``|x_i - x_j| < cutoff``; built vectorised (no Python loop over molecules; atoms of a molecule need
-not be contiguous) by the private helper ``_molecule_edges``. With ``cutoff=None`` the radial basis
+not be contiguous) by ``build_edges``, once per call, unless the caller passes them in
+(``forward(..., edges=(src, dst))``, the EGNN's interface: a sampler can build them once for a
+fully connected graph, which depends only on the molecule sizes). With ``cutoff=None`` the radial basis
 is Gaussians on ``[0, max_radius]`` (default 10) without a hard cutoff (pairs far beyond
 ``max_radius`` get vanishing weights, since the radial MLP has no bias); with a cutoff it is the
 ``smooth_finite`` basis, which goes smoothly to zero at the cutoff.
@@ -123,7 +125,8 @@ class _Conv(nn.Module):
 
 
 class E3NNNet(nn.Module):
-    """E(3)-equivariant epsilon network: ``forward(x, h, t, batch, n_mol) -> (eps_x, eps_h)``.
+    """E(3)-equivariant epsilon network: ``forward(x, h, t, batch, n_mol, edges=None, context=None)
+    -> (eps_x, eps_h)``, called like ``moldiff.nn.egnn.EGNN``.
 
     Args:
         in_features: atom feature dimension F (``h`` is (A, F), ``eps_h`` is (A, F)).
@@ -224,17 +227,32 @@ class E3NNNet(nn.Module):
             emb = soft_one_hot_linspace(r, 0.0, self.max_radius, self.radial_basis, basis="smooth_finite", cutoff=True)
         return emb * math.sqrt(self.radial_basis)
 
+    def build_edges(self, x: torch.Tensor, batch: torch.Tensor, n_mol: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(src, dst)`` of this network's graph on positions ``x``, to pass as ``forward(..., edges=)``.
+
+        With a ``cutoff`` they depend on ``x``: reuse them only for the same positions.
+        """
+        return _molecule_edges(x, batch, n_mol, self.cutoff)
+
     def forward(
-        self, x: torch.Tensor, h: torch.Tensor, t: torch.Tensor | float, batch: torch.Tensor, n_mol: int, context=None
+        self,
+        x: torch.Tensor,
+        h: torch.Tensor,
+        t: torch.Tensor | float,
+        batch: torch.Tensor,
+        n_mol: int,
+        edges: tuple[torch.Tensor, torch.Tensor] | None = None,
+        context=None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (A, 3), h (A, F), t scalar or (M,) per molecule, batch (A,), context (M, K) for a
-        conditional network -> eps_x (A, 3), eps_h (A, F)."""
+        """x (A, 3), h (A, F), t scalar or (M,) per molecule, batch (A,), edges an optional
+        precomputed ``(src, dst)`` (else ``build_edges``), context (M, K) for a conditional
+        network -> eps_x (A, 3), eps_h (A, F)."""
         dtype = next(self.parameters()).dtype
         x = x.to(dtype)
         h = h.to(dtype)
         feats = atom_inputs(h, t, batch, n_mol, self.time_conditioning, context, self.context_features)
 
-        src, dst = _molecule_edges(x, batch, n_mol, self.cutoff)
+        src, dst = self.build_edges(x, batch, n_mol) if edges is None else (e.long() for e in edges)
         vec = x[dst] - x[src]  # relative vectors only: translation invariant
         r = vec.norm(dim=1)
         sh = o3.spherical_harmonics(self.irreps_sh, vec, normalize=True, normalization="component")

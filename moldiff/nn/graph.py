@@ -8,7 +8,8 @@ makes the gathers and ``index_add_`` scatters of message passing walk memory in 
 
 ``fully_connected_edges`` depends only on the molecule sizes, so callers that evaluate a network
 many times on the same batch (a sampler: hundreds of steps) should build the edges once and pass
-them in (``EGNN.forward(..., edges=(src, dst))``).
+them in (``forward(..., edges=(src, dst))`` of ``EGNN`` or ``E3NNNet``; ``build_edges`` gives each
+network's own graph).
 """
 
 from __future__ import annotations
