@@ -28,9 +28,9 @@ import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 
-from moldiff.train import build
+from moldiff.model import build
 from moldiff.train.module import TrainingRecord
-from moldiff.train.run import build_module, fit, load_split, make_loaders, prepare
+from moldiff.jobs.train import build_module, fit, load_split, make_loaders, prepare
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

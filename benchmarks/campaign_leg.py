@@ -27,7 +27,8 @@ import torch
 
 from moldiff.metrics.reference import reference_stats
 from moldiff.nn.cpu_tuning import tune_cpu_allocator
-from moldiff.sampling.run import SHIPPED, load_module
+from moldiff.model.checkpoint import SHIPPED
+from moldiff.model.diffusion import DiffusionModel
 from moldiff.train.export import export_checkpoint
 from sampler_quality import quality
 
@@ -60,7 +61,7 @@ def main():
     export = run / "exports" / f"step_{step}.ckpt"
     export.parent.mkdir(exist_ok=True)
     small = export_checkpoint(run / "checkpoints" / "last.ckpt", export)
-    module = load_module(export, torch.device("cpu"))
+    module = DiffusionModel.load(export, torch.device("cpu"))
     reference = reference_stats("qm9:train", 10_000)
     rows = [quality(module, "ancestral", 300, a.n, int(seed), reference=reference) for seed in a.seeds.split(",")]
     entry = {"name": f"campaign (run step {step})", "export": str(export), **record_totals(small),

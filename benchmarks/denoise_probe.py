@@ -26,7 +26,8 @@ from moldiff.data.loader import MoleculeDataset
 from moldiff.data.molecules import MoleculeSet
 from moldiff.data.report import InputReport
 from moldiff.data.sources import load_source
-from moldiff.sampling.run import checkpoint_path, load_module
+from moldiff.model.checkpoint import checkpoint_path
+from moldiff.model.diffusion import DiffusionModel
 
 
 def test_batch(layout, n: int, seed: int):
@@ -71,7 +72,7 @@ def main():
     results = {}
     batch = numbers = None
     for ckpt in args.ckpt:
-        module = load_module(checkpoint_path(ckpt), torch.device("cpu"))
+        module = DiffusionModel.load(checkpoint_path(ckpt), torch.device("cpu"))
         if batch is None:
             batch, numbers = test_batch(module.layout, args.n, args.seed)
         t0 = time.perf_counter()

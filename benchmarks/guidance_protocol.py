@@ -3,7 +3,7 @@
 python benchmarks/guidance_protocol.py --guide G.ckpt --evaluator E.ckpt [--ckpt shipped] [--n 500]
        [--steps 100] [--scales 1,4] [--properties alpha,gap,homo,lumo,mu,Cv] [--out results.json]
 
-(atom count, target) pairs come from QM9's second training half (``guidance.run.protocol_pairs``;
+(atom count, target) pairs come from QM9's second training half (``guidance.baselines.protocol_pairs``;
 the same draw for every property). One unguided sample set at those atom counts is scored against
 every property's targets (what the base model gets from the atom count alone); then each property
 is sampled with guidance at each scale. A conditional base (``train.py context=[prop]``) covers its
@@ -22,12 +22,15 @@ import torch
 from moldiff.data.report import InputReport
 from moldiff.guidance.baselines import atoms_baseline, evaluator_bounds, expected_given_atoms
 from moldiff.guidance.guided import GuidanceReport, Scale, guided
-from moldiff.guidance.property_energy import QM9_TARGETS, PropertyEnergy
-from moldiff.guidance.run import base_eps, load_property_net, predict, protocol_pairs
+from moldiff.guidance.property_energy import PropertyEnergy
+from moldiff.data.qm9 import QM9_TARGETS
+from moldiff.guidance.baselines import predict, protocol_pairs
+from moldiff.jobs.guide import base_eps, load_property_net
 from moldiff.metrics.evaluate import evaluate
 from moldiff.nn.cpu_tuning import tune_cpu_allocator
 from moldiff.sampling.generate import generate
-from moldiff.sampling.run import checkpoint_path, load_module
+from moldiff.model.checkpoint import checkpoint_path
+from moldiff.model.diffusion import DiffusionModel
 
 PUBLISHED = {  # EEGSDE (Bao et al. 2023) and conditional EDM (Hoogeboom et al. 2022), in the units of our QM9 (eV for the orbital energies)
     "EEGSDE": {"alpha": 2.50, "gap": 0.487, "homo": 0.302, "lumo": 0.447, "mu": 0.777, "Cv": 0.941},
@@ -56,7 +59,7 @@ def main():
     a = p.parse_args()
     tune_cpu_allocator()
     device = torch.device("cpu")
-    module = load_module(checkpoint_path(a.ckpt), device)
+    module = DiffusionModel.load(checkpoint_path(a.ckpt), device)
     # a conditional base (EDM-style) is sampled given each molecule's target; it covers only its property
     conditional = module.context is not None
     props = module.context.names if conditional else a.properties.split(",")

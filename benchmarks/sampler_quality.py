@@ -23,7 +23,8 @@ from moldiff.data.report import InputReport
 from moldiff.metrics.evaluate import evaluate
 from moldiff.nn.cpu_tuning import tune_cpu_allocator
 from moldiff.sampling.generate import generate
-from moldiff.sampling.run import checkpoint_path, load_module
+from moldiff.model.checkpoint import checkpoint_path
+from moldiff.model.diffusion import DiffusionModel
 
 NFE_PER_STEP = {"ancestral": 1, "euler_maruyama": 1, "pc": 2, "ode_heun": 2, "ode_dpm2": 2, "karras": 2}
 
@@ -61,7 +62,7 @@ def main():
     p.add_argument("--out", default=None)
     a = p.parse_args()
     tune_cpu_allocator()
-    module = load_module(checkpoint_path(a.ckpt), torch.device("cpu"))
+    module = DiffusionModel.load(checkpoint_path(a.ckpt), torch.device("cpu"))
     reference = None
     if a.distances:
         from moldiff.metrics.reference import reference_stats

@@ -25,7 +25,8 @@ from moldiff.metrics.protocols import run_edm
 from moldiff.metrics.xtb_energy import strain_energies, xtb_pool
 from moldiff.nn.cpu_tuning import tune_cpu_allocator
 from moldiff.sampling.generate import generate
-from moldiff.sampling.run import checkpoint_path, load_module
+from moldiff.model.checkpoint import checkpoint_path
+from moldiff.model.diffusion import DiffusionModel
 
 
 def _strain(args):
@@ -61,7 +62,7 @@ def main():
     p.add_argument("--out", default=None)
     a = p.parse_args()
     tune_cpu_allocator()
-    module = load_module(checkpoint_path(a.ckpt), torch.device("cpu"))
+    module = DiffusionModel.load(checkpoint_path(a.ckpt), torch.device("cpu"))
     rows = []
     for scale in map(float, a.scales.split(",")):
         report = GuidanceReport()

@@ -3,7 +3,7 @@
 import hydra
 from hydra.core.hydra_config import HydraConfig
 
-from moldiff.metrics.run import run_evaluation
+from moldiff.jobs.evaluate import run_evaluation
 
 
 @hydra.main(config_path="../configs", config_name="evaluate", version_base="1.3")

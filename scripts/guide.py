@@ -4,7 +4,7 @@
 import hydra
 from hydra.core.hydra_config import HydraConfig
 
-from moldiff.guidance.run import run_guidance
+from moldiff.jobs.guide import run_guidance
 
 
 @hydra.main(config_path="../configs", config_name="guide", version_base="1.3")

@@ -4,7 +4,7 @@ method=elbo|ode`` (configs/likelihood.yaml; the shipped QM9 model by default).""
 import hydra
 from hydra.core.hydra_config import HydraConfig
 
-from moldiff.likelihood.run import run_likelihood
+from moldiff.jobs.likelihood import run_likelihood
 
 
 @hydra.main(config_path="../configs", config_name="likelihood", version_base="1.3")

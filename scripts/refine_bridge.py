@@ -5,7 +5,7 @@ sample.py, likelihood.py and guide.py take as ``ckpt=``."""
 import hydra
 from hydra.core.hydra_config import HydraConfig
 
-from moldiff.bridge.run import run_refinement
+from moldiff.jobs.refine_bridge import run_refinement
 
 
 @hydra.main(config_path="../configs", config_name="refine_bridge", version_base="1.3")

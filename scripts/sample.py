@@ -4,7 +4,7 @@ model by default)."""
 import hydra
 from hydra.core.hydra_config import HydraConfig
 
-from moldiff.sampling.run import run_sampling
+from moldiff.jobs.sample import run_sampling
 
 
 @hydra.main(config_path="../configs", config_name="sample", version_base="1.3")

@@ -3,7 +3,7 @@
 import hydra
 from hydra.core.hydra_config import HydraConfig
 
-from moldiff.train.run import run_training
+from moldiff.jobs.train import run_training
 
 
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")

@@ -4,7 +4,7 @@ role=guide`` (configs/train_property.yaml)."""
 import hydra
 from hydra.core.hydra_config import HydraConfig
 
-from moldiff.train.property_run import run_property_training
+from moldiff.jobs.train_property import run_property_training
 
 
 @hydra.main(config_path="../configs", config_name="train_property", version_base="1.3")

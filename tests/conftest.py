@@ -27,7 +27,7 @@ def tiny_diffusion(tmp_path_factory):
 
     from hydra import compose, initialize_config_dir
 
-    from moldiff.train.run import run_training
+    from moldiff.jobs.train import run_training
 
     tmp = tmp_path_factory.mktemp("tiny_diffusion")
     root = str(Path(__file__).resolve().parents[1] / "configs")

@@ -9,7 +9,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from moldiff.train import module as train_module
-from moldiff.train.run import run_training
+from moldiff.jobs.train import run_training
 
 out = Path(sys.argv[1])
 real_step = train_module.DiffusionModule.training_step

@@ -10,10 +10,9 @@ from torch import nn
 from moldiff.analytic import GaussianPointClouds
 from moldiff.bridge.imf import (backward_loss, closed_form_coupling_covariance, forward_loss, simulate_backward, simulate_forward)
 from moldiff.bridge.reference import bridge_sample, forward_step, pinned_gaussian
-from moldiff.geometry import atom_counts, max_com, remove_mean, segment_sum
+from moldiff.geometry import atom_counts, max_com, remove_mean
 from moldiff.noise.schedules import LinearSchedule
 from moldiff.noise.vp_sde import VPSDE
-from moldiff.sampling.ancestral import ancestral_step
 from moldiff.sampling.base import sizes_to_batch
 
 SDE = VPSDE(LinearSchedule())
@@ -177,20 +176,20 @@ def _refine_cfg(base, out, *overrides):
 
 
 def test_refinement_resumes_exactly_and_exports_a_sampling_checkpoint(tiny_base, tmp_path):
-    from moldiff.bridge.run import run_refinement
+    from moldiff.jobs.refine_bridge import run_refinement
     from moldiff.sampling.generate import generate
-    from moldiff.sampling.run import load_module
+    from moldiff.model.diffusion import DiffusionModel
 
     whole, path = run_refinement(_refine_cfg(tiny_base, tmp_path / "a", "iterations=2"), tmp_path / "a")
     run_refinement(_refine_cfg(tiny_base, tmp_path / "b", "iterations=1"), tmp_path / "b")  # stops half-way
     resumed, _ = run_refinement(_refine_cfg(tiny_base, tmp_path / "b", "iterations=2"), tmp_path / "b")  # continues from step 6
     assert whole.global_step == resumed.global_step == 12
-    sessions = torch.load(tmp_path / "b" / "refined.ckpt", weights_only=False)["moldiff_record"][-1]["sessions"]
+    sessions = torch.load(tmp_path / "b" / "refined.ckpt", weights_only=True)["moldiff_record"][-1]["sessions"]
     assert [s["first_step"] for s in sessions] == [0, 6]  # the second run did continue, not start over
     for (k, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), k
-    base = load_module(tiny_base, "cpu")
-    refined = load_module(path, "cpu")
+    base = DiffusionModel.load(tiny_base, "cpu")
+    refined = DiffusionModel.load(path, "cpu")
     assert refined.horizon == 0.7 and base.horizon == 1.0
     changed = [k for k, v in refined.net.state_dict().items() if not torch.equal(v, base.ema.module.state_dict()[k])]
     assert changed  # the backward network was trained
@@ -201,7 +200,7 @@ def test_refinement_resumes_exactly_and_exports_a_sampling_checkpoint(tiny_base,
 
     from hydra import compose, initialize_config_dir
 
-    from moldiff.likelihood.run import run_likelihood
+    from moldiff.jobs.likelihood import run_likelihood
 
     with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "configs"), version_base="1.3"):
         lk = compose("likelihood", [f"ckpt={path}", "n=4", "batch_size=2", "elbo.T=10", f"output={tmp_path / 'lk'}"])
@@ -226,7 +225,7 @@ def test_elbo_over_a_shorter_horizon_is_still_a_bound():
 
 
 def test_bad_refinement_options_fail_up_front(tiny_base, tmp_path):
-    from moldiff.bridge.run import run_refinement
+    from moldiff.jobs.refine_bridge import run_refinement
 
     for override, message in [("horizon=1.5", "horizon"), ("steps=0", "steps"), ("ckpt=/nope.ckpt", "no checkpoint")]:
         with pytest.raises((ValueError, FileNotFoundError), match=message):

@@ -9,7 +9,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from moldiff.nn.egnn import EGNN
-from moldiff.train.conditioning import Context, ContextSlot
+from moldiff.nn.context import Context, ContextSlot
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,9 +59,9 @@ def test_conditional_network_is_equivariant_and_uses_its_context(make):
 
 def test_warm_start_from_an_unconditional_model_starts_at_its_predictions(tiny_diffusion):
     from moldiff.train.module import DiffusionModule
-    from moldiff.train.run import warm_start
+    from moldiff.jobs.train import warm_start
 
-    base = DiffusionModule.load_from_checkpoint(tiny_diffusion, weights_only=False).eval()
+    base = DiffusionModule.load_from_checkpoint(tiny_diffusion, weights_only=True).eval()
     hp = dict(base.hparams)
     module = DiffusionModule(**{**hp, "context": Context(["alpha"], [75.0], [6.0]).to_dict()}).eval()
     warm_start(module, tiny_diffusion)
@@ -78,7 +78,7 @@ def test_warm_start_from_an_unconditional_model_starts_at_its_predictions(tiny_d
 
 @pytest.fixture(scope="module")
 def conditional_ckpt(tmp_path_factory):
-    from moldiff.train.run import run_training
+    from moldiff.jobs.train import run_training
 
     tmp = tmp_path_factory.mktemp("cond")
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
@@ -92,11 +92,12 @@ def conditional_ckpt(tmp_path_factory):
 
 def test_conditional_model_trains_samples_and_rejects_missing_targets(conditional_ckpt, tmp_path):
     from moldiff.data.qm9 import load_qm9
-    from moldiff.guidance.run import base_eps
+    from moldiff.jobs.guide import base_eps
     from moldiff.sampling.generate import generate
-    from moldiff.sampling.run import load_module, run_sampling
+    from moldiff.jobs.sample import run_sampling
+    from moldiff.model.diffusion import DiffusionModel
 
-    module = load_module(conditional_ckpt, torch.device("cpu"))
+    module = DiffusionModel.load(conditional_ckpt, torch.device("cpu"))
     assert module.context.names == ["alpha"]
     alphas = load_qm9("train_second_half").properties["alpha"]
     assert 40 < module.context.mean[0] < 110 and module.context.mad[0] < np.abs(alphas - alphas.mean()).mean() * 3
@@ -118,7 +119,7 @@ def test_conditional_model_trains_samples_and_rejects_missing_targets(conditiona
         run_sampling(too_many, tmp_path)
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
         lcfg = compose("likelihood", [f"ckpt={conditional_ckpt}", "n=3", "batch_size=3", "elbo.T=10", f"output={tmp_path / 'l'}"])
-    from moldiff.likelihood.run import run_likelihood
+    from moldiff.jobs.likelihood import run_likelihood
 
     assert np.isfinite(run_likelihood(lcfg, tmp_path)["nats_per_molecule"])  # p(molecule | its own alpha)
     eps, slot = base_eps(module, "alpha")
@@ -131,7 +132,7 @@ def test_conditional_recipe_trains_on_the_second_half():
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("train", ["experiment=qm9_cond", "context=[gap]"])
     assert cfg.dataset.train == "qm9:train_second_half" and list(cfg.context) == ["gap"] and cfg.name == "qm9_cond_gap"
-    from moldiff.train.run import check_config
+    from moldiff.jobs.train import check_config
 
     check_config(cfg)
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
@@ -142,8 +143,8 @@ def test_conditional_recipe_trains_on_the_second_half():
 
 def test_guide_job_on_a_conditional_base(conditional_ckpt, tmp_path):
     """guide.py with a conditional base: the base is given the design target, guidance acts on top."""
-    from moldiff.guidance.run import run_guidance
-    from moldiff.train.property_run import run_property_training
+    from moldiff.jobs.guide import run_guidance
+    from moldiff.jobs.train_property import run_property_training
 
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
         run_property_training(compose("train_property", ["role=guide", "property=alpha", "name=tiny", "train_max=16", "val_max=8",

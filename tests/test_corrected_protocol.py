@@ -6,7 +6,7 @@ import pytest
 from conftest import embedded
 from moldiff.chem.determine_bonds import atom_is_stable, perceive
 from moldiff.chem.edm_protocol import edm_bond_graph, edm_stability
-from moldiff.data import MoleculeSet, QM9_VOCAB
+from moldiff.data import QM9_VOCAB
 from moldiff.metrics.evaluate import summarize
 from moldiff.metrics.protocols import run_corrected
 

@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 
-from conftest import embedded
 from moldiff.data import MoleculeSet
 from moldiff.metrics.distribution import distribution_distances, geometry_stats, total_variation
 from moldiff.metrics.protocols import run_corrected

@@ -11,8 +11,9 @@ from moldiff.analytic import GaussianPointClouds
 from moldiff.data.elements import QM9_VOCAB
 from moldiff.data.features import FeatureLayout
 from moldiff.geometry import max_com, remove_mean
-from moldiff.guidance.guided import Energy, GuidanceReport, Scale, guided
-from moldiff.guidance.property_energy import PropertyEnergy, PropertyPredictor
+from moldiff.guidance.guided import Energy, Scale, guided
+from moldiff.guidance.property_energy import PropertyEnergy
+from moldiff.nn.property import PropertyPredictor
 from moldiff.noise.schedules import PolynomialSchedule
 from moldiff.noise.vp_sde import VPSDE
 from moldiff.nn.egnn import EGNN
@@ -132,7 +133,7 @@ def test_property_models_train_and_load(tmp_path, role):
     from hydra import compose, initialize_config_dir
 
     from moldiff.train.property_module import PropertyModule
-    from moldiff.train.property_run import run_property_training
+    from moldiff.jobs.train_property import run_property_training
 
     root = str(Path(__file__).resolve().parents[1] / "configs")
     overrides = [f"role={role}", "property=gap", "train_max=64", "val_max=16", "batch_size=16", "model.hidden=16", "model.layers=2",
@@ -142,7 +143,7 @@ def test_property_models_train_and_load(tmp_path, role):
         bad = compose("train_property", ["property=polarity"])
     module = run_property_training(cfg, tmp_path)
     assert module.net.encoder.time_conditioning == (role == "guide")
-    loaded = PropertyModule.load_from_checkpoint(tmp_path / "last.ckpt", weights_only=False)
+    loaded = PropertyModule.load_from_checkpoint(tmp_path / "last.ckpt", weights_only=True)
     assert torch.allclose(loaded.net.mean, module.net.mean) and float(loaded.net.std) > 0
     with pytest.raises(ValueError, match="unknown"):
         run_property_training(bad, tmp_path)
@@ -155,15 +156,15 @@ def test_multi_task_property_model_has_one_column_per_target(tmp_path):
 
     from moldiff.data.loader import MoleculeDataset
     from moldiff.train.property_module import PropertyModule
-    from moldiff.train.property_run import run_property_training
-    from moldiff.train.run import load_split
+    from moldiff.jobs.train_property import run_property_training
+    from moldiff.jobs.train import load_split
 
     root = str(Path(__file__).resolve().parents[1] / "configs")
     with initialize_config_dir(root, version_base="1.3"):
         cfg = compose("train_property", ["property=all", "train_max=64", "val_max=16", "batch_size=16", "model.hidden=16", "model.layers=2",
                                          "trainer.max_steps=4", "trainer.enable_progress_bar=false", "logs=[]", f"checkpoint.dir={tmp_path}"])
     run_property_training(cfg, tmp_path)
-    module = PropertyModule.load_from_checkpoint(tmp_path / "last.ckpt", weights_only=False)
+    module = PropertyModule.load_from_checkpoint(tmp_path / "last.ckpt", weights_only=True)
     assert module.targets == ["alpha", "gap", "homo", "lumo", "mu", "Cv"] and module.column("mu") == 4
     mols = load_split("qm9:train_first_half", module.layout, 64, 0).mols  # the run's training subset
     y = MoleculeDataset(mols, module.layout, module.targets).y
@@ -183,7 +184,7 @@ def tiny_models(tmp_path_factory, tiny_diffusion):
 
     from hydra import compose, initialize_config_dir
 
-    from moldiff.train.property_run import run_property_training
+    from moldiff.jobs.train_property import run_property_training
 
     tmp = tmp_path_factory.mktemp("models")
     (tmp / "diff").mkdir()
@@ -212,7 +213,7 @@ def _guide_cfg(models, *overrides):
 def test_guide_design_and_protocol_modes(tiny_models, tmp_path):
     import json
 
-    from moldiff.guidance.run import run_guidance
+    from moldiff.jobs.guide import run_guidance
 
     r = run_guidance(_guide_cfg(tiny_models, "target=7.0", f"output={tmp_path / 'd'}"), tmp_path)
     assert r["targets"] == [7.0] * 4 and len(r["predictions"]) == 4 and math.isfinite(r["mae"])
@@ -227,7 +228,7 @@ def test_guide_design_and_protocol_modes(tiny_models, tmp_path):
 
 def test_xtb_guidance_failures_are_counted_not_fatal(tiny_models, tmp_path):
     pytest.importorskip("tblite")
-    from moldiff.guidance.run import run_guidance
+    from moldiff.jobs.guide import run_guidance
 
     # an almost untrained model makes geometries xTB often cannot handle: counted, sampling finishes
     r = run_guidance(_guide_cfg(tiny_models, "property=null", "xtb.scale=0.1", "xtb.t_max=0.4", "xtb.workers=1", "n=2", f"output={tmp_path}"), tmp_path)
@@ -240,7 +241,7 @@ def test_xtb_guidance_failures_are_counted_not_fatal(tiny_models, tmp_path):
                                                 ("scale=-1", "scales"), ("sampler=ddim", "sampler"), ("guide_ckpt=/nope.ckpt", "no checkpoint"),
                                                 ("property=alpha", "predicts")])
 def test_bad_guidance_options_fail_up_front(tiny_models, tmp_path, override, message):
-    from moldiff.guidance.run import run_guidance
+    from moldiff.jobs.guide import run_guidance
 
     cfg = _guide_cfg(tiny_models, "target=7.0", override)
     with pytest.raises((ValueError, FileNotFoundError), match=message):

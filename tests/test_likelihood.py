@@ -116,7 +116,7 @@ def test_likelihood_job_writes_values_and_summary(tmp_path, tiny_diffusion):
     """scripts/likelihood.py's job on a tiny trained checkpoint: CSV, summary, resumable pieces."""
     from hydra import compose, initialize_config_dir
 
-    from moldiff.likelihood.run import run_likelihood
+    from moldiff.jobs.likelihood import run_likelihood
 
     root = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "configs")
     ckpt = tiny_diffusion

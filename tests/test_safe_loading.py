@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from moldiff.sampling import run as sample_run
-from moldiff.train import run as train_run
+from moldiff.model.diffusion import DiffusionModel
+from moldiff.jobs import train as train_run
 from moldiff.train.export import export_checkpoint
 
 from test_train import tiny_cfg
@@ -35,7 +35,7 @@ def poisoned(tmp_path):
 def test_sampling_refuses_a_pickled_payload(poisoned):
     path, marker = poisoned
     with pytest.raises(pickle.UnpicklingError):
-        sample_run.load_module(path, torch.device("cpu"))
+        DiffusionModel.load(path, torch.device("cpu"))
     assert not marker.exists()
 
 

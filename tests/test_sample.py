@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
-from moldiff.sampling import run as sample_run
+from moldiff.jobs import sample as sample_run
+from moldiff.model.diffusion import DiffusionModel
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST_EVAL = ["evaluation.reference=null", "evaluation.novelty=null", "evaluation.workers=1"]
@@ -19,7 +19,7 @@ FAST_EVAL = ["evaluation.reference=null", "evaluation.novelty=null", "evaluation
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
-    from moldiff.train.run import run_training
+    from moldiff.jobs.train import run_training
 
     tmp = tmp_path_factory.mktemp("train")
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
@@ -94,7 +94,7 @@ def test_interrupted_sampling_resumes_without_losing_batches(tiny_ckpt, tmp_path
 def test_bad_sample_options_fail_before_any_work(tiny_ckpt, tmp_path, monkeypatch, override, message):
     if override.startswith("device") and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    monkeypatch.setattr(sample_run, "load_module", lambda *a: pytest.fail("the model was loaded before the config was checked"))
+    monkeypatch.setattr(DiffusionModel, "load", lambda *a: pytest.fail("the model was loaded before the config was checked"))
     args = [f"ckpt={tiny_ckpt}", "n=5", *([] if override.startswith("ckpt") else []), override]
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         sample_run.run_sampling(sample_cfg(*args), tmp_path)
@@ -103,7 +103,7 @@ def test_bad_sample_options_fail_before_any_work(tiny_ckpt, tmp_path, monkeypatc
 def test_generate_with_given_sizes_is_reproducible_and_centred(tiny_ckpt):
     from moldiff.sampling.generate import generate
 
-    module = sample_run.load_module(tiny_ckpt, torch.device("cpu"))
+    module = DiffusionModel.load(tiny_ckpt, torch.device("cpu"))
     a = generate(module, 5, steps=3, sizes=[3, 4, 5, 6, 7], batch_size=2, seed=1, progress=False)
     b = generate(module, 5, steps=3, sizes=[3, 4, 5, 6, 7], batch_size=2, seed=1, progress=False)
     assert a.n_atoms.tolist() == [3, 4, 5, 6, 7]
@@ -116,7 +116,7 @@ def test_bf16_sampling_follows_the_float32_trajectory(tiny_ckpt):
     """Same seed, same noise: bfloat16 per-edge MLPs move the molecules by far less than their size."""
     from moldiff.sampling.generate import generate
 
-    module = sample_run.load_module(tiny_ckpt, torch.device("cpu"))
+    module = DiffusionModel.load(tiny_ckpt, torch.device("cpu"))
     kw = dict(steps=5, sizes=[6, 9, 12], seed=2, progress=False)
     a = generate(module, 3, **kw)
     b = generate(module, 3, precision="bf16-mixed", **kw)

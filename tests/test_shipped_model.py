@@ -7,14 +7,14 @@ from pathlib import Path
 
 import torch
 
-from moldiff.sampling.run import SHIPPED
+from moldiff.model.checkpoint import SHIPPED
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_shipped_checkpoint_is_small_and_describes_its_training():
     assert SHIPPED.is_file() and SHIPPED.stat().st_size < 8e6
-    ckpt = torch.load(SHIPPED, map_location="cpu", weights_only=False)
+    ckpt = torch.load(SHIPPED, map_location="cpu", weights_only=True)
     hp = ckpt["hyper_parameters"]
     assert hp["model"]["name"] == "egnn" and hp["dataset"] == "qm9" and hp["features"]["vocabulary"] == "qm9"
     assert "optimizer_states" not in ckpt

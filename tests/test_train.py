@@ -12,7 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from moldiff.data.loader import EpochBatchSampler, MoleculeDataset
-from moldiff.train import run as train_run
+from moldiff.jobs import train as train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,7 +52,7 @@ def test_resume_mid_epoch_gives_the_same_parameters(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="killed"):
         train_run.run_training(tiny_cfg(tmp_path / "b", "trainer.max_steps=13", "trainer.max_epochs=-1"), tmp_path / "b")
     monkeypatch.setattr(train_run.pl, "Trainer", real_trainer)
-    ckpt = torch.load(tmp_path / "b" / "ckpt" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(tmp_path / "b" / "ckpt" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 10  # the last checkpoint before the crash, 2 batches into epoch 1
     assert not list((tmp_path / "b" / "ckpt").glob("*.tmp"))
     resumed = train_run.run_training(tiny_cfg(tmp_path / "b", "trainer.max_steps=13", "trainer.max_epochs=-1"), tmp_path / "b")
@@ -97,7 +97,7 @@ def test_resume_after_steps_and_time_limited_stops_is_exact(tmp_path, monkeypatc
     legs = [("trainer.max_time=00:00:03:00",), ("trainer.max_time=00:00:06:00",), ("trainer.max_steps=11",), ()]
     for overrides, (step, epoch) in zip(legs, [(3, 0), (9, 1), (11, 1), (13, 1)]):
         resumed = train_run.run_training(tiny_cfg(tmp_path / "b", "trainer.max_epochs=-1", "trainer.max_steps=13", *overrides), tmp_path / "b")
-        saved = torch.load(ckpt, weights_only=False)
+        saved = torch.load(ckpt, weights_only=True)
         assert (saved["global_step"], saved["epoch"]) == (step, epoch)
     a, b = params(full), params(resumed)
     for k in a:
@@ -125,7 +125,7 @@ def test_sigterm_stops_cleanly_and_resumes_exactly(tmp_path, monkeypatch):
     with pytest.raises(SystemExit):
         train_run.run_training(tiny_cfg(tmp_path / "b", "trainer.max_steps=13", "trainer.max_epochs=-1"), tmp_path / "b")
     monkeypatch.setattr(train_run.pl, "Trainer", real_trainer)
-    assert torch.load(tmp_path / "b" / "ckpt" / "last.ckpt", weights_only=False)["global_step"] == 5  # not the periodic step 4
+    assert torch.load(tmp_path / "b" / "ckpt" / "last.ckpt", weights_only=True)["global_step"] == 5  # not the periodic step 4
     resumed = train_run.run_training(tiny_cfg(tmp_path / "b", "trainer.max_steps=13", "trainer.max_epochs=-1"), tmp_path / "b")
     a, b = params(full), params(resumed)
     for k in a:
@@ -150,7 +150,7 @@ def test_bf16_mixed_training_keeps_float32_state_and_tracks_float32(tmp_path, mo
         end = params(module)
         moved[precision] = torch.cat([(end[k] - init.weights[k]).flatten() for k in end if k.startswith("net.")])
     assert all(v.dtype == torch.float32 for v in module.state_dict().values() if v.is_floating_point())
-    opt = torch.load(tmp_path / "bf16-mixed" / "ckpt" / "last.ckpt", weights_only=False)["optimizer_states"][0]["state"]
+    opt = torch.load(tmp_path / "bf16-mixed" / "ckpt" / "last.ckpt", weights_only=True)["optimizer_states"][0]["state"]
     assert all(s["exp_avg"].dtype == torch.float32 for s in opt.values())
     cos = torch.nn.functional.cosine_similarity(moved["32"], moved["bf16-mixed"], dim=0)
     assert cos > 0.95, cos  # Adam moves every weight by ~lr per step: the direction is what bf16 could get wrong
@@ -158,7 +158,7 @@ def test_bf16_mixed_training_keeps_float32_state_and_tracks_float32(tmp_path, mo
 
 def test_lr_decay_reaches_its_final_rate(tmp_path):
     train_run.run_training(tiny_cfg(tmp_path, "trainer.max_steps=6", "optim.decay.kind=cosine", "optim.decay.steps=4", "optim.decay.final=0.2"), tmp_path)
-    ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
     lr = float(ckpt["hyper_parameters"]["optim"]["lr"])
     assert abs(ckpt["optimizer_states"][0]["param_groups"][0]["lr"] - 0.2 * lr) < 1e-12
 
@@ -166,15 +166,15 @@ def test_lr_decay_reaches_its_final_rate(tmp_path):
 def test_training_record_and_warm_start(tmp_path):
     train_run.run_training(tiny_cfg(tmp_path / "a", "trainer.max_steps=3"), tmp_path / "a")
     last = tmp_path / "a" / "ckpt" / "last.ckpt"
-    record = torch.load(last, weights_only=False)["moldiff_record"]
+    record = torch.load(last, weights_only=True)["moldiff_record"]
     assert record[-1]["last_step"] == 3 and record[-1]["device"].startswith("cpu")
     from moldiff.train.export import export_checkpoint
 
     small = tmp_path / "small.ckpt"
     export_checkpoint(last, small)
-    assert "optimizer_states" not in torch.load(small, weights_only=False)
-    warm = train_run.run_training(tiny_cfg(tmp_path / "b", "trainer.max_steps=1", f"init_from={small}"), tmp_path / "b")
-    rec2 = torch.load(tmp_path / "b" / "ckpt" / "last.ckpt", weights_only=False)["moldiff_record"]
+    assert "optimizer_states" not in torch.load(small, weights_only=True)
+    train_run.run_training(tiny_cfg(tmp_path / "b", "trainer.max_steps=1", f"init_from={small}"), tmp_path / "b")
+    rec2 = torch.load(tmp_path / "b" / "ckpt" / "last.ckpt", weights_only=True)["moldiff_record"]
     assert len(rec2) == 2 and rec2[0] == record[-1]
     with pytest.raises(ValueError, match="model config"):
         train_run.run_training(tiny_cfg(tmp_path / "c", "trainer.max_steps=1", f"init_from={last}", "model.hidden=32"), tmp_path / "c")
@@ -225,7 +225,7 @@ def test_ddp_with_two_cpu_processes(tmp_path):
         capture_output=True, text=True, cwd=ROOT, timeout=600,
     )
     assert p.returncode == 0, p.stderr[-3000:]
-    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 3
     assert ckpt["moldiff_record"][-1]["world_size"] == 2
 
@@ -314,4 +314,4 @@ def test_training_path_imports_no_rdkit_or_ase(tmp_path):
 def test_e3nn_network_trains_through_the_same_pipeline(tmp_path):
     module = train_run.run_training(tiny_cfg(tmp_path, "model=e3nn", "~model.hidden", "model.layers=1", "trainer.max_steps=2"), tmp_path)
     assert type(module.net).__name__ == "E3NNNet"
-    assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["global_step"] == 2
+    assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["global_step"] == 2

@@ -27,7 +27,7 @@ import torch
 
 from moldiff.bridge.reference import bridge_sample, forward_step, reference_endpoint
 from moldiff.geometry import atom_counts, remove_mean, segment_sum
-from moldiff.sampling.base import per_molecule, time_grid
+from moldiff.sampling.base import molecule_times, sizes_to_batch, time_grid
 from moldiff.sampling.samplers import sample
 
 
@@ -42,7 +42,7 @@ def _per_molecule_mse(ex, eh, tx, th, batch, n):
 def backward_loss(eps_fn, sde, x0, h0, xT, hT, batch, n, t_min: float, T: float, generator=None):
     """Denoising loss on reference-bridge samples between the coupled (x_0, x_T)."""
     t = t_min + (T - t_min) * torch.rand(n, generator=generator, dtype=x0.dtype, device=x0.device)
-    zx, zh = bridge_sample(sde, x0, h0, xT, hT, t, per_molecule(T, n, x0), batch, n, generator)
+    zx, zh = bridge_sample(sde, x0, h0, xT, hT, t, molecule_times(T, n, x0), batch, n, generator)
     ex, eh = eps_fn(zx, zh, t, batch, n)
     return _per_molecule_mse(remove_mean(ex, batch, n), eh, *sde.eps_from_x0(zx, zh, remove_mean(x0, batch, n), h0, t, batch), batch, n)
 
@@ -50,7 +50,7 @@ def backward_loss(eps_fn, sde, x0, h0, xT, hT, batch, n, t_min: float, T: float,
 def forward_loss(residual_fn, sde, x0, h0, xT, hT, batch, n, T: float, generator=None):
     """Regression of the forward network's residual r on (x_T - alpha_{T|t} z_t) / sigma_{T|t}."""
     t = T * (1 - 1e-3) * torch.rand(n, generator=generator, dtype=x0.dtype, device=x0.device)
-    TT = per_molecule(T, n, x0)
+    TT = molecule_times(T, n, x0)
     zx, zh = bridge_sample(sde, x0, h0, xT, hT, t, TT, batch, n, generator)
     a, v = sde.transition(t, TT, batch)
     s = v.clamp_min(1e-12).sqrt()
@@ -63,7 +63,7 @@ def endpoint_fn(residual_fn, sde, T: float):
 
     def fn(x, h, t, batch, n):
         rx, rh = residual_fn(x, h, t, batch, n)
-        return reference_endpoint(sde, x, h, t, per_molecule(T, n, x), batch, remove_mean(rx, batch, n), rh)
+        return reference_endpoint(sde, x, h, t, molecule_times(T, n, x), batch, remove_mean(rx, batch, n), rh)
 
     return fn
 
@@ -80,15 +80,13 @@ def simulate_forward(residual_fn, sde, x0, h0, batch, n, steps: int, t_min: floa
     fn = endpoint_fn(residual_fn, sde, T)
     grid = forward_grid(steps, t_min, T)
     for t, u in zip(grid[:-1], grid[1:]):
-        x, h = forward_step(fn, sde, x, h, per_molecule(t, n, x), per_molecule(u, n, x), per_molecule(T, n, x), batch, n, generator)
+        x, h = forward_step(fn, sde, x, h, molecule_times(t, n, x), molecule_times(u, n, x), molecule_times(T, n, x), batch, n, generator)
     return x, h
 
 
 @torch.no_grad()
 def simulate_backward(eps_fn, sde, sizes, feat_dim: int, steps: int, t_min: float, T: float, generator=None, dtype=torch.float32):
     """(x_0, h_0, x_T, h_T, batch): the backward process (ancestral) from N(0, I) at the horizon T."""
-    from moldiff.sampling.base import sizes_to_batch
-
     batch, n = sizes_to_batch(sizes)
     xT, hT = sde.prior(batch, n, feat_dim, dtype, generator)
     x0, h0, _ = sample("ancestral", eps_fn, sde, sizes, feat_dim, steps=steps, t_min=t_min, t_max=T, generator=generator, dtype=dtype,

@@ -20,7 +20,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from moldiff.bridge.imf import backward_loss, forward_loss, simulate_backward, simulate_forward
 from moldiff.sampling.base import sample_sizes, sizes_to_batch
-from moldiff.train import build
+from moldiff.model import build
 
 
 class Coupling:

@@ -60,3 +60,10 @@ GEOM_VOCAB = Vocabulary(
     ("H", "B", "C", "N", "O", "F", "Al", "Si", "P", "S", "Cl", "As", "Br", "I", "Hg", "Bi"),
 )
 VOCABULARIES = {v.name: v for v in (QM9_VOCAB, GEOM_VOCAB)}
+
+
+def vocabulary(name: str) -> Vocabulary:
+    """A vocabulary by name (``qm9`` or ``geom``)."""
+    if name not in VOCABULARIES:
+        raise ValueError(f"unknown vocabulary {name!r}; use one of {', '.join(VOCABULARIES)}")
+    return VOCABULARIES[name]

@@ -21,7 +21,9 @@ from torch_geometric.data import Batch, Data, InMemoryDataset
 
 from moldiff.data.elements import Vocabulary
 from moldiff.data.molecules import MoleculeSet
-from moldiff.data.sources import infer_vocabulary, load_source, vocabulary
+from moldiff.data.elements import vocabulary
+from moldiff.data.sources import load_source
+from moldiff.data.user import infer_vocabulary
 
 ATOM_KEYS = ("pos", "z", "atom_type", "x")
 

@@ -46,7 +46,8 @@ PROPERTY_COLUMNS = {
     "H": ("Enthalphy_298K_au", HARTREE_TO_EV),
     "G": ("GibbsFreeEnergy_298K_au", HARTREE_TO_EV),
 }
-CONDITIONING_PROPERTIES = ("alpha", "gap", "homo", "lumo", "mu", "Cv")
+# the six properties EDM conditions on and EEGSDE guides towards
+QM9_TARGETS = ("alpha", "gap", "homo", "lumo", "mu", "Cv")
 
 
 def edm_split_codes(n: int = N_MOLECULES) -> np.ndarray:
@@ -160,14 +161,6 @@ def select_split(mols: MoleculeSet, split: str) -> MoleculeSet:
     if split in halves:
         return mols.subset(mols.properties["half"] == halves[split])
     raise ValueError(f"unknown QM9 split {split!r}; use one of all, train, valid, test, train_first_half, train_second_half")
-
-
-def load_gdb_smiles(root: Path | None = None) -> np.ndarray:
-    """GDB SMILES of all molecules, GDB order (align with ``properties['index']``)."""
-    paths = cache_paths(root)
-    if not paths["smiles"].exists():
-        build_cache(root)
-    return np.array(paths["smiles"].read_text().splitlines())
 
 
 def one_hot(mols: MoleculeSet) -> np.ndarray:

@@ -7,12 +7,13 @@ Unreadable records are counted in the ``InputReport`` and skipped; the rest is r
 
 from __future__ import annotations
 
+from io import StringIO
 from pathlib import Path
 
 import numpy as np
 
 from moldiff.data import report as R
-from moldiff.data.elements import symbol_to_number
+from moldiff.data.elements import GEOM_VOCAB, QM9_VOCAB, Vocabulary, symbol_to_number
 from moldiff.data.molecules import MoleculeSet
 
 SUFFIXES = (".sdf", ".sd", ".mol", ".xyz", ".extxyz")
@@ -43,7 +44,6 @@ def _read_sdf(path: Path, report: R.InputReport):
 
 def _read_xyz(path: Path, report: R.InputReport):
     """Frame by frame, so one bad frame costs one record (ASE would fail the whole file)."""
-    from io import StringIO
 
     import ase.io
 
@@ -115,8 +115,6 @@ def user_dataset(path, vocab=None, report: R.InputReport | None = None, save_to=
     ``vocab``: a ``Vocabulary``, or None to infer QM9's or GEOM's from the elements. Every record
     left out is counted in the returned report (``report.to_dict()`` for a summary).
     """
-    from moldiff.data.sources import infer_vocabulary
-
     report = report if report is not None else R.InputReport()
     mols, names = read_molecules(path, report)
     vocab = vocab if vocab is not None else infer_vocabulary(mols)
@@ -124,3 +122,13 @@ def user_dataset(path, vocab=None, report: R.InputReport | None = None, save_to=
     if save_to is not None:
         mols.save(save_to)
     return mols, [names[i] for i in kept], report
+
+
+def infer_vocabulary(mols: MoleculeSet) -> Vocabulary:
+    """QM9's vocabulary when every element fits it, else GEOM-Drugs'.
+
+    Elements in neither vocabulary don't decide: one stray Se must not switch a QM9-like file to
+    GEOM's rules (it is rejected as an unknown element either way).
+    """
+    known = GEOM_VOCAB.encode(mols.numbers) >= 0
+    return QM9_VOCAB if (QM9_VOCAB.encode(mols.numbers[known]) >= 0).all() else GEOM_VOCAB

@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from moldiff.io.writers import atomic_write
+
 
 def write_grid_png(path, rdkit_mols: Sequence, legends: Sequence[str] | None = None, per_row: int = 6, max_mols: int = 48, size: int = 220) -> None:
     from rdkit import Chem
     from rdkit.Chem import AllChem, Draw
 
     from moldiff.chem.rdkit_mol import quiet_rdkit
-    from moldiff.io.writers import atomic_write
 
     mols, labels = [], []
     with quiet_rdkit():

@@ -40,6 +40,7 @@ import torch
 
 from moldiff.geometry import atom_counts, remove_mean, segment_sum
 from moldiff.likelihood.terms import dimensions, log_p_atoms, standard_normal_log_prob
+from moldiff.loss.reconstruction import feature_log_prob
 from moldiff.sampling.ode import pf_drift
 
 
@@ -56,8 +57,6 @@ def dequantize(h0, layout, batch, n, generator=None):
 
 def diffusion_dequantize(h0, sde, layout, batch, n, t0: float = 0.0, generator=None):
     """(z_h, -log P(h | z_h) + log q(z_h | h) (M,)): the forward kernel at t0 and EDM's decoder."""
-    from moldiff.loss.reconstruction import feature_log_prob
-
     t = torch.full((n,), float(t0), dtype=h0.dtype, device=h0.device)
     a, s = sde.alpha(t, batch), sde.sigma(t, batch)
     eps = torch.randn(h0.shape, generator=generator, dtype=h0.dtype, device=h0.device)

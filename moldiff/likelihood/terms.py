@@ -39,7 +39,3 @@ def log_p_atoms(histogram: dict[int, int], batch, n) -> torch.Tensor:
     for k, v in histogram.items():
         table[int(k)] = math.log(v / total)
     return table[counts.cpu()].to(counts.device)
-
-
-def bits_per_dim(nll: torch.Tensor, dims: torch.Tensor) -> torch.Tensor:
-    return nll / (dims.to(nll.dtype) * math.log(2))

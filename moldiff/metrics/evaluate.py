@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
-
 from moldiff.data.elements import Vocabulary
 from moldiff.data.molecules import MoleculeSet
 from moldiff.data.report import InputReport
 from moldiff.metrics.distribution import GeometryStats, distribution_distances, geometry_stats
+from moldiff.metrics.posebusters_checks import posebusters_summary
 from moldiff.metrics.protocols import ProtocolOutcome, run_corrected, run_edm
 
 PROTOCOLS = ("edm", "corrected")
@@ -77,8 +76,6 @@ def evaluate(
         result["distribution"] = distribution_distances(geometry_stats(mols, *bonds), reference)
         timings["distribution"] = time.perf_counter() - t
     if posebusters and len(mols):
-        from moldiff.metrics.posebusters_checks import posebusters_summary
-
         t = time.perf_counter()
         result["posebusters"] = posebusters_summary(_rdkit_mols(mols, posebusters))
         timings["posebusters"] = time.perf_counter() - t

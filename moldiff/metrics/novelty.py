@@ -10,12 +10,11 @@ import os
 
 from moldiff.data.elements import QM9_VOCAB
 from moldiff.data.paths import cache_dir
+from moldiff.data.qm9 import load_qm9
+from moldiff.metrics.protocols import run_corrected, run_edm
 
 
 def training_smiles(protocol: str, split: str = "train", remove_h: bool = False, workers: int | None = None) -> set[str]:
-    from moldiff.data.qm9 import load_qm9
-    from moldiff.metrics.protocols import run_corrected, run_edm
-
     path = cache_dir("qm9") / f"{'qm9_noh' if remove_h else 'qm9'}_{split}_smiles_{protocol}_v1.txt"
     if path.exists():
         return set(path.read_text().split("\n")) - {""}

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
-import multiprocessing as mp
 import numpy as np
 
+from moldiff.chem.edm_protocol import edm_bond_graph, edm_stability
 from moldiff.data.elements import GEOM_VOCAB, Vocabulary
 from moldiff.data.molecules import MoleculeSet
 
@@ -25,7 +26,6 @@ class ProtocolOutcome:
 
 
 def run_edm(mols: MoleculeSet, vocab: Vocabulary) -> ProtocolOutcome:
-    from moldiff.chem.edm_protocol import edm_bond_graph, edm_stability
     from moldiff.chem.edm_rdkit import edm_fragment_counts, edm_validity
 
     graph = edm_bond_graph(mols, vocab)

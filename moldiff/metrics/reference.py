@@ -13,7 +13,9 @@ import tempfile
 import numpy as np
 
 from moldiff.data.paths import cache_dir
+from moldiff.data.sources import load_source
 from moldiff.metrics.distribution import GeometryStats, geometry_stats
+from moldiff.metrics.protocols import run_corrected
 
 
 def _save(stats: GeometryStats, path) -> None:
@@ -45,9 +47,6 @@ def _load(path) -> GeometryStats:
 
 
 def reference_stats(spec: str = "qm9:train", max_molecules: int = 10_000, workers: int | None = None) -> GeometryStats:
-    from moldiff.data.sources import load_source
-    from moldiff.metrics.protocols import run_corrected
-
     is_dataset = spec.split(":")[0] in ("qm9", "qm9_noh")
     path = cache_dir("qm9") / f"reference_{re.sub(r'[^A-Za-z0-9_]+', '_', spec)}_{max_molecules}_v1.npz"
     if is_dataset and path.exists():

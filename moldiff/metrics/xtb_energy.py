@@ -10,8 +10,10 @@ threads here, and far faster on a busy machine, so parallelise over molecules (p
 from __future__ import annotations
 
 import math
+import multiprocessing as mp
 import os
 from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 from ase import units
@@ -38,9 +40,6 @@ def xtb_pool(workers: int):
     """A process pool for xTB work. Spawned, not forked: a worker forked from a process whose
     OpenMP runtime (torch's) is running hangs when tblite starts its own OpenMP work (measured:
     every worker idle forever); each worker runs tblite single-threaded (see the module note)."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
     return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_one_thread)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from moldiff.sampling.base import per_molecule
+from moldiff.sampling.base import molecule_times
 
 
 def ancestral_step(eps_fn, sde, x, h, t, s, batch, n, generator, late_noise: float = 1.0, late_t: float = 0.0):
@@ -10,7 +10,7 @@ def ancestral_step(eps_fn, sde, x, h, t, s, batch, n, generator, late_noise: flo
     s2_ts = sigma_t^2 - a_ts^2 sigma_s^2 and sigma_{t->s} = sqrt(s2_ts) sigma_s / sigma_t.
     ``late_noise`` scales the injected noise of the steps from t <= ``late_t`` (a deliberate
     deviation from the exact posterior that some samplers use to sharpen the last steps)."""
-    tt, ss = per_molecule(t, n, x), per_molecule(s, n, x)
+    tt, ss = molecule_times(t, n, x), molecule_times(s, n, x)
     ex, eh = eps_fn(x, h, tt, batch, n)
     a_ts, s2_ts = sde.transition(ss, tt, batch)
     sg_t, sg_s = sde.sigma(tt, batch), sde.sigma(ss, batch)

@@ -52,13 +52,14 @@ def time_grid(steps: int, t_min: float = 1e-3, t_max: float = 1.0, kind: str = "
     raise ValueError(f"unknown time grid {kind!r}; use uniform, logsnr or karras")
 
 
-def per_molecule(t: torch.Tensor | float, n: int, like: torch.Tensor) -> torch.Tensor:
+def molecule_times(t: torch.Tensor | float, n: int, like: torch.Tensor) -> torch.Tensor:
+    """The same time t for each of n molecules: (n,), as networks and the SDE take it."""
     return torch.full((n,), float(t), dtype=like.dtype, device=like.device)
 
 
 def denoise(eps_fn: EpsFn, sde: VPSDE, x, h, t, batch, n):
     """z_0 estimate (z_t - sigma_t eps) / alpha_t: the last step of every sampler."""
-    tt = per_molecule(t, n, x)
+    tt = molecule_times(t, n, x)
     x0, h0 = sde.x0_from_eps(x, h, *eps_fn(x, h, tt, batch, n), tt, batch)
     return remove_mean(x0, batch, n), h0
 

@@ -14,7 +14,7 @@ import torch
 from moldiff.data.molecules import MoleculeSet
 from moldiff.sampling.base import sample_sizes
 from moldiff.sampling.samplers import sample
-from moldiff.train.conditioning import ContextSlot
+from moldiff.nn.context import ContextSlot
 
 PRECISIONS = ("32", "bf16-mixed")
 

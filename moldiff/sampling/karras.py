@@ -16,14 +16,14 @@ import math
 
 import torch
 
-from moldiff.sampling.base import per_molecule
+from moldiff.sampling.base import molecule_times
 
 
 def _eps(eps_fn, sde, xt, ht, s, batch, n):
     """eps_hat at noise level s for the VE variables (x~, h~): the network sees z = alpha x~."""
     t = float(sde.schedule.t_of_log_snr(torch.tensor(-2.0 * math.log(s), dtype=torch.float64)))
     a = float(sde.schedule.alpha(torch.tensor(t, dtype=torch.float64)))
-    return eps_fn(a * xt, a * ht, per_molecule(t, n, xt), batch, n)
+    return eps_fn(a * xt, a * ht, molecule_times(t, n, xt), batch, n)
 
 
 def karras(eps_fn, sde, x, h, grid, batch, n, generator=None, churn: float = 0.0, s_noise: float = 1.0,

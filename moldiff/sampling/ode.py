@@ -9,11 +9,11 @@ from __future__ import annotations
 import torch
 
 from moldiff.geometry import remove_mean
-from moldiff.sampling.base import per_molecule
+from moldiff.sampling.base import molecule_times
 
 
 def pf_drift(eps_fn, sde, x, h, t, batch, n):
-    tt = per_molecule(t, n, x)
+    tt = molecule_times(t, n, x)
     return sde.pf_drift(x, h, *eps_fn(x, h, tt, batch, n), tt, batch)
 
 
@@ -27,7 +27,7 @@ def heun_step(eps_fn, sde, x, h, t, s, batch, n, generator=None):
 def dpm2_step(eps_fn, sde, x, h, t, s, batch, n, generator=None):
     """Singlestep DPM-Solver-2 with the midpoint in log-SNR."""
     sch = sde.schedule
-    tt, ss = per_molecule(t, n, x), per_molecule(s, n, x)
+    tt, ss = molecule_times(t, n, x), molecule_times(s, n, x)
     lam_t, lam_s = sch.log_snr(tt), sch.log_snr(ss)
     hstep = (lam_s - lam_t) / 2  # in half-log-SNR units (log alpha/sigma)
     uu = sch.t_of_log_snr(lam_t + hstep)  # midpoint: half the log(alpha/sigma) step

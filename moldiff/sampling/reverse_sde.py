@@ -6,7 +6,7 @@ from __future__ import annotations
 
 
 from moldiff.geometry import segment_sum
-from moldiff.sampling.base import per_molecule
+from moldiff.sampling.base import molecule_times
 
 
 def score(eps_fn, sde, x, h, tt, batch, n):
@@ -14,7 +14,7 @@ def score(eps_fn, sde, x, h, tt, batch, n):
 
 
 def euler_maruyama_step(eps_fn, sde, x, h, t, s, batch, n, generator):
-    tt = per_molecule(t, n, x)
+    tt = molecule_times(t, n, x)
     dt = t - s
     beta = sde.beta(tt, batch)
     gx, gh = score(eps_fn, sde, x, h, tt, batch, n)
@@ -32,7 +32,7 @@ def _norm(x, h, batch, n):
 
 def langevin_correct(eps_fn, sde, x, h, t, batch, n, generator, snr: float = 0.1, steps: int = 1):
     """Langevin MCMC at fixed t; the step is set so that ||step * score|| / ||noise|| = snr."""
-    tt = per_molecule(t, n, x)
+    tt = molecule_times(t, n, x)
     for _ in range(steps):
         gx, gh = score(eps_fn, sde, x, h, tt, batch, n)
         zx, zh = sde.noise(batch, n, h.shape[1], x, generator)

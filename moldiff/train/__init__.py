@@ -1,3 +1,4 @@
-"""Training on Lightning: what to build from a config (``build.py``), the LightningModule
-(``module.py``), callbacks (``callbacks.py``) and the job behind ``scripts/train.py`` (``run.py``).
-Nothing here imports RDKit: the periodic evaluation imports it lazily and is skipped without it."""
+"""Training on Lightning: the LightningModule around a ``DiffusionModel`` (``module.py``), callbacks
+(``callbacks.py``), the property models' module (``property_module.py``) and checkpoint export
+(``export.py``); the job behind ``scripts/train.py`` is ``moldiff.jobs.train``. Nothing here
+imports RDKit: the periodic evaluation imports it lazily and is skipped without it."""

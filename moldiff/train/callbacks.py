@@ -11,7 +11,9 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from moldiff.chem.edm_protocol import edm_bond_graph, edm_stability
 from moldiff.io.writers import atomic_write
+from moldiff.sampling.generate import generate
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -44,8 +46,6 @@ class SampleAndEvaluate(pl.Callback):
             return
         if trainer.global_rank != 0:
             return
-        from moldiff.sampling.generate import generate
-
         was_training = module.training
         module.eval()
         try:
@@ -60,8 +60,6 @@ class SampleAndEvaluate(pl.Callback):
 
 def quick_metrics(mols, vocab) -> dict[str, float]:
     """EDM-protocol atom/molecule stability (numpy only) and, with RDKit, validity."""
-    from moldiff.chem.edm_protocol import edm_bond_graph, edm_stability
-
     graph = edm_bond_graph(mols, vocab)
     atom_ok, mol_ok = edm_stability(mols, vocab, graph)
     out = {"atom_stability": float(atom_ok.mean()), "molecule_stability": float(mol_ok.mean())}

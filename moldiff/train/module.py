@@ -1,23 +1,28 @@
-"""The LightningModule: an epsilon network trained with ``DiffusionLoss``, with EMA weights.
+"""The LightningModule: a thin training wrapper around ``DiffusionModel`` (network, EMA, noise
+process, features), trained with ``DiffusionLoss``.
 
 Everything needed to rebuild the model travels in the checkpoint's hyperparameters (network,
 noise, loss and feature configs, the training atom-count histogram), so ``load_from_checkpoint``
-needs no config files. Training noise is drawn from a generator seeded by (seed, global step,
-rank): a resumed run sees exactly the noise an uninterrupted one would have.
+needs no config files. The checkpoint's state dict is the ``DiffusionModel``'s own (``net.*``,
+``ema.*``), so ``DiffusionModel.load`` reads training checkpoints too. Training noise is drawn
+from a generator seeded by (seed, global step, rank): a resumed run sees exactly the noise an
+uninterrupted one would have.
 """
 
 from __future__ import annotations
 
+import math
+import platform
 import time
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from moldiff.data.loader import MoleculeBatch
-from moldiff.train import build
-from moldiff.train.conditioning import Context, ContextSlot, conditioned
+from moldiff.model import build
+from moldiff.model.diffusion import DiffusionModel
+
 
 
 class DiffusionModule(pl.LightningModule):
@@ -37,43 +42,51 @@ class DiffusionModule(pl.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.layout = build.feature_layout(features)
-        self.context = Context.from_dict(context)  # None: unconditional; else EDM-style conditioning
-        self.net = build.network(model, self.layout.dim, len(self.context.names) if self.context else 0)
-        self.sde = build.sde(noise)
-        self.objective = build.loss(loss, self.sde, self.layout)
-        self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True) if ema_decay > 0 else None
-        if self.ema is not None:
-            self.ema.requires_grad_(False)  # a copy, not trained (DDP rejects unused trainable parameters)
+        self.model = DiffusionModel(model, noise, features, size_histogram, ema_decay, context, horizon,
+                                    loss=loss, optim=optim, seed=seed, dataset=dataset)
+        self.objective = build.loss(loss, self.model.sde, self.model.layout)
         self._tic = None
         self.skipped_batches = 0
         self._skip_update = False
 
-    # --- the epsilon functions samplers and likelihoods use ---------------------------------------
-    def eps_fn(self, ema: bool = True, context=None):
-        """``context``: a conditional model's raw targets, (M, K) or (M,) for one property, or a
-        ``ContextSlot`` set batch by batch (``generate`` and guidance do that)."""
-        net = self.ema.module if (ema and self.ema is not None) else self.net
-        if self.context is None:
-            if context is not None:
-                raise ValueError("this model is unconditional: it takes no targets (context)")
-            return lambda x, h, t, batch, n: net(x, h, t, batch, n)
-        if context is None:
-            raise ValueError(f"this model is conditional on {self.context.names}: give their targets (context=...)")
-        return conditioned(net, self.context, context if isinstance(context, ContextSlot) else ContextSlot(context))
+    # the model's parts, under the names samplers and callbacks use
+    @property
+    def net(self):
+        return self.model.net
 
-    def _batch_eps(self, net, batch: MoleculeBatch):
-        """The network as the loss calls it: with the batch's own properties for a conditional model."""
-        return net if self.context is None else conditioned(net, self.context, ContextSlot(batch.y))
+    @property
+    def ema(self):
+        return self.model.ema
+
+    @property
+    def sde(self):
+        return self.model.sde
+
+    @property
+    def layout(self):
+        return self.model.layout
+
+    @property
+    def context(self):
+        return self.model.context
 
     @property
     def horizon(self) -> float:
-        """Where sampling starts from N(0, I): 1, or less for a model refined as a bridge (``moldiff.bridge``)."""
-        return float(self.hparams.get("horizon", 1.0))
+        return self.model.horizon
 
     @property
     def size_histogram(self) -> dict[int, int]:
-        return {int(k): int(v) for k, v in self.hparams.size_histogram.items()}
+        return self.model.size_histogram
+
+    def eps_fn(self, ema: bool = True, context=None):
+        return self.model.eps_fn(ema, context)
+
+    # --- the state dict is the DiffusionModel's own (net.*, ema.*): checkpoints of either read alike
+    def state_dict(self, *args, **kwargs):
+        return self.model.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        return self.model.load_state_dict(state_dict, strict=strict, assign=assign)
 
     # --- training -------------------------------------------------------------------------------
     def _generator(self, device) -> torch.Generator:
@@ -86,7 +99,7 @@ class DiffusionModule(pl.LightningModule):
         loader = self.trainer.train_dataloader
         if hasattr(loader, "mark_trained"):
             loader.mark_trained(self.current_epoch, batch_idx + 1)
-        eps = self._batch_eps(self.net, batch)
+        eps = self.model.batch_eps_fn(False, batch.y)
         values, _ = self.objective(eps, batch.x, batch.h, batch.batch, batch.n_mol, self._generator(batch.x.device))
         loss = values.mean()
         finite = bool(torch.isfinite(loss))
@@ -113,8 +126,8 @@ class DiffusionModule(pl.LightningModule):
 
     def optimizer_step(self, *args, **kwargs):
         super().optimizer_step(*args, **kwargs)
-        if self.ema is not None and not self._skip_update:  # here, not in on_train_batch_end: checkpoints are saved before that
-            self.ema.update_parameters(self.net)
+        if not self._skip_update:  # here, not in on_train_batch_end: checkpoints are saved before that
+            self.model.update_ema()
 
     def on_train_batch_end(self, outputs, batch: MoleculeBatch, batch_idx: int):
         if self._tic is not None:
@@ -123,10 +136,9 @@ class DiffusionModule(pl.LightningModule):
 
     def validation_step(self, batch: MoleculeBatch, batch_idx: int):
         g = torch.Generator(device=batch.x.device).manual_seed(10_000 + batch_idx)  # same noise every time
-        net = self.ema.module if self.ema is not None else self.net
         # always in float32, also under precision=bf16-mixed: runs of either precision compare on one scale
         with torch.autocast(batch.x.device.type, enabled=False):
-            values, _ = self.objective(self._batch_eps(net, batch), batch.x, batch.h, batch.batch, batch.n_mol, g)
+            values, _ = self.objective(self.model.batch_eps_fn(True, batch.y), batch.x, batch.h, batch.batch, batch.n_mol, g)
         self.log("val/loss", values.mean(), prog_bar=True, batch_size=batch.n_mol, sync_dist=True)
 
     def configure_optimizers(self):
@@ -147,8 +159,6 @@ class DiffusionModule(pl.LightningModule):
 def lr_factor(kind: str, steps: int, final: float):
     """The learning rate's factor at optimizer step k: from 1 down to ``final`` over ``steps`` steps
     (cosine or linear), then ``final``. Counted from this run's first step (a warm start's too)."""
-    import math
-
     if kind not in ("cosine", "linear") or steps < 1 or not 0.0 <= final <= 1.0:
         raise ValueError(f"optim.decay: kind cosine|linear|none, steps >= 1, final in [0, 1]; got {kind!r}, {steps}, {final}")
 
@@ -170,8 +180,6 @@ class TrainingRecord(pl.Callback):
         self._entry = None
 
     def on_train_start(self, trainer, module):  # after a resumed checkpoint is restored
-        import platform
-
         device = "cpu: " + (platform.processor() or platform.machine()) + f" ({torch.get_num_threads()} threads)"
         if module.device.type == "cuda":
             device = "gpu: " + torch.cuda.get_device_name(module.device)

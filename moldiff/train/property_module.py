@@ -19,8 +19,8 @@ import pytorch_lightning as pl
 import torch
 
 from moldiff.data.loader import MoleculeBatch
-from moldiff.guidance.property_energy import PropertyPredictor
-from moldiff.train import build
+from moldiff.nn.property import PropertyPredictor
+from moldiff.model import build
 
 
 class PropertyModule(pl.LightningModule):

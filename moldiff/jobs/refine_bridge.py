@@ -10,8 +10,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from moldiff.bridge.module import BridgeModule
-from moldiff.io.writers import atomic_write
-from moldiff.train.build import plain as _plain
+from moldiff.jobs.train import fit, load_split, prepare
+from moldiff.model.checkpoint import checkpoint_path, read_checkpoint, write_checkpoint
+from moldiff.train.module import TrainingRecord
 
 
 class _Steps(IterableDataset):
@@ -23,8 +24,6 @@ class _Steps(IterableDataset):
 
 
 def check_config(cfg) -> None:
-    from moldiff.sampling.run import checkpoint_path
-
     for key in ("iterations", "steps", "phase_steps", "coupling", "batch_size", "sim_batch_size"):
         if int(cfg[key]) < 1:
             raise ValueError(f"{key} must be >= 1, got {cfg[key]}")
@@ -50,22 +49,16 @@ def export_refined(module: BridgeModule, base_ckpt: dict, path: Path, record: li
     ckpt = {"state_dict": module.refined_state(), "hyper_parameters": hp, "pytorch-lightning_version": pl.__version__,
             "moldiff_record": list(base_ckpt.get("moldiff_record", [])) + [{"bridge_refinement": settings, "sessions": record,
                                                                             "global_step": int(module.global_step)}]}
-    with atomic_write(path, "wb") as f:
-        torch.save(ckpt, f)
-    return path
+    return write_checkpoint(path, ckpt)
 
 
 def run_refinement(cfg, output_dir) -> tuple[BridgeModule, Path]:
-    from moldiff.sampling.run import checkpoint_path
-    from moldiff.train.module import TrainingRecord
-    from moldiff.train.run import fit, load_split, prepare
-
     check_config(cfg)
     prepare(cfg)
     output_dir = Path(output_dir)
     ckpt_dir = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else output_dir / "checkpoints"
     base_path = checkpoint_path(cfg.ckpt)
-    base = torch.load(base_path, map_location="cpu", weights_only=True)
+    base = read_checkpoint(base_path)
     if base["hyper_parameters"].get("context"):
         raise ValueError(f"{base_path} is a conditional model ({base['hyper_parameters']['context']['names']}); bridge refinement takes unconditional ones")
     module = BridgeModule(base=dict(base["hyper_parameters"]), horizon=float(cfg.horizon), steps=int(cfg.steps), t_min=float(cfg.t_min),

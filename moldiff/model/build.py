@@ -7,13 +7,13 @@ from typing import Any
 
 from torch import nn
 
-from moldiff.data.elements import GEOM_VOCAB, QM9_VOCAB, Vocabulary
+from moldiff.data.elements import vocabulary
 from moldiff.data.features import FeatureLayout
 from moldiff.loss.objective import DiffusionLoss
+from moldiff.nn.egnn import EGNN
 from moldiff.noise.schedules import SCHEDULES, get_schedule
 from moldiff.noise.vp_sde import VPSDE
 
-VOCABS = {"qm9": QM9_VOCAB, "geom": GEOM_VOCAB}
 NETWORKS = ("egnn", "e3nn")
 
 
@@ -22,12 +22,6 @@ def plain(cfg):
     from omegaconf import OmegaConf
 
     return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
-
-
-def vocabulary(name: str) -> Vocabulary:
-    if name not in VOCABS:
-        raise ValueError(f"unknown vocabulary {name!r}; use one of {sorted(VOCABS)}")
-    return VOCABS[name]
 
 
 def feature_layout(features: dict[str, Any]) -> FeatureLayout:
@@ -45,8 +39,6 @@ def network(model: dict[str, Any], in_features: int, context_features: int = 0) 
         kwargs["context_features"] = int(context_features)
     name = model.get("name")
     if name == "egnn":
-        from moldiff.nn.egnn import EGNN
-
         return EGNN(in_features, **kwargs)
     if name == "e3nn":
         from moldiff.nn.e3nn_net import E3NNNet
@@ -56,8 +48,14 @@ def network(model: dict[str, Any], in_features: int, context_features: int = 0) 
 
 
 def sde(noise: dict[str, Any]) -> VPSDE:
-    kwargs = {k: v for k, v in noise.items() if k != "schedule"}
-    return VPSDE(get_schedule(noise["schedule"], **kwargs))
+    kwargs = {k: v for k, v in noise.items() if k not in ("schedule", "prediction")}
+    return VPSDE(get_schedule(noise["schedule"], **kwargs), prediction=noise.get("prediction", "eps"))
+
+
+def same_noise(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two noise configs describe the same process (checkpoints from before the
+    prediction switch predict eps)."""
+    return {"prediction": "eps", **a} == {"prediction": "eps", **b}
 
 
 def loss(loss_cfg: dict[str, Any], process: VPSDE, layout: FeatureLayout) -> DiffusionLoss:

@@ -6,13 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytorch_lightning as pl
 
 from moldiff.data.loader import MoleculeDataset
-from moldiff.guidance.property_energy import QM9_TARGETS
-from moldiff.train import build
+from moldiff.jobs.train import _plain, _trainer_kwargs, fit, load_split, make_loaders, prepare
+from moldiff.model import build
+from moldiff.data.qm9 import QM9_TARGETS
+from moldiff.nn.property import PropertyPredictor
 from moldiff.train.module import TrainingRecord
 from moldiff.train.property_module import PropertyModule
-from moldiff.train.run import _plain, _trainer_kwargs, fit, load_split, make_loaders, prepare
 
 
 def property_names(value) -> str | list[str]:
@@ -28,8 +30,6 @@ def property_names(value) -> str | list[str]:
 
 
 def check_config(cfg) -> None:
-    import pytorch_lightning as pl
-
     property_names(_plain(cfg.property))
     if cfg.role not in ("guide", "evaluator"):
         raise ValueError(f"role: 'guide' (noisy, time-conditioned) or 'evaluator' (clean), got {cfg.role!r}")
@@ -37,8 +37,6 @@ def check_config(cfg) -> None:
         raise ValueError("batch_size must be >= 1 and optim.lr > 0")
     layout = build.feature_layout(_plain(cfg.dataset.features))
     try:
-        from moldiff.guidance.property_energy import PropertyPredictor
-
         PropertyPredictor(layout.dim, **_plain(cfg.model))
     except TypeError as e:
         raise ValueError(f"model: {e}") from None

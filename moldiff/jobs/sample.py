@@ -16,18 +16,20 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from moldiff.chem.edm_protocol import edm_bond_graph
+from moldiff.chem.edm_rdkit import edm_rdkit_mols
 from moldiff.data.molecules import MoleculeSet
+from moldiff.io.depict import write_grid_png
 from moldiff.io.partial import PartialResults, run_key
-from moldiff.train.build import plain as _plain
-
-SHIPPED = Path(__file__).resolve().parent.parent / "checkpoints" / "qm9_egnn.ckpt"
-
-
-def checkpoint_path(ckpt: str) -> Path:
-    path = SHIPPED if ckpt == "shipped" else Path(ckpt)
-    if not path.is_file():
-        raise FileNotFoundError(f"ckpt: no checkpoint at {path}" + (" (the shipped model is missing from this install)" if ckpt == "shipped" else ""))
-    return path
+from moldiff.io.writers import write_sdf, write_xyz
+from moldiff.jobs.evaluate import check_config as check_evaluation
+from moldiff.jobs.evaluate import run_evaluation
+from moldiff.model.build import plain as _plain
+from moldiff.model.checkpoint import checkpoint_path
+from moldiff.model.diffusion import DiffusionModel
+from moldiff.nn.cpu_tuning import tune_cpu_allocator
+from moldiff.sampling.generate import PRECISIONS, generate
+from moldiff.sampling.samplers import SAMPLERS
 
 
 def resolve_sizes(sizes, n: int):
@@ -59,8 +61,6 @@ def resolve_targets(target, module, n: int):
 
 
 def check_config(cfg) -> None:
-    from moldiff.sampling.samplers import SAMPLERS
-
     if int(cfg.n) < 1:
         raise ValueError(f"n must be >= 1, got {cfg.n}")
     if int(cfg.steps) < 1:
@@ -69,8 +69,6 @@ def check_config(cfg) -> None:
         raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
     if cfg.sampler not in SAMPLERS:
         raise ValueError(f"sampler: unknown {cfg.sampler!r}; use one of {sorted(SAMPLERS)}")
-    from moldiff.sampling.generate import PRECISIONS
-
     if str(cfg.get("precision", "32")) not in PRECISIONS:
         raise ValueError(f"precision: use one of {list(PRECISIONS)}, got {cfg.precision!r}")
     torch.device(cfg.device)  # a malformed device string fails here
@@ -79,23 +77,12 @@ def check_config(cfg) -> None:
     resolve_sizes(_plain(cfg.sizes), int(cfg.n))
     checkpoint_path(cfg.ckpt)
     if cfg.evaluation is not None:
-        from moldiff.metrics.run import check_config as check_evaluation
-
         check_evaluation(_evaluation_cfg(cfg, "x.sdf", "metrics.json"))
-
-
 
 
 def _evaluation_cfg(cfg, sdf, out):
     ev = dict(_plain(cfg.evaluation))
     return OmegaConf.create({**ev, "input": str(sdf), "output": str(out)})
-
-
-def load_module(path: Path, device):
-    from moldiff.train.module import DiffusionModule
-
-    module = DiffusionModule.load_from_checkpoint(path, map_location=device, weights_only=True)
-    return module.eval()
 
 
 def _key(cfg, path: Path) -> str:
@@ -113,10 +100,8 @@ def run_sampling(cfg, output_dir: str | Path) -> dict:
     path = checkpoint_path(cfg.ckpt)
     device = torch.device(cfg.device)
     if device.type == "cpu":
-        from moldiff.nn.egnn import tune_cpu_allocator
-
         tune_cpu_allocator()
-    module = load_module(path, device)
+    module = DiffusionModel.load(path, device)
     n = int(cfg.n)
 
     partial = PartialResults(out / ".partial", _key(cfg, path))
@@ -134,8 +119,6 @@ def run_sampling(cfg, output_dir: str | Path) -> dict:
 
 
 def _generate(module, cfg, n, device, done, partial):
-    from moldiff.sampling.generate import generate
-
     def save(k, part):
         part.save(partial.path(k))  # atomic
 
@@ -148,11 +131,6 @@ def _generate(module, cfg, n, device, done, partial):
 
 
 def write_outputs(mols: MoleculeSet, module, out: Path, cfg) -> dict:
-    from moldiff.chem.edm_protocol import edm_bond_graph
-    from moldiff.chem.edm_rdkit import edm_rdkit_mols
-    from moldiff.io.depict import write_grid_png
-    from moldiff.io.writers import write_sdf, write_xyz
-
     vocab = module.layout.vocab
     names = [f"sample_{k}" for k in range(len(mols))]
     write_xyz(out / "samples.xyz", mols, names)
@@ -162,6 +140,4 @@ def write_outputs(mols: MoleculeSet, module, out: Path, cfg) -> dict:
     print(f"wrote {out / 'samples.sdf'}, {out / 'samples.xyz'}, {out / 'samples.png'}")
     if cfg.evaluation is None:
         return {}
-    from moldiff.metrics.run import run_evaluation
-
     return run_evaluation(_evaluation_cfg(cfg, out / "samples.sdf", out / "metrics.json"), out)

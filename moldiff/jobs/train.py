@@ -11,11 +11,15 @@ import pytorch_lightning as pl
 import torch
 
 from moldiff.data.loader import EpochBatchSampler, MoleculeDataset, ResumableLoader
-from moldiff.sampling.run import SHIPPED  # one place for the shipped checkpoint
-from moldiff.train import build
-from moldiff.train.build import plain as _plain
+from moldiff.data.report import InputReport
+from moldiff.data.sources import load_source
+from moldiff.model import build
+from moldiff.model.build import plain as _plain
+from moldiff.model.checkpoint import SHIPPED, read_checkpoint
+from moldiff.nn.context import Context
+from moldiff.nn.cpu_tuning import tune_cpu_allocator
+from moldiff.sampling.samplers import SAMPLERS
 from moldiff.train.callbacks import AtomicCheckpointIO, LegTimer, SampleAndEvaluate, SaveAtEnd
-from moldiff.train.conditioning import Context
 from moldiff.train.module import DiffusionModule, TrainingRecord, lr_factor
 
 
@@ -41,8 +45,6 @@ def check_config(cfg) -> None:
         raise ValueError(f"context: a property is listed twice in {context}")
     if cfg.init_from is not None and cfg.checkpoint.resume not in (None, "auto"):
         raise ValueError("give either init_from (new run, warm start) or checkpoint.resume (continue a run), not both")
-    from moldiff.sampling.samplers import SAMPLERS
-
     if cfg.evaluate.sampler not in SAMPLERS:
         raise ValueError(f"evaluate.sampler: unknown {cfg.evaluate.sampler!r}; use one of {sorted(SAMPLERS)}")
     try:
@@ -60,9 +62,6 @@ def _trainer_kwargs(cfg) -> dict:
 
 
 def load_split(spec: str, layout, limit: int | None = None, seed: int = 0, target=None) -> MoleculeDataset:
-    from moldiff.data.report import InputReport
-    from moldiff.data.sources import load_source
-
     report = InputReport()
     mols, _, _ = load_source(spec, report)
     mols = mols.checked(layout.vocab, report)
@@ -80,9 +79,7 @@ def size_histogram(ds: MoleculeDataset) -> dict[int, int]:
 
 def prepare(cfg) -> None:
     if cfg.trainer.accelerator == "cpu":
-        from moldiff.nn.egnn import tune_cpu_allocator
-
-        tune_cpu_allocator()  # ~25% faster CPU steps (see its docstring); process-wide, so only in the job
+        tune_cpu_allocator()  # faster CPU steps (docs/performance.md); process-wide, so only in the job
     pl.seed_everything(int(cfg.seed), workers=True)
 
 
@@ -166,10 +163,11 @@ def warm_start(module: DiffusionModule, path: Path) -> list:
     continues training a model, e.g. the shipped one, with a fresh optimizer). Returns its record.
     An unconditional checkpoint can start a conditional model: the embedding's new context columns
     start at zero, so training begins from the unconditional model's predictions."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = read_checkpoint(path)
     theirs = ckpt["hyper_parameters"]
     for key in ("model", "noise", "features"):
-        if theirs[key] != module.hparams[key]:
+        same = build.same_noise(theirs[key], module.hparams[key]) if key == "noise" else theirs[key] == module.hparams[key]
+        if not same:
             raise ValueError(f"init_from {path}: its {key} config {theirs[key]} differs from this run's {module.hparams[key]}")
     if theirs.get("context") and theirs.get("context") != module.hparams.get("context"):
         raise ValueError(f"init_from {path}: it is conditional on {theirs['context']['names']}; this run's context differs")

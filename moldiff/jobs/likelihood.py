@@ -12,17 +12,23 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import OmegaConf
+from tqdm.auto import tqdm
 
+from moldiff.data.loader import EpochBatchSampler, MoleculeDataset
+from moldiff.data.report import InputReport
+from moldiff.data.sources import load_source
 from moldiff.io.partial import PartialResults, run_key
 from moldiff.io.writers import atomic_write
-from moldiff.likelihood.terms import bits_per_dim, dimensions
+from moldiff.likelihood.elbo import elbo
+from moldiff.likelihood.ode_nll import ode_nll
+from moldiff.likelihood.terms import dimensions
+from moldiff.model.checkpoint import checkpoint_path
+from moldiff.model.diffusion import DiffusionModel
 
 METHODS = ("elbo", "ode")
 
 
 def check_config(cfg) -> None:
-    from moldiff.sampling.run import checkpoint_path
-
     if cfg.method not in METHODS:
         raise ValueError(f"method: unknown {cfg.method!r}; use one of {METHODS}")
     for key in ("n", "batch_size"):
@@ -40,10 +46,6 @@ def check_config(cfg) -> None:
 
 
 def load_data(spec: str, layout, n: int, seed: int, target=None):
-    from moldiff.data.loader import MoleculeDataset
-    from moldiff.data.report import InputReport
-    from moldiff.data.sources import load_source
-
     report = InputReport()
     mols, _, _ = load_source(spec, report)
     mols = mols.checked(layout.vocab, report)
@@ -54,13 +56,10 @@ def load_data(spec: str, layout, n: int, seed: int, target=None):
 
 
 def score_batch(module, method: str, batch, cfg, generator) -> dict[str, np.ndarray]:
-    from moldiff.likelihood.elbo import elbo
-    from moldiff.likelihood.ode_nll import ode_nll
-
     # a conditional model scores p(molecule | its own properties)
     eps_fn = module.eps_fn(ema=bool(cfg.ema), context=None if module.context is None else batch.y.double())
     x, h, b, m = batch.x.double(), batch.h.double(), batch.batch, batch.n_mol
-    net = module.ema.module if (cfg.ema and module.ema is not None) else module.net
+    net = module.network(bool(cfg.ema))
     net.double()
     try:
         if method == "elbo":
@@ -90,18 +89,13 @@ def summarize(values: np.ndarray, dims: np.ndarray) -> dict:
 
 
 def run_likelihood(cfg, output_dir) -> dict:
-    from tqdm.auto import tqdm
-
-    from moldiff.data.loader import EpochBatchSampler
-    from moldiff.sampling.run import checkpoint_path, load_module
-
     check_config(cfg)
     out = Path(cfg.output) if cfg.output else Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = checkpoint_path(cfg.ckpt)
     device = torch.device(cfg.device)
-    module = load_module(path, device)
-    spec = cfg.split if ":" in str(cfg.split) else f"{module.hparams.dataset}:{cfg.split}"
+    module = DiffusionModel.load(path, device)
+    spec = cfg.split if ":" in str(cfg.split) else f"{module.config['dataset']}:{cfg.split}"
     ds, index = load_data(spec, module.layout, int(cfg.n), int(cfg.seed), module.context.names if module.context else None)
     batches = list(EpochBatchSampler(len(ds), int(cfg.batch_size), shuffle=False, drop_last=False))
     key = run_key(str(path.resolve()), path.stat().st_size, spec, cfg.n, cfg.seed, cfg.method, json.dumps(OmegaConf.to_container(cfg[cfg.method])),

@@ -6,9 +6,12 @@ import json
 from pathlib import Path
 
 from moldiff.data.report import InputReport
-from moldiff.data.sources import load_source, vocabulary
+from moldiff.data.elements import VOCABULARIES, vocabulary
+from moldiff.data.sources import load_source
 from moldiff.io.writers import atomic_write
 from moldiff.metrics.evaluate import PROTOCOLS, evaluate
+from moldiff.metrics.novelty import training_smiles
+from moldiff.metrics.reference import reference_stats
 
 ROWS = [
     ("atom_stability", "atom stability"),
@@ -26,8 +29,8 @@ def check_config(cfg) -> None:
     bad = [p for p in cfg.protocols if p not in PROTOCOLS]
     if bad:
         raise ValueError(f"protocols: unknown {bad}; choose from {list(PROTOCOLS)}")
-    if cfg.vocabulary != "auto":
-        vocabulary(cfg.vocabulary)
+    if cfg.vocabulary != "auto" and cfg.vocabulary not in VOCABULARIES:
+        raise ValueError(f"unknown vocabulary {cfg.vocabulary!r}; use one of {', '.join(VOCABULARIES)} or auto")
     for key in ("posebusters", "xtb", "reference_max"):
         if int(cfg[key]) < 0:
             raise ValueError(f"{key} must be >= 0, got {cfg[key]}")
@@ -60,13 +63,9 @@ def run_evaluation(cfg, output_dir: str | Path) -> dict:
     vocab = natural if cfg.vocabulary == "auto" else vocabulary(cfg.vocabulary)
     reference = None
     if cfg.reference:
-        from moldiff.metrics.reference import reference_stats
-
         reference = reference_stats(cfg.reference, int(cfg.reference_max), cfg.workers)
     train = None
     if cfg.novelty:
-        from moldiff.metrics.novelty import training_smiles
-
         remove_h = cfg.novelty.startswith("qm9_noh")
         train = {p: training_smiles(p, remove_h=remove_h, workers=cfg.workers) for p in cfg.protocols}
     result = evaluate(

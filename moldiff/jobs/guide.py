@@ -20,10 +20,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from moldiff.guidance.baselines import atoms_baseline, evaluator_bounds, predict, protocol_pairs
 from moldiff.guidance.guided import GuidanceReport, Scale, guided
-from moldiff.guidance.property_energy import QM9_TARGETS, PropertyEnergy
+from moldiff.guidance.property_energy import PropertyEnergy
 from moldiff.io.writers import atomic_write
-from moldiff.train.conditioning import ContextSlot
+from moldiff.jobs.sample import write_outputs
+from moldiff.model.checkpoint import checkpoint_path
+from moldiff.model.diffusion import DiffusionModel
+from moldiff.nn.context import ContextSlot
+from moldiff.data.qm9 import QM9_TARGETS
+from moldiff.sampling.generate import generate
+from moldiff.sampling.samplers import SAMPLERS
+from moldiff.train.property_module import PropertyModule
 
 
 def property_checkpoint(cfg, role: str) -> Path:
@@ -39,8 +47,6 @@ def property_checkpoint(cfg, role: str) -> Path:
 
 
 def check_config(cfg) -> None:
-    from moldiff.sampling.run import checkpoint_path
-    from moldiff.sampling.samplers import SAMPLERS
 
     if cfg.mode not in ("design", "protocol"):
         raise ValueError(f"mode: 'design' or 'protocol', got {cfg.mode!r}")
@@ -73,37 +79,12 @@ def check_config(cfg) -> None:
 
 def load_property_net(path: Path, device, prop: str):
     """(predictor, its output column for ``prop``); a clear error if the model does not predict it."""
-    from moldiff.train.property_module import PropertyModule
-
     module = PropertyModule.load_from_checkpoint(path, map_location=device, weights_only=True)
     try:
         column = module.column(prop)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
     return module.net.eval(), column
-
-
-def protocol_pairs(prop: str, n: int, seed: int, remove_h: bool = False):
-    """(atom counts, targets) of n molecules drawn from QM9's second training half."""
-    from moldiff.data.qm9 import load_qm9
-
-    mols = load_qm9("train_second_half", remove_h=remove_h)
-    idx = np.random.default_rng(seed).choice(len(mols), size=n, replace=n > len(mols))
-    return mols.n_atoms[idx].astype(np.int64), np.asarray(mols.properties[prop], dtype=np.float64)[idx]
-
-
-def predict(net, mols, layout, device, column: int = 0, batch_size: int = 500) -> np.ndarray:
-    """Predictions of output ``column`` on clean molecules (t = 0)."""
-    from moldiff.data.loader import MoleculeDataset
-
-    ds = MoleculeDataset(mols, layout)
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(ds), batch_size):
-            b = ds[np.arange(start, min(start + batch_size, len(ds)))].to(device)
-            t = torch.zeros(b.n_mol, device=device)
-            out.append(net.predict(b.x, b.h, t, b.batch, b.n_mol)[:, column].double().cpu().numpy())
-    return np.concatenate(out)
 
 
 def base_eps(module, prop: str | None):
@@ -118,14 +99,11 @@ def base_eps(module, prop: str | None):
 
 
 def run_guidance(cfg, output_dir) -> dict:
-    from moldiff.sampling.generate import generate
-    from moldiff.sampling.run import checkpoint_path, load_module, write_outputs
-
     check_config(cfg)
     out = Path(cfg.output) if cfg.output else Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(cfg.device)
-    module = load_module(checkpoint_path(cfg.ckpt), device)
+    module = DiffusionModel.load(checkpoint_path(cfg.ckpt), device)
     base, slot = base_eps(module, cfg.property)  # a conditional base must match the property: fail before any work
     n = int(cfg.n)
     sizes, targets = None, None
@@ -171,7 +149,6 @@ def run_guidance(cfg, output_dir) -> dict:
         result.update({"scored_by": scorer if scorer == "evaluator" else "guide at t=0 (not an independent evaluator)",
                        "mae": float(np.abs(pred - targets).mean()), "targets": targets.tolist(), "predictions": pred.tolist()})
         if cfg.mode == "protocol":  # EDM's reference rows, on as many real held-out molecules
-            from moldiff.guidance.baselines import atoms_baseline, evaluator_bounds
 
             result["baselines"] = {"atoms": atoms_baseline(cfg.property, n, int(cfg.seed)),
                                    **evaluator_bounds(cfg.property, net, module.layout, device, n, int(cfg.seed), column)}
