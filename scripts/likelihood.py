@@ -5,6 +5,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 
 from moldiff.jobs.likelihood import run_likelihood
+from moldiff.jobs.resolvers import register_resolvers
+
+register_resolvers()  # before Hydra composes the config
 
 
 @hydra.main(config_path="../configs", config_name="likelihood", version_base="1.3")

@@ -6,6 +6,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 
 from moldiff.jobs.refine_bridge import run_refinement
+from moldiff.jobs.resolvers import register_resolvers
+
+register_resolvers()  # before Hydra composes the config
 
 
 @hydra.main(config_path="../configs", config_name="refine_bridge", version_base="1.3")

@@ -5,6 +5,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 
 from moldiff.jobs.train_property import run_property_training
+from moldiff.jobs.resolvers import register_resolvers
+
+register_resolvers()  # before Hydra composes the config
 
 
 @hydra.main(config_path="../configs", config_name="train_property", version_base="1.3")

@@ -1,6 +1,10 @@
 import numpy as np
 import pytest
 
+from moldiff.jobs.resolvers import register_resolvers
+
+register_resolvers()  # the configs' Hydra sections use them, as the scripts do
+
 
 @pytest.fixture(scope="session")
 def qm9_test():

@@ -3,7 +3,9 @@ fit (resuming from ``last.ckpt`` in the run folder when there is one)."""
 
 from __future__ import annotations
 
+import logging
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -47,10 +49,27 @@ def check_config(cfg) -> None:
         raise ValueError("give either init_from (new run, warm start) or checkpoint.resume (continue a run), not both")
     if cfg.evaluate.sampler not in SAMPLERS:
         raise ValueError(f"evaluate.sampler: unknown {cfg.evaluate.sampler!r}; use one of {sorted(SAMPLERS)}")
+    check_trainer(cfg)
+
+
+def check_trainer(cfg) -> None:
+    """Build the trainer once, quietly: an unknown option or accelerator fails here."""
     try:
-        pl.Trainer(**{**_trainer_kwargs(cfg), "logger": False, "enable_checkpointing": False, "enable_progress_bar": False})
-    except (TypeError, ValueError) as e:  # e.g. an unknown trainer option or accelerator
+        with _quiet_lightning():  # a throwaway trainer: its banner would print twice
+            pl.Trainer(**{**_trainer_kwargs(cfg), "logger": False, "enable_checkpointing": False, "enable_progress_bar": False})
+    except (TypeError, ValueError) as e:
         raise ValueError(f"trainer: {e}") from None
+
+
+@contextmanager
+def _quiet_lightning():
+    logger = logging.getLogger("pytorch_lightning")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _trainer_kwargs(cfg) -> dict:
@@ -108,7 +127,8 @@ def fit(cfg, module, train_loader, val_loader, output_dir: Path, ckpt_dir: Path,
     """Lightning fit with moldiff's checkpointing (atomic, periodic, at the end), record and logs."""
     callbacks = [
         pl.callbacks.ModelCheckpoint(
-            dirpath=ckpt_dir, save_last=True, every_n_train_steps=int(cfg.checkpoint.every_n_train_steps), save_top_k=0, save_on_train_epoch_end=True
+            dirpath=ckpt_dir, save_last=True, every_n_train_steps=int(cfg.checkpoint.every_n_train_steps), save_top_k=0, save_on_train_epoch_end=True,
+            enable_version_counter=False,  # last.ckpt is replaced in place, never joined by last-vN.ckpt copies
         ),
         record,
         SaveAtEnd(ckpt_dir / "last.ckpt"),

@@ -6,12 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as pl
 
 from moldiff.data.loader import MoleculeDataset
-from moldiff.jobs.train import _plain, _trainer_kwargs, fit, load_split, make_loaders, prepare
-from moldiff.model import build
 from moldiff.data.qm9 import QM9_TARGETS
+from moldiff.jobs.train import _plain, check_trainer, fit, load_split, make_loaders, prepare
+from moldiff.model import build
 from moldiff.nn.property import PropertyPredictor
 from moldiff.train.module import TrainingRecord
 from moldiff.train.property_module import PropertyModule
@@ -41,10 +40,7 @@ def check_config(cfg) -> None:
     except TypeError as e:
         raise ValueError(f"model: {e}") from None
     build.sde(_plain(cfg.noise))
-    try:
-        pl.Trainer(**{**_trainer_kwargs(cfg), "logger": False, "enable_checkpointing": False, "enable_progress_bar": False})
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"trainer: {e}") from None
+    check_trainer(cfg)
 
 
 def run_property_training(cfg, output_dir) -> PropertyModule:

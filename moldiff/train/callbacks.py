@@ -86,14 +86,19 @@ class SaveAtEnd(pl.Callback):
     def __init__(self, path):
         self.path = path
 
+    def _save(self, trainer):
+        # a full, resumable checkpoint (optimizer and loop state too); saying so keeps Lightning
+        # from logging that it chose this default
+        trainer.save_checkpoint(self.path, weights_only=False)
+
     def on_train_end(self, trainer, module):
-        trainer.save_checkpoint(self.path)
+        self._save(trainer)
 
     def on_exception(self, trainer, module, exception):
         # `kill <pid>` (SIGTERM) or Ctrl-C ends a leg cleanly: Lightning stops after the current
         # step, and that step is saved like any other end (a crash keeps the periodic checkpoint)
         if isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
-            trainer.save_checkpoint(self.path)
+            self._save(trainer)
 
     def on_save_checkpoint(self, trainer, module, checkpoint):
         loader = trainer.train_dataloader
