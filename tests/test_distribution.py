@@ -36,3 +36,11 @@ def test_identical_sets_are_at_zero_and_shift_is_measured(qm9_test):
     cc = ref.bond_lengths["C-C"]
     assert d["bond_length_w1"]["per_type"]["C-C"] == pytest.approx(0.01 * cc.mean(), rel=1e-3)
     assert d["bond_angle_w1"]["weighted_mean"] < 1e-3  # angles are scale-invariant
+
+
+def test_w1_without_a_common_bond_type_is_undefined_not_nan(qm9_test):
+    ref = _stats(qm9_test.subset(np.arange(200)))
+    apart = MoleculeSet.from_list([(np.array([6, 6]), np.array([[0.0, 0, 0], [8.0, 0, 0]]))])  # no bond at all
+    d = distribution_distances(_stats(apart), ref, min_count=10)
+    assert d["bond_length_w1"]["weighted_mean"] is None and d["bond_angle_w1"]["weighted_mean"] is None
+    assert "C-C" in d["bond_length_w1"]["missing_types"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moldiff.data import QM9_VOCAB
+from moldiff.data import QM9_VOCAB, MoleculeSet
 from moldiff.io import write_xyz
 from moldiff.metrics.evaluate import evaluate
 
@@ -53,3 +53,43 @@ def test_cli_rejects_bad_config(tmp_path):
     assert p.returncode != 0 and "bogus" in p.stderr
     p = _run(f"input={tmp_path / 'missing.sdf'}", "reference=null", "novelty=null")
     assert p.returncode != 0 and "neither a file" in p.stderr
+
+
+def _strict_json(text):
+    def reject(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=reject)
+
+
+# Carbon with six hydrogens 0.6 A away: no protocol finds a valid molecule in it.
+CH6 = (np.array([6, 1, 1, 1, 1, 1, 1]), 0.6 * np.array([[0, 0, 0], [1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], float))
+
+
+def test_rates_over_nothing_are_undefined_not_zero(tmp_path):
+    write_xyz(tmp_path / "ch6.xyz", MoleculeSet.from_list([CH6, CH6]))
+    out = tmp_path / "m.json"
+    p = _run(f"input={tmp_path / 'ch6.xyz'}", "reference=null", "novelty=null", "workers=1", f"output={out}", f"hydra.run.dir={tmp_path}")
+    assert p.returncode == 0, p.stderr[-2000:]
+    m = _strict_json(out.read_text())
+    for proto in ("edm", "corrected"):
+        assert m[proto]["validity"] == 0.0 and m[proto]["uniqueness"] is None  # 0 of 0 valid molecules is not 0 % unique
+    row = next(line for line in p.stdout.splitlines() if line.startswith("uniqueness"))
+    assert row.split()[1:] == ["n/a", "n/a"]
+    # novelty over no unique molecule; atom stability over no evaluated atom (the one record is rejected)
+    r = evaluate(MoleculeSet.from_list([CH6]), QM9_VOCAB, workers=1, train_smiles={"edm": set(), "corrected": set()})
+    assert r["edm"]["novelty"] is None and r["corrected"]["novelty"] is None
+    lost = evaluate(MoleculeSet.from_list([(np.array([6]), np.array([[np.nan, 0, 0]]))]), QM9_VOCAB, workers=1)
+    assert lost["n_evaluated"] == 0 and lost["edm"]["atom_stability"] is None and lost["edm"]["molecule_stability"] == 0.0
+
+
+def test_metrics_json_is_strict_when_a_distance_is_undefined(tmp_path):
+    apart = (np.array([1, 1, 1]), np.array([[0.0, 0, 0], [6, 0, 0], [0, 6, 0]]))  # bare H atoms: no bond to measure
+    write_xyz(tmp_path / "h.xyz", MoleculeSet.from_list([apart, apart]))
+    out = tmp_path / "m.json"
+    p = _run(f"input={tmp_path / 'h.xyz'}", "novelty=null", "workers=1", f"output={out}", f"hydra.run.dir={tmp_path}")
+    assert p.returncode == 0, p.stderr[-2000:]
+    m = _strict_json(out.read_text())
+    assert m["distribution"]["bond_length_w1"]["weighted_mean"] is None
+    assert "bond length W1 n/a" in p.stdout
+

@@ -1,9 +1,15 @@
-"""The evaluation job behind ``scripts/evaluate.py``: load, evaluate, print a table, write JSON."""
+"""The evaluation job behind ``scripts/evaluate.py``: load, evaluate, print a table, write JSON.
+
+``metrics.json`` is strict JSON: an undefined figure is ``null`` (``n/a`` in the table).
+"""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+
+import numpy as np
 
 from moldiff.data.report import InputReport
 from moldiff.data.elements import VOCABULARIES, vocabulary
@@ -24,6 +30,25 @@ ROWS = [
 ]
 
 
+def strict_json(obj):
+    """``obj`` as strict JSON values: a non-finite number (an undefined rate, a W1 without data)
+    becomes None (``null``), never a bare ``NaN`` that strict parsers reject."""
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, np.ndarray)):
+        return [strict_json(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json(path, obj) -> None:
+    with atomic_write(path) as f:
+        json.dump(strict_json(obj), f, indent=2, allow_nan=False, default=float)
+
+
 def check_config(cfg) -> None:
     """Fail before any work on a bad value (Hydra already rejects unknown keys)."""
     bad = [p for p in cfg.protocols if p not in PROTOCOLS]
@@ -38,17 +63,24 @@ def check_config(cfg) -> None:
         raise ValueError(f"novelty: use qm9:train, qm9_noh:train or null, got {cfg.novelty!r}")
 
 
+def _number(value, spec: str, factor: float = 1.0, unit: str = "") -> str:
+    """``factor * value`` formatted, ``n/a`` for an undefined value (None, or NaN from an optional check)."""
+    return "n/a" if value is None or not math.isfinite(value) else format(factor * value, spec) + unit
+
+
 def format_table(result: dict) -> str:
     protos = [p for p in PROTOCOLS if p in result]
     lines = [f"{'metric (%)':<22}" + "".join(f"{p:>12}" for p in protos)]
     for key, label in ROWS:
         if any(key in result[p] for p in protos):
-            lines.append(f"{label:<22}" + "".join(f"{100 * result[p][key]:>12.2f}" if key in result[p] else f"{'-':>12}" for p in protos))
+            cells = [_number(result[p][key], ".2f", 100) if key in result[p] else "-" for p in protos]
+            lines.append(f"{label:<22}" + "".join(f"{c:>12}" for c in cells))
     d = result.get("distribution")
     if d:
         lines.append("")
-        lines.append(f"atom type TV {d['atom_type_tv']:.4f} | atom count TV {d['atom_count_tv']:.4f} | "
-                     f"bond length W1 {d['bond_length_w1']['weighted_mean']:.4f} Å | bond angle W1 {d['bond_angle_w1']['weighted_mean']:.3f}°")
+        lines.append(f"atom type TV {_number(d['atom_type_tv'], '.4f')} | atom count TV {_number(d['atom_count_tv'], '.4f')} | "
+                     f"bond length W1 {_number(d['bond_length_w1']['weighted_mean'], '.4f', unit=' Å')} | "
+                     f"bond angle W1 {_number(d['bond_angle_w1']['weighted_mean'], '.3f', unit='°')}")
     inp = result["input"]
     lines.append("")
     lines.append(f"{result['n_molecules']} molecules, {result['n_evaluated']} evaluated ({result['vocabulary']} vocabulary); "
@@ -74,7 +106,6 @@ def run_evaluation(cfg, output_dir: str | Path) -> dict:
     result["source"] = cfg.input
     print(format_table(result))
     out = Path(cfg.output) if cfg.output else Path(output_dir) / "metrics.json"
-    with atomic_write(out) as f:
-        json.dump(result, f, indent=2, default=float)
+    write_json(out, result)
     print(f"\nwrote {out}")
     return result

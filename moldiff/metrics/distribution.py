@@ -84,7 +84,8 @@ def total_variation(p: dict, q: dict) -> float:
 def _w1_by_type(gen: dict[str, np.ndarray], ref: dict[str, np.ndarray], min_count: int) -> dict:
     """W1 per type present in the reference; the summary weights types by reference frequency.
 
-    A type the generated set lacks gets no W1 (its absence already shows in ``missing``).
+    A type the generated set lacks gets no W1 (its absence already shows in ``missing``); with no
+    type in common the summary is None (undefined, not a distance of 0 or NaN).
     """
     per_type, weights = {}, {}
     for key, r in ref.items():
@@ -93,7 +94,7 @@ def _w1_by_type(gen: dict[str, np.ndarray], ref: dict[str, np.ndarray], min_coun
         per_type[key] = float(wasserstein_distance(gen[key], r))
         weights[key] = len(r)
     total = sum(weights.values())
-    mean = sum(per_type[k] * weights[k] for k in per_type) / total if total else float("nan")
+    mean = sum(per_type[k] * weights[k] for k in per_type) / total if total else None
     missing = sorted(k for k, r in ref.items() if len(r) >= min_count and k not in gen)
     return {"weighted_mean": mean, "per_type": per_type, "missing_types": missing}
 

@@ -3,7 +3,8 @@
 Denominators: molecule-level rates divide by every record read, so a record rejected as bad
 input (unreadable, unknown element, non-finite coordinates, empty) counts as a failure, never as
 a silent drop. Atom stability divides by the atoms of the molecules that could be evaluated.
-Uniqueness and novelty follow EDM: unique / valid and novel / unique.
+Uniqueness and novelty follow EDM: unique / valid and novel / unique. A rate with nothing to divide
+by (uniqueness with no valid molecule, atom stability with no atom evaluated) is None, not 0.
 """
 
 from __future__ import annotations
@@ -20,20 +21,24 @@ from moldiff.metrics.protocols import ProtocolOutcome, run_corrected, run_edm
 PROTOCOLS = ("edm", "corrected")
 
 
+def _rate(count, of: int) -> float | None:
+    """count / of; None when ``of`` is 0: the rate is undefined then, not 0 %."""
+    return float(count) / of if of else None
+
+
 def summarize(out: ProtocolOutcome, n_total: int, train_smiles: set[str] | None) -> dict:
-    n_total = max(n_total, 1)
     valid = [s for s in out.smiles if s is not None]
     unique = set(valid)
     res = {
-        "atom_stability": float(out.atom_stable.mean()) if len(out.atom_stable) else 0.0,
-        "molecule_stability": float(out.mol_stable.sum()) / n_total,
-        "validity": len(valid) / n_total,
-        "uniqueness": len(unique) / len(valid) if valid else 0.0,
-        "valid_and_unique": len(unique) / n_total,
-        "connectivity": float((out.n_fragments == 1).sum()) / n_total,
+        "atom_stability": _rate(out.atom_stable.sum(), len(out.atom_stable)),
+        "molecule_stability": _rate(out.mol_stable.sum(), n_total),
+        "validity": _rate(len(valid), n_total),
+        "uniqueness": _rate(len(unique), len(valid)),
+        "valid_and_unique": _rate(len(unique), n_total),
+        "connectivity": _rate((out.n_fragments == 1).sum(), n_total),
     }
     if train_smiles is not None:
-        res["novelty"] = sum(s not in train_smiles for s in unique) / len(unique) if unique else 0.0
+        res["novelty"] = _rate(sum(s not in train_smiles for s in unique), len(unique))
     if out.failures:
         res["perception_failures"] = dict(out.failures)
     return res
