@@ -3,12 +3,14 @@
 import hydra
 from hydra.core.hydra_config import HydraConfig
 
+from moldiff.jobs.cli import user_errors
 from moldiff.jobs.evaluate import run_evaluation
 
 
 @hydra.main(config_path="../configs", config_name="evaluate", version_base="1.3")
 def main(cfg) -> None:
-    run_evaluation(cfg, HydraConfig.get().runtime.output_dir)
+    with user_errors():
+        run_evaluation(cfg, HydraConfig.get().runtime.output_dir)
 
 
 if __name__ == "__main__":

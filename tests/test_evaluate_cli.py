@@ -93,3 +93,15 @@ def test_metrics_json_is_strict_when_a_distance_is_undefined(tmp_path):
     assert m["distribution"]["bond_length_w1"]["weighted_mean"] is None
     assert "bond length W1 n/a" in p.stdout
 
+
+def test_input_with_nothing_to_evaluate_is_a_one_line_error(tmp_path):
+    garbage = tmp_path / "notes.sdf"
+    garbage.write_text("hello world\nthis is not a molecule\n$$$$\nsecond record\nstill not\n$$$$\n")
+    out = tmp_path / "m.json"
+    p = _run(f"input={garbage}", "reference=null", "novelty=null", "workers=1", f"output={out}", f"hydra.run.dir={tmp_path}")
+    assert p.returncode == 2 and not out.exists()
+    assert p.stderr.strip().count("\n") == 0 and "Traceback" not in p.stderr
+    assert p.stderr.startswith("error: ") and "nothing in it could be evaluated" in p.stderr
+    assert "2 records, 2 rejected (unreadable_record=2)" in p.stderr
+    p = _run(f"input={tmp_path / 'missing.sdf'}", "reference=null", "novelty=null", f"hydra.run.dir={tmp_path}")
+    assert p.returncode == 2 and p.stderr.startswith("error: ") and "Traceback" not in p.stderr

@@ -49,6 +49,21 @@ def test_bad_records_are_counted(tmp_path):
     assert len(mols) == 2 and mols.numbers.tolist()[:1] == [0]  # unknown symbol -> 0, caught by checked()
 
 
+def test_every_sdf_record_is_counted_even_after_unparsable_ones(tmp_path):
+    good = perceive(*embedded("CCO")).mol
+    write_sdf(tmp_path / "g.sdf", [good])
+    text = (tmp_path / "g.sdf").read_text()
+    (tmp_path / "garbage.sdf").write_text("hello\nnot a molecule\n$$$$\nsecond\nrecord\n$$$$\n")
+    r = InputReport()
+    mols, _ = read_molecules(tmp_path / "garbage.sdf", r)
+    assert len(mols) == 0 and r.n_records == 2 and r.rejected["unreadable_record"] == 2
+    (tmp_path / "mixed.sdf").write_text("a\n$$$$\nb\n$$$$\nc\n$$$$\n" + text + "no terminator\n")
+    r = InputReport()
+    mols, names = read_molecules(tmp_path / "mixed.sdf", r)
+    assert len(mols) == 1 and r.n_records == 5 and r.rejected["unreadable_record"] == 4
+    assert mols.n_atoms.tolist() == [good.GetNumAtoms()]
+
+
 def test_missing_path_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such file"):
         read_molecules(tmp_path / "nope.sdf")

@@ -1,8 +1,8 @@
 """Users' own molecules from SDF, XYZ, or a folder of them, as a dataset (a ``MoleculeSet``).
 
-SDF goes through RDKit (``ForwardSDMolSupplier``, without sanitising, so a molecule RDKit finds
-chemically odd is still read: judging chemistry is the metrics' job). XYZ goes through ASE.
-Unreadable records are counted in the ``InputReport`` and skipped; the rest is read.
+SDF records are split at ``$$$$`` and parsed by RDKit (``MolFromMolBlock``, without sanitising, so
+a molecule RDKit finds chemically odd is still read: judging chemistry is the metrics' job). XYZ
+goes through ASE. Unreadable records are counted in the ``InputReport`` and skipped; the rest is read.
 """
 
 from __future__ import annotations
@@ -19,27 +19,44 @@ from moldiff.data.molecules import MoleculeSet
 SUFFIXES = (".sdf", ".sd", ".mol", ".xyz", ".extxyz")
 
 
+def _sdf_records(path: Path):
+    """The text of each record: the lines up to a ``$$$$`` line (a trailing record may lack it).
+
+    Split here rather than by RDKit's supplier, which after a record it cannot parse skips ahead
+    and can swallow the next ones: two garbage records came back as one.
+    """
+    lines: list[bytes] = []
+    with open(path, "rb") as fh:
+        for line in fh:
+            if line.strip() == b"$$$$":
+                yield b"".join(lines).decode("utf-8", errors="replace")
+                lines = []
+            else:
+                lines.append(line)
+    if any(line.strip() for line in lines):
+        yield b"".join(lines).decode("utf-8", errors="replace")
+
+
 def _read_sdf(path: Path, report: R.InputReport):
     from rdkit import Chem, RDLogger
 
     RDLogger.DisableLog("rdApp.*")
-    with open(path, "rb") as fh:
-        supplier = Chem.ForwardSDMolSupplier(fh, sanitize=False, removeHs=False)
-        for k, mol in enumerate(supplier):
-            report.n_records += 1
-            where = f"{path.name}#{k}"
-            if mol is None:
-                report.reject(R.UNREADABLE, where, "RDKit could not parse the record")
-                continue
-            if mol.GetNumConformers() == 0:
-                if mol.GetNumAtoms() == 0:
-                    yield where, np.zeros(0, np.int64), np.zeros((0, 3))
-                else:
-                    report.reject(R.UNREADABLE, where, "no coordinates")
-                continue
-            numbers = np.array([a.GetAtomicNum() for a in mol.GetAtoms()], np.int64)
-            name = mol.GetProp("_Name") if mol.HasProp("_Name") and mol.GetProp("_Name") else where
-            yield name, numbers, mol.GetConformer().GetPositions()
+    for k, block in enumerate(_sdf_records(path)):
+        report.n_records += 1
+        where = f"{path.name}#{k}"
+        mol = Chem.MolFromMolBlock(block, sanitize=False, removeHs=False)
+        if mol is None:
+            report.reject(R.UNREADABLE, where, "RDKit could not parse the record")
+            continue
+        if mol.GetNumConformers() == 0:
+            if mol.GetNumAtoms() == 0:
+                yield where, np.zeros(0, np.int64), np.zeros((0, 3))
+            else:
+                report.reject(R.UNREADABLE, where, "no coordinates")
+            continue
+        numbers = np.array([a.GetAtomicNum() for a in mol.GetAtoms()], np.int64)
+        name = mol.GetProp("_Name") if mol.HasProp("_Name") and mol.GetProp("_Name") else where
+        yield name, numbers, mol.GetConformer().GetPositions()
 
 
 def _read_xyz(path: Path, report: R.InputReport):

@@ -1,6 +1,8 @@
 """The evaluation job behind ``scripts/evaluate.py``: load, evaluate, print a table, write JSON.
 
-``metrics.json`` is strict JSON: an undefined figure is ``null`` (``n/a`` in the table).
+An input with nothing that can be evaluated (a text file that is not an SDF, every record
+rejected) is a ValueError, not a table of zeros. ``metrics.json`` is strict JSON: an undefined
+figure is ``null`` (``n/a`` in the table).
 """
 
 from __future__ import annotations
@@ -93,6 +95,9 @@ def run_evaluation(cfg, output_dir: str | Path) -> dict:
     report = InputReport()
     mols, names, natural = load_source(cfg.input, report)
     vocab = natural if cfg.vocabulary == "auto" else vocabulary(cfg.vocabulary)
+    probe = InputReport().merge(report)  # evaluate() checks and counts the molecules itself
+    if not len(mols.checked(vocab, probe, names)):
+        raise ValueError(f"{cfg.input}: nothing in it could be evaluated ({probe.summary()}); is it an SDF/XYZ file of molecules?")
     reference = None
     if cfg.reference:
         reference = reference_stats(cfg.reference, int(cfg.reference_max), cfg.workers)
