@@ -90,6 +90,51 @@ def test_failed_and_nan_gradients_are_counted_and_left_unguided():
     assert rep["failures"] == {"flaky: SCF not converged": 1, "flaky: non-finite gradient": 1}
 
 
+class Pathological(Energy):
+    """1e-4 (|x|^2 + |h|^2) / 2 per molecule, broken differently for molecules 0-2 (3 is sound):
+    0: a NaN gradient (sqrt at 0), 1: a finite gradient (1e38) that overflows float32 once scaled,
+    2: an infinite energy with a finite gradient."""
+
+    name = "patho"
+
+    def energy(self, x, h, t, batch, n, eps=None):
+        per_atom = 0.5e-4 * (x.square().sum(1) + h.square().sum(1))
+        e = torch.zeros(n, dtype=x.dtype).index_add_(0, batch, per_atom)
+        x0, x1 = x[batch == 0], x[batch == 1]
+        kink = (x0 - x0.detach()).square().sum(1).sqrt().sum()  # 0, with gradient 0 * inf
+        steep = 1e38 * ((x1 - x1.detach()) * x1.detach().sign()).sum()  # 0, with gradient +-1e38
+        return e + torch.stack([kink, steep, torch.tensor(math.inf, dtype=x.dtype), torch.zeros((), dtype=x.dtype)])
+
+
+@pytest.mark.parametrize("sampler", ["ancestral", "ode_heun"])
+def test_guided_sampling_never_makes_a_coordinate_non_finite(sampler):
+    model = GaussianPointClouds(SDE)
+    sizes = [3, 3, 3, 3]
+    fn = guided(model.eps, SDE, [(Pathological(), Scale(1e4))])
+    x, h, batch = sample(sampler, fn, SDE, sizes, model.feat_dim, steps=10, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(x).all() and torch.isfinite(h).all()
+    steps = fn.report.steps
+    assert fn.report.to_dict()["failures"] == {"patho: non-finite gradient": steps, "patho: guidance overflow": steps,
+                                               "patho: non-finite energy": steps}
+    x0, _, _ = sample(sampler, model.eps, SDE, sizes, model.feat_dim, steps=10, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(x[batch == 3], x0[batch == 3])  # the sound molecule is still guided
+    assert torch.equal(x[batch < 3], x0[batch < 3])  # the broken ones sample as unguided
+
+
+def test_non_finite_eps_of_the_model_is_counted_once_not_per_energy():
+    base = GaussianPointClouds(SDE).eps
+
+    def broken(x, h, t, batch, n):
+        ex, eh = base(x, h, t, batch, n)
+        return torch.where((batch == 1)[:, None], torch.nan, ex), eh
+
+    batch, n = sizes_to_batch([3, 3])
+    x = remove_mean(torch.randn(6, 3, dtype=torch.float64), batch, n)
+    fn = guided(broken, SDE, [(Quadratic(1.0), Scale(1.0)), (Pathological(), Scale(0.0))])
+    fn(x, torch.randn(6, 2, dtype=torch.float64), torch.full((n,), 0.5, dtype=torch.float64), batch, n)
+    assert fn.report.to_dict()["failures"] == {"base model: non-finite eps": 1}
+
+
 def test_property_guidance_is_equivariant():
     torch.manual_seed(0)
     net = EGNN(LAYOUT.dim, hidden=16, layers=2, dtype=torch.float64)
@@ -224,6 +269,34 @@ def test_guide_design_and_protocol_modes(tiny_models, tmp_path):
     assert set(p["baselines"]) == {"atoms", "upper_bound", "lower_bound"} and all(v > 0 for v in p["baselines"].values())
     homo = run_guidance(_guide_cfg(tiny_models, "property=homo", "target=-0.25", "evaluator_ckpt=null", f"output={tmp_path / 'h'}"), tmp_path)
     assert homo["scored_by"].startswith("guide") and math.isfinite(homo["mae"])  # the multi-task guide's homo column
+
+
+def test_guide_job_never_writes_or_scores_a_non_finite_molecule(tiny_models, tmp_path, monkeypatch, capsys):
+    import json
+
+    from moldiff.jobs import guide as job
+
+    real = job.generate
+
+    def one_lost(*args, **kwargs):  # as if the base model had returned NaN for molecule 1
+        mols = real(*args, **kwargs)
+        mols.positions[mols.molecule_index == 1] = np.nan
+        return mols
+
+    monkeypatch.setattr(job, "generate", one_lost)
+    r = job.run_guidance(_guide_cfg(tiny_models, "target=7.0", f"output={tmp_path}"), tmp_path)
+    assert r["left_out"] == {"indices": [1], "reasons": {"nonfinite_coordinates": 1}}
+    assert math.isfinite(r["mae"]) and r["n_scored"] == 3 and len(r["predictions"]) == len(r["targets"]) == 3
+    for name in ("samples.sdf", "samples.xyz"):
+        assert "nan" not in (tmp_path / name).read_text().lower(), name
+    assert (tmp_path / "samples.sdf").read_text().count("$$$$") == 3
+
+    def no_nan(c):
+        raise ValueError(f"non-standard JSON constant {c}")
+
+    assert json.loads((tmp_path / "guidance.json").read_text(), parse_constant=no_nan)["left_out"] == r["left_out"]
+    printed = capsys.readouterr().out
+    assert "over 3 of 4 molecules" in printed and "left out 1" in printed
 
 
 def test_xtb_guidance_failures_are_counted_not_fatal(tiny_models, tmp_path):

@@ -6,10 +6,12 @@ translation invariant, the process lives in the zero-CoM subspace). Several ener
 with its own scale schedule.
 
 Failures are molecule-level outcomes, never a crash: an energy may report molecules it could not
-evaluate (xTB not converging), and a non-finite gradient is detected here; either way that
-molecule gets no guidance from that energy at that step, and ``GuidanceReport`` counts it by
-reason. With every scale 0 at a time t, the unguided eps is returned untouched (bit-identical
-sampling with the same seed).
+evaluate (xTB not converging, a non-finite energy), and a non-finite gradient or a guidance term
+that overflows once scaled is detected here; either way that molecule keeps the eps it had
+without that energy at that step (guidance never makes a finite eps non-finite), and
+``GuidanceReport`` counts it by reason. A non-finite eps from the guided model itself is counted
+under ``BASE_MODEL``. With every scale 0 at a time t, the unguided eps is returned untouched
+(bit-identical sampling with the same seed).
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from typing import Callable
 import torch
 
 from moldiff.geometry import remove_mean
+
+
+BASE_MODEL = "base model"  # the report's name for failures of the guided eps function itself
 
 
 @dataclass
@@ -78,7 +83,19 @@ class Energy:
             gx, gh = torch.autograd.grad(e.sum(), (xg, hg), allow_unused=True)
         gx = torch.zeros_like(x) if gx is None else gx
         gh = torch.zeros_like(h) if gh is None else gh
-        return gx, gh, torch.ones(n, dtype=torch.bool, device=x.device)
+        # An infinite energy (overflow, a molecule outside the energy's domain) can come with a
+        # finite gradient, which then means nothing: a failure, not a direction.
+        ok = torch.isfinite(e.detach())
+        self.last_reasons = [None if good else "non-finite energy" for good in ok.tolist()]
+        return gx, gh, ok
+
+
+def _finite_molecules(batch, n, *tensors) -> torch.Tensor:
+    """(M,) bool: every value of every (A, ...) tensor of the molecule is finite."""
+    bad = torch.zeros(n, dtype=torch.long, device=batch.device)
+    for v in tensors:
+        bad.index_add_(0, batch, (~torch.isfinite(v).flatten(1).all(1)).long())
+    return bad == 0
 
 
 def guided(eps_fn: Callable, sde, terms: list[tuple[Energy, Scale]], report: GuidanceReport | None = None) -> Callable:
@@ -92,22 +109,31 @@ def guided(eps_fn: Callable, sde, terms: list[tuple[Energy, Scale]], report: Gui
         if not active:
             return ex, eh
         report.steps += 1
+        # A molecule the model itself gives a non-finite eps (e.g. pushed off its domain by earlier
+        # steps) cannot be helped here: counted once, not once per energy.
+        alive = _finite_molecules(batch, n, ex, eh)
+        report.record(BASE_MODEL, "non-finite eps", torch.nonzero(~alive).flatten().tolist())
         sigma = sde.sigma(t, batch).to(x.dtype)
         for energy, w in active:
             gx, gh, ok = energy.gradient(x, h, t, batch, n, (ex, eh))
             reasons = getattr(energy, "last_reasons", None)  # per-molecule failure reasons, if the energy keeps them
-            for m in torch.nonzero(~ok).flatten().tolist():
+            for m in torch.nonzero(alive & ~ok).flatten().tolist():
                 report.record(energy.name, (reasons[m] if reasons and reasons[m] else "energy evaluation failed"), [m])
-            bad_atom = ~(torch.isfinite(gx).all(1) & torch.isfinite(gh).all(1))
-            finite = torch.zeros(n, dtype=torch.long, device=x.device).index_add_(0, batch, bad_atom.long()) == 0
-            report.record(energy.name, "non-finite gradient", torch.nonzero(ok & ~finite).flatten().tolist())
-            use = (ok & finite)[batch, None]
-            gx = torch.where(use, torch.nan_to_num(gx), torch.zeros_like(gx))
-            gh = torch.where(use, torch.nan_to_num(gh), torch.zeros_like(gh))
-            gx = remove_mean(gx, batch, n)
-            wa = w[batch, None].to(x.dtype)
-            ex = ex + sigma * wa * gx
-            eh = eh + sigma * wa * gh
+            finite = _finite_molecules(batch, n, gx, gh)
+            report.record(energy.name, "non-finite gradient", torch.nonzero(alive & ok & ~finite).flatten().tolist())
+            use = ok & finite
+            mask = use[batch, None]
+            # Zeroed before the centring, which mixes the atoms of a molecule.
+            gx = remove_mean(torch.where(mask, gx, torch.zeros_like(gx)), batch, n)
+            gh = torch.where(mask, gh, torch.zeros_like(gh))
+            wa = sigma * w[batch, None].to(x.dtype)
+            gx, gh = ex + wa * gx, eh + wa * gh
+            # A finite gradient can still overflow once scaled and added: the molecule then keeps
+            # the eps it had, never a non-finite one.
+            fits = _finite_molecules(batch, n, gx, gh)
+            report.record(energy.name, "guidance overflow", torch.nonzero(alive & use & ~fits).flatten().tolist())
+            keep = (use & fits)[batch, None]
+            ex, eh = torch.where(keep, gx, ex), torch.where(keep, gh, eh)
         return ex, eh
 
     fn.report = report

@@ -29,6 +29,8 @@ def _one(args):
         if closed_shell and int(np.sum(numbers)) % 2:
             return None, None, "odd electron count"
         e, g = xtb_energy_gradient(numbers, positions, accuracy=1.0)
+        if not np.isfinite(e):  # its gradient would mean nothing, however finite
+            return None, None, "non-finite energy"
         return e, g * ANGSTROM_TO_BOHR, None  # Hartree/Bohr -> Hartree/Angstrom
     except ImportError:
         raise

@@ -6,12 +6,11 @@
   the evaluator phi_c scores the samples and the MAE to the targets is reported.
 
 Writes ``samples.sdf``/``samples.xyz``, ``guidance.json`` (targets, evaluator predictions, MAE,
-the guidance failure report, the evaluation metrics).
+the guidance failure report, the evaluation metrics, the molecules left out as non-finite).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -23,7 +22,8 @@ import torch
 from moldiff.guidance.baselines import atoms_baseline, evaluator_bounds, predict, protocol_pairs
 from moldiff.guidance.guided import GuidanceReport, Scale, guided
 from moldiff.guidance.property_energy import PropertyEnergy
-from moldiff.io.writers import atomic_write
+from moldiff.data.report import InputReport
+from moldiff.jobs.evaluate import write_json
 from moldiff.jobs.sample import write_outputs
 from moldiff.model.checkpoint import checkpoint_path
 from moldiff.model.diffusion import DiffusionModel
@@ -142,21 +142,35 @@ def run_guidance(cfg, output_dir) -> dict:
         getattr(energy_term, "close", lambda: None)()  # the xTB worker pool
     result = {"mode": cfg.mode, "property": cfg.property, "scale": float(cfg.scale), "xtb_scale": float(cfg.xtb.scale), "n": n,
               "sampling_seconds": round(seconds, 1), "guidance": report.to_dict()}
+    # Guidance never turns a finite eps non-finite, but the base model can still end a molecule
+    # non-finite (on its own, or where guidance drove it far off its domain): such a molecule is
+    # neither written nor scored, and counted. The files, targets and predictions keep the order of
+    # the molecules kept; ``left_out`` holds the sampling indices of the others.
+    lost = InputReport()
+    mols, kept = mols.checked(None, lost, return_index=True)
+    if lost.n_rejected:
+        result["left_out"] = {"indices": np.setdiff1d(np.arange(n), kept).tolist(), "reasons": dict(lost.rejected)}
+        print(f"left out {lost.n_rejected} of {n} molecules ({', '.join(f'{k}={v}' for k, v in lost.rejected.items())}): "
+              "not written, not scored, not in the metrics")
     if cfg.property is not None:
         scorer = "evaluator" if (cfg.mode == "protocol" or cfg.evaluator_ckpt) else "guide"
         net, column = load_property_net(property_checkpoint(cfg, scorer), device, cfg.property)
-        pred = predict(net, mols, module.layout, device, column)
+        pred = predict(net, mols, module.layout, device, column) if len(mols) else np.zeros(0)
+        targets = targets[kept]
+        scored = np.isfinite(pred)
         result.update({"scored_by": scorer if scorer == "evaluator" else "guide at t=0 (not an independent evaluator)",
-                       "mae": float(np.abs(pred - targets).mean()), "targets": targets.tolist(), "predictions": pred.tolist()})
+                       "mae": float(np.abs(pred[scored] - targets[scored]).mean()) if scored.any() else None,
+                       "n_scored": int(scored.sum()), "targets": targets.tolist(), "predictions": pred.tolist()})
         if cfg.mode == "protocol":  # EDM's reference rows, on as many real held-out molecules
 
             result["baselines"] = {"atoms": atoms_baseline(cfg.property, n, int(cfg.seed)),
                                    **evaluator_bounds(cfg.property, net, module.layout, device, n, int(cfg.seed), column)}
-    metrics = write_outputs(mols, module, out, cfg)  # files always; metrics unless evaluation=null
-    result["metrics"] = metrics
-    with atomic_write(out / "guidance.json") as f:
-        json.dump(result, f, indent=2, default=float)
+    result["metrics"] = write_outputs(mols, module, out, cfg) if len(mols) else {}  # files always; metrics unless evaluation=null
+    write_json(out / "guidance.json", result)  # a non-finite prediction is null there
     if "mae" in result:
-        print(f"{cfg.property}: MAE {result['mae']:.4g} ({result['scored_by']}) over {n} molecules")
+        mae = "n/a" if result["mae"] is None else f"{result['mae']:.4g}"
+        unscored = len(mols) - result["n_scored"]
+        print(f"{cfg.property}: MAE {mae} ({result['scored_by']}) over {result['n_scored']} of {n} molecules"
+              + (f"; {unscored} with a non-finite prediction" if unscored else ""))
     print(f"guidance failures: {result['guidance']['failures'] or 'none'}")
     return result
