@@ -112,6 +112,22 @@ def test_generate_with_given_sizes_is_reproducible_and_centred(tiny_ckpt):
     assert com.abs().max() < 1e-4
 
 
+def test_sizes_outside_the_training_histogram_are_warned(tiny_ckpt):
+    import warnings
+
+    from moldiff.sampling.generate import generate
+
+    module = DiffusionModel.load(tiny_ckpt, torch.device("cpu"))
+    largest = max(module.size_histogram)
+    with pytest.warns(UserWarning, match=rf"1 of 2 requested atom counts are outside the model's training histogram \({largest + 5}; it has "):
+        mols = generate(module, 2, steps=2, sizes=[largest, largest + 5], progress=False)
+    assert mols.n_atoms.tolist() == [largest, largest + 5]  # warned, not refused
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        generate(module, 2, steps=2, sizes=[largest, largest], progress=False)  # trained sizes: silent
+        generate(module, 2, steps=2, progress=False)  # drawn from the histogram: silent
+
+
 def test_bf16_sampling_follows_the_float32_trajectory(tiny_ckpt):
     """Same seed, same noise: bfloat16 per-edge MLPs move the molecules by far less than their size."""
     from moldiff.sampling.generate import generate

@@ -8,6 +8,8 @@ the same molecules.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -50,6 +52,8 @@ def generate(
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     if sizes is None:
         sizes = sample_sizes(module.size_histogram, n, torch.Generator().manual_seed(seed))
+    else:
+        warn_untrained_sizes(sizes, module.size_histogram)
     sizes = torch.as_tensor(sizes, dtype=torch.long)
     if len(sizes) != n or (sizes < 1).any():
         raise ValueError(f"need {n} positive atom counts, got {len(sizes)} (min {int(sizes.min()) if len(sizes) else None})")
@@ -88,6 +92,26 @@ def generate(
     if bar is not None:
         bar.close()
     return MoleculeSet.concatenate(parts)
+
+
+def warn_untrained_sizes(sizes, histogram: dict[int, int]) -> None:
+    """Warn when requested atom counts had no training molecule: they are not refused, but what
+    the model makes of them is extrapolation and their figures can be absurd (docs/sampling.md)."""
+    trained = {int(k) for k, v in histogram.items() if v > 0}
+    requested = torch.as_tensor(sizes).flatten().tolist()
+    outside = sorted({int(s) for s in requested} - trained)
+    if not outside or not trained:
+        return
+    lo, hi = min(trained), max(trained)
+    gaps = sorted(set(range(lo, hi + 1)) - trained)
+    warnings.warn(
+        f"{sum(int(s) in outside for s in requested)} of {len(requested)} requested atom counts are outside the model's "
+        f"training histogram ({', '.join(map(str, outside[:10]))}{', ...' if len(outside) > 10 else ''}; it has {lo}-{hi} atoms"
+        + (f", none with {', '.join(map(str, gaps))}" if gaps else "")
+        + "): their molecules and metrics are not comparable to the model's (EDM validity counts a cloud of "
+        "H2 fragments as valid; docs/sampling.md)",
+        stacklevel=3,
+    )
 
 
 def _decode(x, h, sizes, layout) -> MoleculeSet:
