@@ -15,6 +15,12 @@ from moldiff.data.qm9 import load_qm9
 from moldiff.metrics.evaluate import evaluate
 from moldiff.metrics.reference import reference_stats
 
+
+def _fmt(value, digits: int) -> str:
+    """n/a for an undefined figure (no bond type shared with the reference)."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
 if __name__ == "__main__":
     mols = load_qm9("test").subset(np.arange(2000))
     ref = reference_stats()
@@ -28,5 +34,5 @@ if __name__ == "__main__":
         print(
             f"| {sigma} | {100 * e['atom_stability']:.1f} / {100 * e['molecule_stability']:.1f} / {100 * e['validity']:.1f} "
             f"| {100 * c['atom_stability']:.1f} / {100 * c['molecule_stability']:.1f} / {100 * c['validity']:.1f} "
-            f"| {r['distribution']['bond_length_w1']['weighted_mean']:.3f} | {100 * r['posebusters']['pb_valid']:.0f} |"
+            f"| {_fmt(r['distribution']['bond_length_w1']['weighted_mean'], 3)} | {100 * r['posebusters']['pb_valid']:.0f} |"
         )

@@ -78,12 +78,18 @@ def main():
         dist = ""
         if row["distances"]:
             d = row["distances"]
-            dist = f" {d['atom_type_tv']:.3f} / {d['bond_length_w1']['weighted_mean']:.3f} / {d['bond_angle_w1']['weighted_mean']:.2f} |"
+            dist = f" {d['atom_type_tv']:.3f} / {_fmt(d['bond_length_w1']['weighted_mean'], 3)} / {_fmt(d['bond_angle_w1']['weighted_mean'], 2)} |"
         print(f"| {run} | {steps} | {row['nfe']} | {row['seconds']:.0f} | "
               + " / ".join(f"{100 * e[k]:.1f}" for k in e) + " | " + " / ".join(f"{100 * c[k]:.1f}" for k in c) + " |" + dist, flush=True)
     if a.out:
         with open(a.out, "w") as f:
             json.dump({"ckpt": a.ckpt, "n": a.n, "seed": a.seed, "t_max": a.t_max or module.horizon, "rows": rows}, f, indent=2)
+
+
+
+def _fmt(value, digits: int) -> str:
+    """n/a for an undefined figure (no bond type shared with the reference)."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 if __name__ == "__main__":

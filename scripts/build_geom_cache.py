@@ -7,6 +7,7 @@ SOURCE is an extracted ``rdkit_folder`` (or its summary JSON) or ``drugs_crude.m
 import argparse
 
 from moldiff.data.geom import EDM_CONFORMERS_PER_MOLECULE, build_geom_cache
+from moldiff.jobs.cli import user_errors
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -17,9 +18,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("-k", "--conformers", type=int, default=EDM_CONFORMERS_PER_MOLECULE, help="0 keeps all")
     ap.add_argument("--max-molecules", type=int, default=None)
     args = ap.parse_args(argv)
-    path, rep = build_geom_cache(
-        args.source, args.out, args.format, args.conformers or None, max_molecules=args.max_molecules
-    )
+    with user_errors():  # a missing or unreadable source: one line, exit status 2
+        path, rep = build_geom_cache(args.source, args.out, args.format, args.conformers or None, max_molecules=args.max_molecules)
     print(f"{path}: {rep.summary()}")
     for line in rep.examples:
         print("  " + line)

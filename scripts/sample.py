@@ -4,15 +4,17 @@ model by default)."""
 import hydra
 from hydra.core.hydra_config import HydraConfig
 
-from moldiff.jobs.sample import run_sampling
+from moldiff.jobs.cli import user_errors
 from moldiff.jobs.resolvers import register_resolvers
+from moldiff.jobs.sample import run_sampling
 
 register_resolvers()  # before Hydra composes the config
 
 
 @hydra.main(config_path="../configs", config_name="sample", version_base="1.3")
 def main(cfg) -> None:
-    run_sampling(cfg, HydraConfig.get().runtime.output_dir)
+    with user_errors():  # a bad value or missing file: one line, exit status 2
+        run_sampling(cfg, HydraConfig.get().runtime.output_dir)
 
 
 if __name__ == "__main__":

@@ -3,15 +3,17 @@
 import hydra
 from hydra.core.hydra_config import HydraConfig
 
-from moldiff.jobs.train import run_training
+from moldiff.jobs.cli import user_errors
 from moldiff.jobs.resolvers import register_resolvers
+from moldiff.jobs.train import run_training
 
 register_resolvers()  # before Hydra composes the config
 
 
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
 def main(cfg) -> None:
-    run_training(cfg, HydraConfig.get().runtime.output_dir)
+    with user_errors():  # a bad value or missing file: one line, exit status 2
+        run_training(cfg, HydraConfig.get().runtime.output_dir)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,12 @@
 up ``last-vN.ckpt`` copies, ``output=`` writes only where it says, and Lightning's banner and
 messages print once."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,3 +32,43 @@ def test_output_writes_only_where_it_says(tmp_path, tiny_diffusion):
     _run([str(ROOT / "scripts" / "sample.py"), f"ckpt={tiny_diffusion}", "n=2", "steps=2", "evaluation=null", "output=mine"], tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no outputs/sample/<time>/ beside it
     assert (tmp_path / "mine" / "samples.sdf").is_file()
+
+
+@pytest.mark.parametrize("script,override", [
+    ("sample", "ckpt=/nonexistent.ckpt"), ("train", "ema_decay=2"), ("evaluate", "input=/nonexistent.sdf"),
+    ("likelihood", "method=foo"), ("guide", "property=foo"), ("refine_bridge", "steps=0"), ("train_property", "role=foo"),
+])
+def test_every_script_answers_a_user_error_with_one_line(script, override, tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / f"{script}.py"), override, f"hydra.run.dir={tmp_path}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, done.stderr[-2000:]
+
+
+def test_sampling_never_writes_a_non_finite_molecule(tiny_diffusion, tmp_path, monkeypatch):
+    """A molecule the model ends non-finite (it happens far outside the training sizes) is left
+    out and counted, never written as -nan."""
+    import numpy as np
+    from hydra import compose, initialize_config_dir
+
+    from moldiff.jobs import sample as job
+
+    real = job.generate
+
+    def with_a_nan(*args, **kwargs):
+        mols = real(*args, **kwargs)
+        mols.positions[mols.offsets[1]:mols.offsets[2]] = np.nan  # molecule 1
+        return mols
+
+    monkeypatch.setattr(job, "generate", with_a_nan)
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("sample", [f"ckpt={tiny_diffusion}", "n=3", "steps=2", f"output={tmp_path}", "evaluation.reference=null",
+                                 "evaluation.novelty=null", "evaluation.workers=1"])
+    result = job.run_sampling(cfg, tmp_path)
+    sdf = (tmp_path / "samples.sdf").read_text()
+    assert "nan" not in sdf.lower() and sdf.count("$$$$") == 2
+    assert "sample_0" in sdf and "sample_1" not in sdf and "sample_2" in sdf
+    assert result["left_out"]["n"] == 1 and result["left_out"]["indices"] == [1]
+    assert json.loads((tmp_path / "metrics.json").read_text())["left_out"]["n"] == 1

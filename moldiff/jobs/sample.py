@@ -19,11 +19,12 @@ from omegaconf import OmegaConf
 from moldiff.chem.edm_protocol import edm_bond_graph
 from moldiff.chem.edm_rdkit import edm_rdkit_mols
 from moldiff.data.molecules import MoleculeSet
+from moldiff.data.report import InputReport
 from moldiff.io.depict import write_grid_png
 from moldiff.io.partial import PartialResults, run_key
 from moldiff.io.writers import write_sdf, write_xyz
 from moldiff.jobs.evaluate import check_config as check_evaluation
-from moldiff.jobs.evaluate import run_evaluation
+from moldiff.jobs.evaluate import run_evaluation, write_json
 from moldiff.model.build import plain as _plain
 from moldiff.model.checkpoint import checkpoint_path
 from moldiff.model.diffusion import DiffusionModel
@@ -113,8 +114,19 @@ def run_sampling(cfg, output_dir: str | Path) -> dict:
     mols = _generate(module, cfg, n, device, done, partial)
     seconds = time.perf_counter() - t0
     print(f"sampled {n} molecules in {seconds:.1f} s ({cfg.sampler}, {cfg.steps} steps, {device})")
-    result = write_outputs(mols, module, out, cfg)
-    partial.clear()
+    # a molecule the model ended non-finite (e.g. far outside its training sizes) has no
+    # coordinates to write: it is counted and left out, never written as -nan
+    lost = InputReport()
+    mols, kept = mols.checked(None, lost, return_index=True)
+    if lost.n_rejected:
+        print(f"left out {lost.n_rejected} of {n} molecules ({', '.join(f'{k}={v}' for k, v in lost.rejected.items())}): "
+              "not written, not in the metrics")
+    write_files(mols, module, out, [f"sample_{k}" for k in kept])
+    partial.clear()  # the molecules are on disk: an evaluation error below loses nothing
+    result = evaluate_outputs(out, cfg)
+    if result and lost.n_rejected:
+        result["left_out"] = {"n": lost.n_rejected, "indices": sorted(set(range(n)) - set(kept.tolist())), "reasons": dict(lost.rejected)}
+        write_json(out / "metrics.json", result)
     return result
 
 
@@ -130,14 +142,23 @@ def _generate(module, cfg, n, device, done, partial):
     )
 
 
-def write_outputs(mols: MoleculeSet, module, out: Path, cfg) -> dict:
+def write_files(mols: MoleculeSet, module, out: Path, names: list[str]) -> None:
     vocab = module.layout.vocab
-    names = [f"sample_{k}" for k in range(len(mols))]
     write_xyz(out / "samples.xyz", mols, names)
     rd = edm_rdkit_mols(mols, edm_bond_graph(mols, vocab))
     write_sdf(out / "samples.sdf", rd, names)
     write_grid_png(out / "samples.png", rd)
     print(f"wrote {out / 'samples.sdf'}, {out / 'samples.xyz'}, {out / 'samples.png'}")
+
+
+def evaluate_outputs(out: Path, cfg) -> dict:
+    """The evaluation job on the written ``samples.sdf`` (``metrics.json``); {} with evaluation=null."""
     if cfg.evaluation is None:
         return {}
     return run_evaluation(_evaluation_cfg(cfg, out / "samples.sdf", out / "metrics.json"), out)
+
+
+def write_outputs(mols: MoleculeSet, module, out: Path, cfg) -> dict:
+    """Files and, unless evaluation=null, metrics for molecules made by another job (guidance)."""
+    write_files(mols, module, out, [f"sample_{k}" for k in range(len(mols))])
+    return evaluate_outputs(out, cfg)
