@@ -5,6 +5,9 @@ from hydra.core.hydra_config import HydraConfig
 
 from moldiff.jobs.cli import user_errors
 from moldiff.jobs.evaluate import run_evaluation
+from moldiff.jobs.resolvers import register_resolvers
+
+register_resolvers()  # before Hydra composes the config
 
 
 @hydra.main(config_path="../configs", config_name="evaluate", version_base="1.3")

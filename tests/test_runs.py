@@ -72,3 +72,11 @@ def test_sampling_never_writes_a_non_finite_molecule(tiny_diffusion, tmp_path, m
     assert "sample_0" in sdf and "sample_1" not in sdf and "sample_2" in sdf
     assert result["left_out"]["n"] == 1 and result["left_out"]["indices"] == [1]
     assert json.loads((tmp_path / "metrics.json").read_text())["left_out"]["n"] == 1
+
+
+def test_evaluate_output_writes_only_that_file(tmp_path, qm9_test):
+    from moldiff.io.writers import write_xyz
+
+    write_xyz(tmp_path / "in.xyz", qm9_test.subset(range(3)), ["a", "b", "c"])
+    _run([str(ROOT / "scripts" / "evaluate.py"), "input=in.xyz", "output=m.json", "reference=null", "novelty=null", "workers=1"], tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.xyz", "m.json"]
