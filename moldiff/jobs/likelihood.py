@@ -45,6 +45,16 @@ def check_config(cfg) -> None:
     checkpoint_path(cfg.ckpt)
 
 
+def split_spec(split: str, dataset: str) -> str:
+    """A full spec (qm9:test) or a file or folder as it is; a bare name (train, valid, test) is a
+    split of the checkpoint's dataset."""
+    path = Path(split)
+    # a missing samples.sdf or dir/ stays a path, so that the error names a missing file
+    if ":" in split or path.exists() or path.suffix or len(path.parts) > 1:
+        return split
+    return f"{dataset}:{split}"
+
+
 def load_data(spec: str, layout, n: int, seed: int, target=None):
     report = InputReport()
     mols, _, _ = load_source(spec, report)
@@ -79,13 +89,20 @@ def score_batch(module, method: str, batch, cfg, generator) -> dict[str, np.ndar
     return {k: v.detach().cpu().numpy() for k, v in out.items()}
 
 
-def summarize(values: np.ndarray, dims: np.ndarray) -> dict:
+def summarize(values: np.ndarray, dims: np.ndarray, estimator_se: np.ndarray | None = None) -> dict:
+    """Mean and standard error over the molecules' values. Each value is an independent
+    unbiased estimate (the ELBO's K steps and the ODE's probes are drawn per molecule), so
+    ``nats_se`` covers the estimator too. ``estimator_se`` (per molecule, optional): the part of
+    it due to the estimator, sqrt(sum se_i^2) / n."""
     finite = np.isfinite(values)
     v = values[finite]
     bpd = (v / (dims[finite] * math.log(2)))
     se = lambda a: float(a.std(ddof=1) / math.sqrt(len(a))) if len(a) > 1 else float("nan")  # noqa: E731
-    return {"nats_per_molecule": float(v.mean()), "nats_se": se(v), "bits_per_dim": float(bpd.mean()), "bits_per_dim_se": se(bpd),
-            "n": int(len(v)), "n_nonfinite": int((~finite).sum())}
+    out = {"nats_per_molecule": float(v.mean()), "nats_se": se(v), "bits_per_dim": float(bpd.mean()), "bits_per_dim_se": se(bpd),
+           "n": int(len(v)), "n_nonfinite": int((~finite).sum())}
+    if estimator_se is not None:
+        out["estimator_se"] = float(np.sqrt(np.square(estimator_se[finite]).sum()) / max(len(v), 1))
+    return out
 
 
 def run_likelihood(cfg, output_dir) -> dict:
@@ -95,7 +112,7 @@ def run_likelihood(cfg, output_dir) -> dict:
     path = checkpoint_path(cfg.ckpt)
     device = torch.device(cfg.device)
     module = DiffusionModel.load(path, device)
-    spec = cfg.split if ":" in str(cfg.split) else f"{module.config['dataset']}:{cfg.split}"
+    spec = split_spec(str(cfg.split), module.config["dataset"])
     ds, index = load_data(spec, module.layout, int(cfg.n), int(cfg.seed), module.context.names if module.context else None)
     batches = list(EpochBatchSampler(len(ds), int(cfg.batch_size), shuffle=False, drop_last=False))
     key = run_key(str(path.resolve()), path.stat().st_size, spec, cfg.n, cfg.seed, cfg.method, json.dumps(OmegaConf.to_container(cfg[cfg.method])),
@@ -118,7 +135,7 @@ def run_likelihood(cfg, output_dir) -> dict:
         f.write("dataset_index," + ",".join(names) + "\n")
         for r in range(len(index)):
             f.write(f"{int(index[r])}," + ",".join(f"{float(cols[c][r]):.6g}" for c in names) + "\n")
-    summary = {"method": cfg.method, "source": spec, "checkpoint": str(path), **summarize(cols["nll"], cols["dims"]),
+    summary = {"method": cfg.method, "source": spec, "checkpoint": str(path), **summarize(cols["nll"], cols["dims"], cols.get("nll_se")),
                "seconds": round(seconds, 1), "seconds_per_molecule": round(seconds / len(ds), 4),
                "settings": OmegaConf.to_container(cfg[cfg.method])}
     for term in ("prior", "diffusion", "reconstruction", "log_pN", "ode_nll", "nll_se"):
@@ -127,6 +144,7 @@ def run_likelihood(cfg, output_dir) -> dict:
     with atomic_write(out / f"summary_{cfg.method}.json") as f:
         json.dump(summary, f, indent=2)
     partial.clear()
-    print(f"{cfg.method}: {summary['nats_per_molecule']:.2f} +- {summary['nats_se']:.2f} nats/molecule, "
+    share = f" (estimator's share of it {summary['estimator_se']:.2f})" if "estimator_se" in summary else ""
+    print(f"{cfg.method}: {summary['nats_per_molecule']:.2f} +- {summary['nats_se']:.2f}{share} nats/molecule, "
           f"{summary['bits_per_dim']:.3f} +- {summary['bits_per_dim_se']:.3f} bits/dim over {summary['n']} molecules ({seconds:.0f} s)")
     return summary
