@@ -87,6 +87,11 @@ def format_table(result: dict) -> str:
     lines.append("")
     lines.append(f"{result['n_molecules']} molecules, {result['n_evaluated']} evaluated ({result['vocabulary']} vocabulary); "
                  f"rejected: {inp['rejected'] or 'none'}; flagged: {inp['flagged'] or 'none'}")
+    q = result.get("corrected", {}).get("charge")
+    if q:
+        found = ", ".join(f"{k}: {v}" for k, v in q["found"].items()) or "none"
+        lines.append(f"total charge (corrected): {q['from_input']} from the input, {q['not_given']} not given; "
+                     f"{q['searched']} of those needed the charge search (found charged: {found})")
     return "\n".join(lines)
 
 

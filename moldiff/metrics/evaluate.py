@@ -5,6 +5,8 @@ input (unreadable, unknown element, non-finite coordinates, empty) counts as a f
 a silent drop. Atom stability divides by the atoms of the molecules that could be evaluated.
 Uniqueness and novelty follow EDM: unique / valid and novel / unique. A rate with nothing to divide
 by (uniqueness with no valid molecule, atom stability with no atom evaluated) is None, not 0.
+The corrected protocol takes each molecule's total charge from the input where it is given (SDF
+formal charges) and searches it otherwise; ``result["corrected"]["charge"]`` counts both.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from moldiff.data.molecules import MoleculeSet
 from moldiff.data.report import InputReport
 from moldiff.metrics.distribution import GeometryStats, distribution_distances, geometry_stats
 from moldiff.metrics.posebusters_checks import posebusters_summary
-from moldiff.metrics.protocols import ProtocolOutcome, run_corrected, run_edm
+from moldiff.metrics.protocols import ProtocolOutcome, molecule_charges, run_corrected, run_edm, valence_rule
 
 PROTOCOLS = ("edm", "corrected")
 
@@ -41,6 +43,8 @@ def summarize(out: ProtocolOutcome, n_total: int, train_smiles: set[str] | None)
         res["novelty"] = _rate(sum(s not in train_smiles for s in unique), len(unique))
     if out.failures:
         res["perception_failures"] = dict(out.failures)
+    if out.charges:
+        res["charge"] = dict(out.charges)
     return res
 
 
@@ -72,17 +76,17 @@ def evaluate(
         if name not in PROTOCOLS:
             raise ValueError(f"unknown protocol {name!r}; use {PROTOCOLS}")
         t = time.perf_counter()
-        outcomes[name] = run_edm(mols, vocab) if name == "edm" else run_corrected(mols, workers)
+        outcomes[name] = run_edm(mols, vocab) if name == "edm" else run_corrected(mols, workers, valences=valence_rule(vocab))
         timings[name] = time.perf_counter() - t
         result[name] = summarize(outcomes[name], n_total, (train_smiles or {}).get(name))
     if reference is not None and len(mols):
         t = time.perf_counter()
-        bonds = (outcomes.get("corrected") or run_corrected(mols, workers)).bonds
+        bonds = (outcomes.get("corrected") or run_corrected(mols, workers, valences=valence_rule(vocab))).bonds
         result["distribution"] = distribution_distances(geometry_stats(mols, *bonds), reference)
         timings["distribution"] = time.perf_counter() - t
     if posebusters and len(mols):
         t = time.perf_counter()
-        result["posebusters"] = posebusters_summary(_rdkit_mols(mols, posebusters))
+        result["posebusters"] = posebusters_summary(_rdkit_mols(mols, posebusters, valence_rule(vocab)))
         timings["posebusters"] = time.perf_counter() - t
     if xtb and len(mols):
         from moldiff.metrics.xtb_energy import strain_energies
@@ -94,9 +98,12 @@ def evaluate(
     return result
 
 
-def _rdkit_mols(mols: MoleculeSet, n: int) -> list:
+def _rdkit_mols(mols: MoleculeSet, n: int, valences: str) -> list:
     """Corrected-protocol RDKit molecules with conformers for the first ``n``; None where no
     structure was found, which PoseBusters' summary counts in ``n_failed_to_check``."""
     from moldiff.chem.determine_bonds import perceive
+    from moldiff.chem.rdkit_mol import quiet_rdkit
 
-    return [perceive(*mols[m]).mol for m in range(min(n, len(mols)))]
+    charges = molecule_charges(mols)
+    with quiet_rdkit():  # PoseBusters switches RDKit's log back on; failures are counted, not printed
+        return [perceive(*mols[m], charge=charges[m], valences=valences).mol for m in range(min(n, len(mols)))]
