@@ -3,6 +3,11 @@
 SDF records are split at ``$$$$`` and parsed by RDKit (``MolFromMolBlock``, without sanitising, so
 a molecule RDKit finds chemically odd is still read: judging chemistry is the metrics' job). XYZ
 goes through ASE. Unreadable records are counted in the ``InputReport`` and skipped; the rest is read.
+
+Each molecule's total charge is kept as the ``charge`` property: the sum of an SDF record's formal
+charges when any atom carries one, NaN (not given) otherwise. A record without a charged atom may
+be neutral or come from a writer that drops charges (EDM-style bond tables, ``samples.sdf``), and
+XYZ has no charges, so for those the evaluation searches the charge, neutral first.
 """
 
 from __future__ import annotations
@@ -50,17 +55,19 @@ def _read_sdf(path: Path, report: R.InputReport):
             continue
         if mol.GetNumConformers() == 0:
             if mol.GetNumAtoms() == 0:
-                yield where, np.zeros(0, np.int64), np.zeros((0, 3))
+                yield where, np.zeros(0, np.int64), np.zeros((0, 3)), np.nan
             else:
                 report.reject(R.UNREADABLE, where, "no coordinates")
             continue
         numbers = np.array([a.GetAtomicNum() for a in mol.GetAtoms()], np.int64)
         name = mol.GetProp("_Name") if mol.HasProp("_Name") and mol.GetProp("_Name") else where
-        yield name, numbers, mol.GetConformer().GetPositions()
+        charges = [a.GetFormalCharge() for a in mol.GetAtoms()]
+        yield name, numbers, mol.GetConformer().GetPositions(), float(sum(charges)) if any(charges) else np.nan
 
 
 def _read_xyz(path: Path, report: R.InputReport):
-    """Frame by frame, so one bad frame costs one record (ASE would fail the whole file)."""
+    """Frame by frame, so one bad frame costs one record (ASE would fail the whole file).
+    XYZ gives no charge (NaN)."""
 
     import ase.io
 
@@ -81,7 +88,7 @@ def _read_xyz(path: Path, report: R.InputReport):
         frame = lines[pos : pos + n + 2]
         pos += n + 2
         if n == 0:
-            yield where, np.zeros(0, np.int64), np.zeros((0, 3))
+            yield where, np.zeros(0, np.int64), np.zeros((0, 3)), np.nan
             continue
         try:
             atoms = ase.io.read(StringIO("\n".join(frame) + "\n"), format="xyz")
@@ -92,20 +99,21 @@ def _read_xyz(path: Path, report: R.InputReport):
             if len(rows) == n and all(len(r) >= 4 for r in rows):
                 try:
                     xyz = np.array([[float(v) for v in r[1:4]] for r in rows])
-                    yield where, np.array([symbol_to_number(r[0]) for r in rows]), xyz
+                    yield where, np.array([symbol_to_number(r[0]) for r in rows]), xyz, np.nan
                     continue
                 except ValueError:
                     pass
             report.reject(R.UNREADABLE, where, str(err).splitlines()[0][:80] if str(err) else type(err).__name__)
             continue
-        yield where, numbers, atoms.get_positions()
+        yield where, numbers, atoms.get_positions(), np.nan
 
 
 def read_molecules(path, report: R.InputReport | None = None) -> tuple[MoleculeSet, list[str]]:
     """All molecules in an SDF/XYZ file or a folder of them (sorted by name), with their names.
 
     Records that cannot be read are counted in ``report``; checking elements and coordinates is
-    ``MoleculeSet.checked``'s job.
+    ``MoleculeSet.checked``'s job. The ``charge`` property is each molecule's total charge, NaN
+    where the file does not give it (module docstring).
     """
     report = report if report is not None else R.InputReport()
     path = Path(path)
@@ -114,16 +122,17 @@ def read_molecules(path, report: R.InputReport | None = None) -> tuple[MoleculeS
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in SUFFIXES) if path.is_dir() else [path]
     if path.is_dir() and not files:
         raise ValueError(f"{path} holds no {', '.join(SUFFIXES)} files")
-    names, molecules = [], []
+    names, molecules, charges = [], [], []
     for f in files:
         suffix = f.suffix.lower()
         if suffix not in SUFFIXES:
             raise ValueError(f"{f}: unsupported format {suffix!r}; use one of {', '.join(SUFFIXES)}")
         reader = _read_xyz if suffix in (".xyz", ".extxyz") else _read_sdf
-        for name, numbers, positions in reader(f, report):
+        for name, numbers, positions, charge in reader(f, report):
             names.append(name)
             molecules.append((numbers, positions))
-    return MoleculeSet.from_list(molecules), names
+            charges.append(charge)
+    return MoleculeSet.from_list(molecules, charge=np.array(charges, np.float64)), names
 
 
 def user_dataset(path, vocab=None, report: R.InputReport | None = None, save_to=None) -> tuple[MoleculeSet, list[str], R.InputReport]:
