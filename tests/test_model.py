@@ -80,3 +80,29 @@ def test_shipped_model_loads():
     model = DiffusionModel.load("shipped")
     assert model.layout.vocab.name == "qm9" and sum(model.size_histogram.values()) == 100_000  # QM9 train (EDM split)
     assert DiffusionModel.load(SHIPPED).config == model.config
+
+
+def test_to_rdkit_perceives_with_the_given_or_searched_charge(tmp_path):
+    """bonds="perceive" uses an SDF's total charge (the ammonium phosphonate is +1) and searches
+    it where none is given (XYZ)."""
+    import gzip
+    import shutil
+    from pathlib import Path
+
+    from rdkit import Chem
+
+    from moldiff.data.report import InputReport
+    from moldiff.data.user import read_molecules
+    from moldiff.io.writers import write_xyz
+
+    sdf = tmp_path / "geom.sdf"
+    with gzip.open(Path(__file__).parent / "data" / "geom_drugs_503_conformers.sdf.gz") as src, open(sdf, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    mols, _ = read_molecules(sdf, InputReport())
+    one = mols.subset([300])
+    assert one.properties["charge"][0] == 1
+    write_xyz(tmp_path / "one.xyz", one, ["x"])
+    from_xyz, _ = read_molecules(tmp_path / "one.xyz", InputReport())
+    for m in (one, from_xyz):
+        mol = to_rdkit(m, bonds="perceive")[0]
+        assert Chem.MolToSmiles(Chem.RemoveHs(mol)) == "[NH3+]CCCP(=O)(O)CCc1ccccc1"

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from moldiff.chem.determine_bonds import perceive
 from moldiff.chem.edm_protocol import edm_bond_graph
 from moldiff.chem.edm_rdkit import edm_rdkit_mols
@@ -20,12 +22,14 @@ def to_rdkit(mols: MoleculeSet, bonds: str = "edm", vocab: Vocabulary | None = N
     where RDKit accepts the molecule, kept as it is otherwise); ``vocab`` picks the bond table
     (QM9's or GEOM's, inferred from the elements by default).
     ``bonds="perceive"``: RDKit's ``rdDetermineBonds`` with bond orders and formal charges (the
-    corrected protocol); None for a molecule it finds no valid structure for.
+    corrected protocol): each molecule's total charge from its ``charge`` property (SDF formal
+    charges) where given, otherwise searched; None for a molecule with no valid structure.
     """
     if bonds == "edm":
         return edm_rdkit_mols(mols, edm_bond_graph(mols, vocab if vocab is not None else infer_vocabulary(mols)))
     if bonds == "perceive":
-        return [perceive(numbers, positions).mol for numbers, positions in mols]
+        given = np.asarray(mols.properties.get("charge", np.full(len(mols), np.nan)), np.float64)
+        return [perceive(numbers, positions, None if np.isnan(q) else int(q)).mol for (numbers, positions), q in zip(mols, given)]
     raise ValueError(f"bonds: use one of {BONDS}, got {bonds!r}")
 
 
