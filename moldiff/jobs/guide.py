@@ -22,9 +22,8 @@ import torch
 from moldiff.guidance.baselines import atoms_baseline, evaluator_bounds, predict, protocol_pairs
 from moldiff.guidance.guided import GuidanceReport, Scale, guided
 from moldiff.guidance.property_energy import PropertyEnergy
-from moldiff.data.report import InputReport
 from moldiff.jobs.evaluate import write_json
-from moldiff.jobs.sample import write_outputs
+from moldiff.jobs.sample import drop_non_finite, write_outputs
 from moldiff.model.checkpoint import checkpoint_path
 from moldiff.model.diffusion import DiffusionModel
 from moldiff.nn.context import ContextSlot
@@ -146,12 +145,9 @@ def run_guidance(cfg, output_dir) -> dict:
     # non-finite (on its own, or where guidance drove it far off its domain): such a molecule is
     # neither written nor scored, and counted. The files, targets and predictions keep the order of
     # the molecules kept; ``left_out`` holds the sampling indices of the others.
-    lost = InputReport()
-    mols, kept = mols.checked(None, lost, return_index=True)
-    if lost.n_rejected:
-        result["left_out"] = {"indices": np.setdiff1d(np.arange(n), kept).tolist(), "reasons": dict(lost.rejected)}
-        print(f"left out {lost.n_rejected} of {n} molecules ({', '.join(f'{k}={v}' for k, v in lost.rejected.items())}): "
-              "not written, not scored, not in the metrics")
+    mols, kept, left_out = drop_non_finite(mols, "not written, not scored, not in the metrics")
+    if left_out:
+        result["left_out"] = left_out
     if cfg.property is not None:
         scorer = "evaluator" if (cfg.mode == "protocol" or cfg.evaluator_ckpt) else "guide"
         net, column = load_property_net(property_checkpoint(cfg, scorer), device, cfg.property)

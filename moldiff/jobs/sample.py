@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 
@@ -114,20 +115,26 @@ def run_sampling(cfg, output_dir: str | Path) -> dict:
     mols = _generate(module, cfg, n, device, done, partial)
     seconds = time.perf_counter() - t0
     print(f"sampled {n} molecules in {seconds:.1f} s ({cfg.sampler}, {cfg.steps} steps, {device})")
-    # a molecule the model ended non-finite (e.g. far outside its training sizes) has no
-    # coordinates to write: it is counted and left out, never written as -nan
-    lost = InputReport()
-    mols, kept = mols.checked(None, lost, return_index=True)
-    if lost.n_rejected:
-        print(f"left out {lost.n_rejected} of {n} molecules ({', '.join(f'{k}={v}' for k, v in lost.rejected.items())}): "
-              "not written, not in the metrics")
+    mols, kept, left_out = drop_non_finite(mols, "not written, not in the metrics")
     write_files(mols, module, out, [f"sample_{k}" for k in kept])
     partial.clear()  # the molecules are on disk: an evaluation error below loses nothing
     result = evaluate_outputs(out, cfg)
-    if result and lost.n_rejected:
-        result["left_out"] = {"n": lost.n_rejected, "indices": sorted(set(range(n)) - set(kept.tolist())), "reasons": dict(lost.rejected)}
+    if result and left_out:
+        result["left_out"] = {"n": len(left_out["indices"]), **left_out}
         write_json(out / "metrics.json", result)
     return result
+
+
+def drop_non_finite(mols: MoleculeSet, fate: str):
+    """(finite molecules, their indices, ``left_out`` or None). A molecule the model ended
+    non-finite (e.g. far outside its training sizes) has no coordinates to write: it is counted
+    and left out, never written as -nan; ``fate`` says what that means for the job."""
+    lost = InputReport()
+    kept_mols, kept = mols.checked(None, lost, return_index=True)
+    if not lost.n_rejected:
+        return kept_mols, kept, None
+    print(f"left out {lost.n_rejected} of {len(mols)} molecules ({', '.join(f'{k}={v}' for k, v in lost.rejected.items())}): {fate}")
+    return kept_mols, kept, {"indices": np.setdiff1d(np.arange(len(mols)), kept).tolist(), "reasons": dict(lost.rejected)}
 
 
 def _generate(module, cfg, n, device, done, partial):
