@@ -194,6 +194,7 @@ def test_training_record_and_warm_start(tmp_path):
         ("dataset.features.vocabulary=zinc", "vocabulary"),
         ("optim.decay.kind=step", "decay"),
         ("loss.low_t.fraction=2", "low_t"),
+        ("shadow_ema=[1.5]", "shadow_ema"),
     ],
 )
 def test_bad_config_values_fail_before_any_work(tmp_path, monkeypatch, override, message):
@@ -315,3 +316,31 @@ def test_e3nn_network_trains_through_the_same_pipeline(tmp_path):
     module = train_run.run_training(tiny_cfg(tmp_path, "model=e3nn", "~model.hidden", "model.layers=1", "trainer.max_steps=2"), tmp_path)
     assert type(module.net).__name__ == "E3NNNet"
     assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["global_step"] == 2
+
+
+def test_shadow_ema_is_exact_across_a_resume_and_exports(tmp_path):
+    """Extra EMA decays ride along without changing training: decay 0 tracks the raw weights, and a
+    run stopped and resumed keeps its extra averages bit for bit."""
+    from moldiff.train.export import export_checkpoint
+
+    shadow = "shadow_ema=[0.0,0.5]"
+    train_run.run_training(tiny_cfg(tmp_path / "a", "trainer.max_steps=6", "trainer.max_epochs=-1", shadow), tmp_path / "a")
+    plain = train_run.run_training(tiny_cfg(tmp_path / "p", "trainer.max_steps=6", "trainer.max_epochs=-1"), tmp_path / "p")
+    for leg in (3, 6):
+        resumed = train_run.run_training(tiny_cfg(tmp_path / "b", f"trainer.max_steps={leg}", "trainer.max_epochs=-1", shadow), tmp_path / "b")
+    a = torch.load(tmp_path / "a" / "ckpt" / "last.ckpt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "ckpt" / "last.ckpt", weights_only=True)
+    for d in ("0.0", "0.5"):
+        for k, v in a["callbacks"]["ShadowEMA"]["averages"][d].items():
+            assert torch.equal(v, b["callbacks"]["ShadowEMA"]["averages"][d][k]), (d, k)
+    p = params(plain)
+    for k, v in params(resumed).items():  # the training itself is untouched
+        assert torch.equal(v, p[k]), k
+    export_checkpoint(tmp_path / "a" / "ckpt" / "last.ckpt", tmp_path / "raw.ckpt", shadow_ema=0.0)
+    small = torch.load(tmp_path / "raw.ckpt", weights_only=True)
+    nets = {k[len("net."):]: v for k, v in small["state_dict"].items() if k.startswith("net.")}
+    for k, v in nets.items():
+        assert torch.equal(small["state_dict"][f"ema.module.{k}"], v), k
+    assert small["hyper_parameters"]["ema_decay"] == 0.0
+    with pytest.raises(ValueError, match="no extra EMA at decay 0.9"):
+        export_checkpoint(tmp_path / "a" / "ckpt" / "last.ckpt", tmp_path / "x.ckpt", shadow_ema=0.9)

@@ -21,7 +21,7 @@ from moldiff.model.checkpoint import SHIPPED, read_checkpoint
 from moldiff.nn.context import Context
 from moldiff.nn.cpu_tuning import tune_cpu_allocator
 from moldiff.sampling.samplers import SAMPLERS
-from moldiff.train.callbacks import AtomicCheckpointIO, LegTimer, SampleAndEvaluate, SaveAtEnd
+from moldiff.train.callbacks import AtomicCheckpointIO, LegTimer, SampleAndEvaluate, SaveAtEnd, ShadowEMA
 from moldiff.train.module import DiffusionModule, TrainingRecord, lr_factor
 
 
@@ -33,6 +33,7 @@ def check_config(cfg) -> None:
             raise ValueError(f"{key} must be >= 1, got {cfg[key]}")
     if not 0.0 <= float(cfg.ema_decay) < 1.0:
         raise ValueError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
+    ShadowEMA(cfg.get("shadow_ema") or [])  # checks its decays
     if float(cfg.optim.lr) <= 0:
         raise ValueError(f"optim.lr must be > 0, got {cfg.optim.lr}")
     decay = _plain(cfg.optim.get("decay")) or {}
@@ -164,7 +165,10 @@ def run_training(cfg, output_dir: str | Path) -> DiffusionModule:
     record = TrainingRecord()
     if cfg.init_from is not None:
         record.history = warm_start(module, SHIPPED if cfg.init_from == "shipped" else Path(cfg.init_from))
-    return fit(cfg, module, *make_loaders(cfg, train, val), output_dir, ckpt_dir, record, [SampleAndEvaluate(**_plain(cfg.evaluate))])
+    extra = [SampleAndEvaluate(**_plain(cfg.evaluate))]
+    if cfg.get("shadow_ema"):
+        extra.append(ShadowEMA(cfg.shadow_ema))
+    return fit(cfg, module, *make_loaders(cfg, train, val), output_dir, ckpt_dir, record, extra)
 
 
 def build_module(cfg, train: MoleculeDataset) -> DiffusionModule:

@@ -118,3 +118,49 @@ class LegTimer(pl.callbacks.Timer):
 
     def load_state_dict(self, state_dict) -> None:
         pass
+
+
+class ShadowEMA(pl.Callback):
+    """Extra exponential moving averages of the trained weights at other decays (e.g. 0.9999 beside
+    the model's own 0.999), to compare EMA decays on one run: training is untouched, so every
+    decay sees the same trajectory at the cost of one copy of the weights each. They are kept in
+    the checkpoint (exact resume); a run resumed from a checkpoint without them starts them from
+    its EMA weights. ``export_checkpoint(..., shadow_ema=d)`` writes a model with one of them as
+    its EMA weights."""
+
+    def __init__(self, decays):
+        self.decays = [float(d) for d in decays]
+        for d in self.decays:
+            if not 0.0 <= d < 1.0:
+                raise ValueError(f"shadow_ema: each decay must be in [0, 1), got {d}")
+        self.averages: dict[str, dict[str, torch.Tensor]] = {}
+
+    @property
+    def state_key(self) -> str:
+        return "ShadowEMA"
+
+    def _start(self, module):
+        start = module.model.network(ema=True).state_dict()
+        for d in self.decays:
+            self.averages.setdefault(repr(d), {k: v.detach().clone() for k, v in start.items()})
+
+    def on_train_start(self, trainer, module):
+        self._start(module)
+
+    @torch.no_grad()
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if getattr(module, "_skip_update", False):  # a skipped step moves no average (as the model's own EMA)
+            return
+        current = module.net.state_dict()
+        for d in self.decays:
+            for k, avg in self.averages[repr(d)].items():
+                if avg.is_floating_point():
+                    avg.lerp_(current[k].to(avg.dtype), 1.0 - d)
+                else:
+                    avg.copy_(current[k])
+
+    def state_dict(self):
+        return {"averages": self.averages}
+
+    def load_state_dict(self, state_dict):
+        self.averages = {k: v for k, v in state_dict["averages"].items() if float(k) in self.decays}
