@@ -22,7 +22,20 @@ and parameter names and shapes follow EDM's (one ``nn.Linear`` over the concaten
 (its ``EGNN`` class default of 100 is not what its published models used).
 
 Execution: edges are sparse ``(src, dst)`` lists (``moldiff.nn.graph``), built once per forward
-and shared by all layers, or passed in by a sampler (``edges=``). The per-edge MLPs run through
+and shared by all layers, or passed in by a sampler (``edges=``).
+
+Radius graph (``edges="radius"``; config ``model.edges=radius model.cutoff=<r>``): only pairs with
+|x_i - x_j| < r, where x is the network's input, the noised z_t = alpha_t x_0 + sigma_t eps. Positions
+are not rescaled (as in EDM; only features are), so r is in angstrom for a clean molecule; at noise
+level t a distance D of the molecule sits near alpha_t D, and near t = 1 every atom is within a few
+angstrom of every other, so the graph is nearly full there whatever r is (docs/performance.md, "GEOM
+scale", has the shares). The graph is built once per forward from the input positions and shared by
+all layers, like d0: pairwise distances are E(3)-invariant, so the edge set is too and the network
+stays exactly equivariant. Rebuilding it per layer from the updated coordinates would also be
+equivariant, but costs a graph and the kernels' index tensors per layer and makes the graph depend on
+the network's own intermediate output. The cutoff is hard (no smooth envelope): the output jumps where
+a distance crosses r. A sampler must not pass a radius graph built once for a whole run (``edges=``):
+positions move. The per-edge MLPs run through
 the fused kernels of ``moldiff.nn.egnn_kernels`` (split first layer, hand-written backward; that
 module says how and why, ``docs/performance.md`` has the figures). ``fused=False`` evaluates the
 modules above with plain autograd ops, the reference the tests compare against. Under
@@ -121,8 +134,8 @@ class EGNN(nn.Module):
     ``n_mol`` M; ``context`` (M, ``context_features``) for a conditional network.
     ``edges`` optionally a precomputed ``(src, dst)`` (e.g. ``fully_connected_edges`` once per
     sampling run); otherwise they are built from ``x`` once per call (``edges="full"``: all pairs
-    within a molecule; ``"radius"``: pairs closer than ``cutoff`` in the input positions, at most
-    ``max_num_neighbors`` nearest per atom if set). ``eps_x`` has zero mean per molecule.
+    within a molecule; ``"radius"``: pairs closer than ``cutoff`` angstrom in the input positions, at
+    most ``max_num_neighbors`` nearest per atom if set). ``eps_x`` has zero mean per molecule.
     """
 
     def __init__(
@@ -149,8 +162,10 @@ class EGNN(nn.Module):
         super().__init__()
         if edges not in ("full", "radius"):
             raise ValueError(f"edges must be 'full' or 'radius', got {edges!r}")
-        if edges == "radius" and cutoff is None:
-            raise ValueError("edges='radius' needs a cutoff")
+        if edges == "radius" and (cutoff is None or not float(cutoff) > 0):
+            raise ValueError(f"edges='radius' needs a cutoff > 0 (angstrom), got {cutoff!r}")
+        if edges == "full" and cutoff is not None:  # else a forgotten edges=radius would train on the full graph unnoticed
+            raise ValueError(f"cutoff={cutoff!r} is only used with edges='radius'; set edges='radius' or cutoff=None")
         if aggregation not in ("sum", "mean"):
             raise ValueError(f"aggregation must be 'sum' or 'mean', got {aggregation!r}")
         self.in_features = in_features
