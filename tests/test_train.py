@@ -344,3 +344,25 @@ def test_shadow_ema_is_exact_across_a_resume_and_exports(tmp_path):
     assert small["hyper_parameters"]["ema_decay"] == 0.0
     with pytest.raises(ValueError, match="no extra EMA at decay 0.9"):
         export_checkpoint(tmp_path / "a" / "ckpt" / "last.ckpt", tmp_path / "x.ckpt", shadow_ema=0.9)
+
+
+def test_atom_bounded_batches_resume_mid_epoch_exactly(tmp_path, monkeypatch):
+    """batch_atoms (issue 17): batches of whole molecules up to 150 atoms; a crash mid-epoch and a
+    resume end with the same parameters as an uninterrupted run."""
+    args = ("batch_atoms=150", "trainer.max_steps=13", "trainer.max_epochs=-1")
+    full = train_run.run_training(tiny_cfg(tmp_path / "a", *args), tmp_path / "a")
+    real_trainer = pl.Trainer
+
+    def crashing_trainer(*a, **kwargs):
+        kwargs["callbacks"] = [*kwargs.get("callbacks", []), Crash(11)]
+        return real_trainer(*a, **kwargs)
+
+    monkeypatch.setattr(train_run.pl, "Trainer", crashing_trainer)
+    with pytest.raises(RuntimeError, match="killed"):
+        train_run.run_training(tiny_cfg(tmp_path / "b", *args), tmp_path / "b")
+    monkeypatch.setattr(train_run.pl, "Trainer", real_trainer)
+    loader = torch.load(tmp_path / "b" / "ckpt" / "last.ckpt", weights_only=True)["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
+    assert loader["max_atoms"] == 150 and 0 < loader["trained"] < loader["batches"]  # saved mid-epoch
+    resumed = train_run.run_training(tiny_cfg(tmp_path / "b", *args), tmp_path / "b")
+    a, b = params(full), params(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

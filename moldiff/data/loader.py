@@ -6,6 +6,13 @@ A batch is a ``MoleculeBatch``: centred positions ``x`` (A, 3), scaled features 
 across DDP ranks itself (so Lightning must not swap in its own sampler) and can skip the batches
 an interrupted epoch already trained on; ``ResumableLoader`` exposes that position to Lightning's
 checkpoints through ``state_dict``/``load_state_dict``.
+
+Batches hold ``batch_size`` molecules, or, with ``max_atoms`` / ``max_edges`` (config
+``batch_atoms`` / ``batch_edges``), as many whole molecules as fit under sum N atoms / sum N (N - 1)
+fully connected edges, taken in the epoch's order (``pack_batches``). A molecule over a bound gets
+a batch of its own (counted in ``EpochBatchSampler.oversized``), never dropped. The EGNN's memory
+and time grow with edges, so ``max_edges`` is the bound that holds memory flat on a full graph
+(docs/performance.md, "GEOM scale").
 """
 
 from __future__ import annotations
@@ -73,6 +80,28 @@ class MoleculeDataset(Dataset):
         return MoleculeBatch(x, h, batch, len(index), y)
 
 
+def pack_batches(sizes: np.ndarray, max_atoms: int | None = None, max_edges: int | None = None) -> np.ndarray:
+    """Cut points (B + 1,) of next-fit batches over molecules of ``sizes`` atoms, in the given order:
+    batch k is molecules ``cuts[k]:cuts[k + 1]``, the longest run whose sum N stays <= ``max_atoms``
+    and whose sum N (N - 1) stays <= ``max_edges`` (either may be None), at least one molecule.
+
+    Next-fit, not a better packing: it keeps the order (hence the shuffle) and costs one
+    ``searchsorted`` per batch, not a Python step per molecule.
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    limits = [(np.concatenate([[0], np.cumsum(cost)]), int(bound))
+              for cost, bound in ((sizes, max_atoms), (sizes * (sizes - 1), max_edges)) if bound is not None]
+    n = len(sizes)
+    cuts = [0]
+    while cuts[-1] < n:
+        i = cuts[-1]
+        j = n
+        for cum, bound in limits:  # last end whose running cost from i stays within the bound
+            j = min(j, int(np.searchsorted(cum, cum[i] + bound, side="right")) - 1)
+        cuts.append(max(j, i + 1))  # a molecule over a bound: a batch of its own
+    return np.asarray(cuts, dtype=np.int64)
+
+
 def _dist_rank_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -84,13 +113,47 @@ class EpochBatchSampler(Sampler):
 
     Every rank gets the same number of full batches (the remainder of the permutation is left
     for the next epoch's different shuffle, as ``drop_last`` does).
+
+    Bounded batches (``max_atoms`` and/or ``max_edges``, with the molecules' atom counts
+    ``sizes``; ``batch_size`` is then not used): the whole permutation is cut by ``pack_batches``,
+    so one process sees every molecule exactly once per epoch (``drop_last`` does not apply).
+    Under DDP batch k goes to rank k % world and the last (B % world) batches wait for the next
+    epoch's shuffle (``left_out`` molecules), so all ranks run the same number of steps.
+    ``oversized``: molecules over a bound, each trained alone in every epoch.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int = 0, shuffle: bool = True, drop_last: bool = True):
+    def __init__(self, n: int, batch_size: int, seed: int = 0, shuffle: bool = True, drop_last: bool = True,
+                 sizes: np.ndarray | None = None, max_atoms: int | None = None, max_edges: int | None = None):
         self.n, self.batch_size, self.seed, self.shuffle, self.drop_last = n, batch_size, seed, shuffle, drop_last
         self.epoch = 0
         self.skip = 0  # batches of the current epoch already trained on (set on resume)
         self.yielded = 0
+        self.max_atoms = None if max_atoms is None else int(max_atoms)
+        self.max_edges = None if max_edges is None else int(max_edges)
+        self.oversized = 0
+        self.left_out = 0
+        self._cache = None  # (epoch, rank, world) -> batches: len() is asked at every checkpoint
+        if self.bounded:
+            for name, bound in (("max_atoms", self.max_atoms), ("max_edges", self.max_edges)):
+                if bound is not None and bound < 1:
+                    raise ValueError(f"{name} must be >= 1, got {bound}")
+            if sizes is None or len(sizes) != n:
+                raise ValueError(f"bounded batches need the atom counts of all {n} molecules (sizes=)")
+            self.sizes = np.asarray(sizes, dtype=np.int64)
+            over = np.zeros(n, dtype=bool)
+            if self.max_atoms is not None:
+                over |= self.sizes > self.max_atoms
+            if self.max_edges is not None:
+                over |= self.sizes * (self.sizes - 1) > self.max_edges
+            self.oversized = int(over.sum())
+
+    @property
+    def bounded(self) -> bool:
+        return self.max_atoms is not None or self.max_edges is not None
+
+    def bounds(self) -> dict:
+        """The batch bounds, as saved in checkpoints (empty for batches of ``batch_size``)."""
+        return {"max_atoms": self.max_atoms, "max_edges": self.max_edges} if self.bounded else {}
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
@@ -99,7 +162,9 @@ class EpochBatchSampler(Sampler):
 
     def _batches(self) -> list[np.ndarray]:
         rank, world = _dist_rank_world()
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n) if self.shuffle else np.arange(self.n)
+        if self.bounded:
+            return self._bounded_batches(rank, world)
+        order = self._order()
         per_rank = self.n // world
         mine = order[rank * per_rank : (rank + 1) * per_rank] if world > 1 else order
         full = len(mine) // self.batch_size
@@ -108,8 +173,29 @@ class EpochBatchSampler(Sampler):
             cuts.append(mine[full * self.batch_size :])
         return cuts
 
+    def _order(self) -> np.ndarray:
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.n) if self.shuffle else np.arange(self.n)
+
+    def _bounded_batches(self, rank: int, world: int) -> list[np.ndarray]:
+        key = (self.epoch, rank, world)
+        if self._cache is None or self._cache[0] != key:
+            order = self._order()
+            cuts = pack_batches(self.sizes[order], self.max_atoms, self.max_edges)
+            batches = [order[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
+            if world > 1:
+                kept = len(batches) // world * world
+                self.left_out = int(sum(len(b) for b in batches[kept:]))
+                batches = batches[rank:kept:world]
+            self._cache = (key, batches)
+        return self._cache[1]
+
     def __len__(self) -> int:
         return len(self._batches())
+
+    def unbounded_len(self) -> int:
+        """Batches per epoch with ``batch_size`` molecules each (what a checkpoint without bounds counted)."""
+        per_rank = self.n // _dist_rank_world()[1]
+        return per_rank // self.batch_size + int(not self.drop_last and per_rank % self.batch_size > 0)
 
     def __iter__(self):
         batches = self._batches()
@@ -142,11 +228,20 @@ class ResumableLoader(DataLoader):
         return 0 < self.trained < len(self.batch_sampler_)
 
     def state_dict(self) -> dict:
-        return {"epoch": self.batch_sampler_.epoch, "trained": self.trained, "seed": self.batch_sampler_.seed}
+        state = {"epoch": self.batch_sampler_.epoch, "trained": self.trained, "seed": self.batch_sampler_.seed}
+        if self.batch_sampler_.bounded:  # only then: batches of batch_size save what they always saved
+            state.update(self.batch_sampler_.bounds(), batches=len(self.batch_sampler_))
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("seed") != self.batch_sampler_.seed:
             raise ValueError(f"resuming with data seed {self.batch_sampler_.seed}, the checkpoint used {state.get('seed')}")
+        saved = {k: state[k] for k in ("max_atoms", "max_edges") if k in state}
+        batches = state.get("batches", self.batch_sampler_.unbounded_len())  # a checkpoint of batch_size batches
+        if saved != self.batch_sampler_.bounds() and 0 < int(state["trained"]) < int(batches):
+            # mid-epoch, the saved position counts batches cut another way: it would skip other molecules
+            raise ValueError(f"resuming mid-epoch with batch bounds {self.batch_sampler_.bounds() or 'none (batch_size)'}, "
+                             f"the checkpoint used {saved or 'none (batch_size)'}; resume with its settings (change them at an epoch's end)")
         self.batch_sampler_.epoch = int(state["epoch"])
         self.batch_sampler_.skip = int(state["trained"])
         self.trained = int(state["trained"])

@@ -31,6 +31,9 @@ def check_config(cfg) -> None:
     for key in ("batch_size",):
         if int(cfg[key]) < 1:
             raise ValueError(f"{key} must be >= 1, got {cfg[key]}")
+    for key in ("batch_atoms", "batch_edges"):
+        if cfg.get(key) is not None and int(cfg[key]) < 1:
+            raise ValueError(f"{key} must be null or >= 1, got {cfg[key]}")
     if not 0.0 <= float(cfg.ema_decay) < 1.0:
         raise ValueError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
     ShadowEMA(cfg.get("shadow_ema") or [])  # checks its decays
@@ -103,12 +106,24 @@ def prepare(cfg) -> None:
     pl.seed_everything(int(cfg.seed), workers=True)
 
 
+def _batch_bounds(cfg, ds: MoleculeDataset) -> dict:
+    """Sampler arguments for batches bounded by atoms / edges (config batch_atoms / batch_edges), or none."""
+    atoms, edges = cfg.get("batch_atoms"), cfg.get("batch_edges")
+    if atoms is None and edges is None:
+        return {}
+    return {"sizes": ds.mols.n_atoms, "max_atoms": None if atoms is None else int(atoms), "max_edges": None if edges is None else int(edges)}
+
+
 def make_loaders(cfg, train: MoleculeDataset, val: MoleculeDataset | None):
-    sampler = EpochBatchSampler(len(train), int(cfg.batch_size), seed=int(cfg.seed))
+    sampler = EpochBatchSampler(len(train), int(cfg.batch_size), seed=int(cfg.seed), **_batch_bounds(cfg, train))
+    if sampler.oversized:  # never dropped: each trains in a batch of its own
+        print(f"batch_atoms={cfg.get('batch_atoms')}, batch_edges={cfg.get('batch_edges')}: {sampler.oversized} training "
+              f"molecules exceed a bound (largest {int(train.mols.n_atoms.max())} atoms) and train in batches of their own")
     train_loader = ResumableLoader(train, sampler, num_workers=int(cfg.num_workers), persistent_workers=int(cfg.num_workers) > 0)
     val_loader = None
     if val is not None:
-        val_loader = ResumableLoader(val, EpochBatchSampler(len(val), int(cfg.batch_size), shuffle=False, drop_last=False))
+        val_sampler = EpochBatchSampler(len(val), int(cfg.batch_size), shuffle=False, drop_last=False, **_batch_bounds(cfg, val))
+        val_loader = ResumableLoader(val, val_sampler)
     return train_loader, val_loader
 
 

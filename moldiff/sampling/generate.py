@@ -3,7 +3,10 @@
 ``generate(module, n, ...)`` draws atom counts from the model's training histogram (or takes
 ``sizes``), samples in batches of ``batch_size`` molecules with any sampler, and decodes atom
 types by argmax. Batch k uses a generator seeded by (seed, k): the same seed and batch size give
-the same molecules.
+the same molecules. With ``batch_atoms`` / ``batch_edges`` the molecules, in the same drawn order,
+are cut into batches of at most that many atoms / full-graph edges sum N (N - 1) instead
+(``moldiff.data.loader.pack_batches``; a molecule over a bound alone), so GEOM-size molecules keep
+memory bounded; the same seed and bounds give the same molecules.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import warnings
 import numpy as np
 import torch
 
+from moldiff.data.loader import pack_batches
 from moldiff.data.molecules import MoleculeSet
 from moldiff.sampling.base import sample_sizes
 from moldiff.sampling.samplers import sample
@@ -38,6 +42,8 @@ def generate(
     before_batch=None,
     context=None,
     precision: str = "32",
+    batch_atoms: int | None = None,
+    batch_edges: int | None = None,
     **options,
 ) -> MoleculeSet:
     """``n`` molecules. ``on_batch(k, MoleculeSet)`` is called after each finished batch;
@@ -47,7 +53,8 @@ def generate(
     ``context``: a conditional model's targets for all ``n`` molecules, (n,) or (n, K) (with a
     custom ``eps_fn``, build it on a ``ContextSlot`` and set the slot in ``before_batch``).
     ``precision``: "32", or "bf16-mixed" to run the network's per-edge MLPs in bfloat16 (as in
-    training with Lightning's precision flag); the sampler's arithmetic stays in float32."""
+    training with Lightning's precision flag); the sampler's arithmetic stays in float32.
+    ``batch_atoms`` / ``batch_edges``: bound each batch by atoms / edges instead of ``batch_size``."""
     if str(precision) not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     if sizes is None:
@@ -69,7 +76,11 @@ def generate(
     options.setdefault("t_max", getattr(module, "horizon", 1.0))
     layout = module.layout
     parts = []
-    chunks = list(torch.split(sizes, batch_size))
+    if batch_atoms is None and batch_edges is None:
+        chunks = list(torch.split(sizes, batch_size))
+    else:
+        cuts = pack_batches(sizes.numpy(), batch_atoms, batch_edges)
+        chunks = [sizes[a:b] for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist())]
     bar = _progress(len(chunks), n, progress)
     starts = np.cumsum([0] + [len(c) for c in chunks])
     device_type = torch.device(device).type
