@@ -253,6 +253,18 @@ _PROPERTY_DTYPES = {
     "boltzmann_weight": np.float64,
     "conformer_rank": np.int32,
 }
+# Optional charge fields, written by builders that know them (scripts/build_conformers.py): the
+# total charge per conformer as the ``charge`` property the corrected protocol reads (NaN = not
+# given), and per-atom formal charges beside ``numbers``. Older caches lack both and still load;
+# MoleculeSet.load reads the property and ignores the per-atom array (load_geom_formal_charges).
+_CHARGE_DTYPES = {"prop.charge": np.float64, "formal_charges": np.int8}
+
+
+def cache_dtypes(charges: bool = False) -> dict[str, type]:
+    """The cache's arrays and dtypes, in archive order (``positions`` is (A, 3), the rest 1-D)."""
+    dtypes = {"numbers": np.int16, "positions": np.float32, "offsets": np.int64}
+    dtypes.update({f"prop.{k}": v for k, v in _PROPERTY_DTYPES.items()})
+    return {**dtypes, **_CHARGE_DTYPES} if charges else dtypes
 
 
 def default_cache_path(conformers_per_molecule: int | None = EDM_CONFORMERS_PER_MOLECULE) -> Path:
@@ -299,9 +311,7 @@ def build_geom_cache(
     out = Path(out_path) if out_path is not None else default_cache_path(conformers_per_molecule)
     report = R.InputReport() if report is None else report
 
-    dtypes = {"numbers": np.int16, "positions": np.float32, "offsets": np.int64}
-    dtypes.update({f"prop.{k}": v for k, v in _PROPERTY_DTYPES.items()})
-    writer = NpzStreamWriter(out, dtypes, {"positions": 3})
+    writer = NpzStreamWriter(out, cache_dtypes(), {"positions": 3})
     smi_out = smiles_path(out)
     smi_tmp = smi_out.with_name(smi_out.name + ".tmp")
     try:
@@ -345,6 +355,13 @@ def build_geom_cache(
 def load_geom(path: str | os.PathLike | None = None) -> MoleculeSet:
     """A cache written by :func:`build_geom_cache` (default: the k=30 cache under ``datasets/``)."""
     return MoleculeSet.load(default_cache_path() if path is None else path)
+
+
+def load_geom_formal_charges(path: str | os.PathLike) -> np.ndarray | None:
+    """(A,) per-atom formal charges, aligned with ``load_geom(path).numbers``; None for a cache
+    without them (GEOM's own records, older caches)."""
+    with np.load(path, allow_pickle=False) as f:
+        return f["formal_charges"] if "formal_charges" in f.files else None
 
 
 def load_geom_smiles(path: str | os.PathLike | None = None) -> list[str]:

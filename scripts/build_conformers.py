@@ -1,0 +1,53 @@
+"""Build a conformer dataset from SMILES: ``python scripts/build_conformers.py [SMILES_FILE] [-k 5] [--xtb]``.
+
+Without a file it builds the geom_1k demo set (the 1000 GEOM-Drugs test SMILES in
+``datasets/geom_1k/``) into ``datasets/geom_1k/cache/geom_1k_k5.npz`` plus its train/val split,
+which ``python scripts/train.py dataset=geom_1k`` reads. Rerun the same command after an
+interruption to finish the build. See ``moldiff.chem.conformers`` and docs/data.md.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from moldiff.chem.conformers import ConformerSettings, build_conformer_dataset, default_output, report_path, summary_text
+from moldiff.jobs.cli import user_errors
+
+GEOM_1K = Path(__file__).resolve().parents[1] / "datasets" / "geom_1k" / "geom_drugs_test_1000_smiles.csv"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Build a conformer dataset (GEOM cache format) from a SMILES file.")
+    ap.add_argument("smiles", nargs="?", type=Path, default=GEOM_1K,
+                    help="a .csv with a 'smiles' column or one SMILES per line (default: the geom_1k set)")
+    ap.add_argument("--out", type=Path, help="output .npz (default: datasets/<name>/cache/<name>_k<k>[_xtb].npz)")
+    ap.add_argument("--name", help="dataset name for the default output (default: geom_1k, or the file's stem)")
+    ap.add_argument("-k", "--conformers", type=int, default=5, help="conformers per molecule")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=2, help="processes")
+    ap.add_argument("--chunk", type=int, default=16, help="molecules per resumable shard")
+    ap.add_argument("--mmff-iters", type=int, default=2000)
+    ap.add_argument("--prune-rms", type=float, default=0.0, help="ETKDG RMSD pruning in Å (0: off)")
+    ap.add_argument("--xtb", action="store_true", help="polish each conformer with GFN2-xTB (tblite); slow")
+    ap.add_argument("--xtb-fmax", type=float, default=0.05, help="eV/Å")
+    ap.add_argument("--xtb-steps", type=int, default=200)
+    ap.add_argument("--val-fraction", type=float, default=0.1, help="molecules in the val cache (0: no split)")
+    ap.add_argument("--split-seed", type=int, default=0)
+    ap.add_argument("--overwrite", action="store_true", help="rebuild even when up to date")
+    args = ap.parse_args(argv)
+    settings = ConformerSettings(args.conformers, args.seed, args.mmff_iters, args.prune_rms, args.xtb, args.xtb_fmax, args.xtb_steps)
+    name = args.name or ("geom_1k" if args.smiles.resolve() == GEOM_1K else args.smiles.stem)
+    with user_errors():  # a bad value or missing file: one line, exit status 2
+        try:
+            out = args.out or default_output(name, settings)
+            summary = build_conformer_dataset(args.smiles, out, settings, args.workers, args.chunk, args.val_fraction,
+                                              args.split_seed, args.overwrite, log=lambda m: print(m, flush=True))
+        except ImportError as err:  # --xtb without tblite
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+    print(summary_text(summary))
+    print(f"report: {report_path(out)}")
+
+
+if __name__ == "__main__":
+    main()
