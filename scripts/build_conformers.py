@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--xtb-steps", type=int, default=200)
     ap.add_argument("--val-fraction", type=float, default=0.1, help="molecules in the val cache (0: no split)")
     ap.add_argument("--split-seed", type=int, default=0)
-    ap.add_argument("--overwrite", action="store_true", help="rebuild even when up to date")
+    ap.add_argument("--overwrite", action="store_true", help="rebuild even when up to date; discard an unfinished build of other settings")
     args = ap.parse_args(argv)
     settings = ConformerSettings(args.conformers, args.seed, args.mmff_iters, args.prune_rms, args.xtb, args.xtb_fmax, args.xtb_steps)
     name = args.name or ("geom_1k" if args.smiles.resolve() == GEOM_1K else args.smiles.stem)

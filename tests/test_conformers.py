@@ -98,7 +98,7 @@ def test_resume_after_interruption_is_bit_identical(smiles_file, tmp_path, monke
     (parts / "chunk_00001.npz.abc.tmp").write_bytes(b"half a shard")  # a worker killed while writing
 
     monkeypatch.setattr(C, "build_chunk", lambda task: calls.append(task[0]) or real(task))
-    s = _build(smiles_file, out)
+    s = _build(smiles_file, out, overwrite=True)  # overwrite too resumes an unfinished build of the same settings
     assert calls == [1, 2] and s["chunks_resumed"] == 1  # chunk 0 was not built again
     assert _files(out) == _files(whole)
     assert s["molecules"] == json.loads(C.report_path(whole).read_text())["molecules"]
@@ -109,7 +109,9 @@ def test_resume_after_interruption_is_bit_identical(smiles_file, tmp_path, monke
     parts.mkdir()
     (parts / "build.json").write_text(json.dumps({"other": "settings"}))
     with pytest.raises(ValueError, match="other settings"):
-        _build(smiles_file, tmp_path / "cut" / "mols.npz", overwrite=False, seed=3)
+        _build(smiles_file, out, seed=3)
+    assert _build(smiles_file, out, seed=3, overwrite=True)["chunks_resumed"] == 0  # discarded, built anew
+    assert _build(smiles_file, out, overwrite=True)["chunks_resumed"] == 0 and _files(out) == _files(whole)
 
 
 def test_conformers_fixed_by_the_seed_not_by_chunks_or_workers(smiles_file, tmp_path):

@@ -42,6 +42,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +134,13 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _versions(settings: ConformerSettings) -> dict:
+    """The packages the conformers depend on: another version may give other coordinates."""
+    import rdkit
+
+    return {"rdkit": rdkit.__version__, **({"tblite": version("tblite")} if settings.xtb else {})}
 
 
 def _allowed_charges() -> set[tuple[int, int]]:
@@ -436,7 +444,9 @@ def build_conformer_dataset(
     ``<stem>_val.npz`` (each a full cache with its own SMILES list), split by molecule.
     ``workers`` processes build ``chunk`` rows at a time. Rerunning after an interruption builds
     only the missing chunks; rerunning after a finished build with the same settings and input
-    does nothing (``overwrite`` rebuilds).
+    does nothing. ``overwrite`` rebuilds a finished build and discards an unfinished one of other
+    settings (an unfinished one of the same settings is still resumed, so rerunning the same
+    command with ``overwrite`` after an interruption loses nothing).
     """
     settings.check()
     if workers < 1 or chunk < 1:
@@ -451,7 +461,8 @@ def build_conformer_dataset(
         require_xtb()
     smiles = read_smiles(source)
     # what the output depends on (not workers or chunk size); the shards also depend on the chunk size
-    identity = {"format": FORMAT_VERSION, "input_sha256": _sha256(source), "settings": asdict(settings)}
+    identity = {"format": FORMAT_VERSION, "input_sha256": _sha256(source), "settings": asdict(settings),
+                "versions": _versions(settings)}
     split = {"val_fraction": val_fraction, "seed": split_seed}
     shards = {**identity, "chunk": chunk}
     outputs = {"all": out, **(split_paths(out) if val_fraction > 0 else {})}
@@ -464,15 +475,14 @@ def build_conformer_dataset(
             return old
 
     parts = out.with_name(out.name + ".parts")
-    if overwrite and parts.exists():
+    manifest = parts / "build.json"
+    if manifest.is_file() and json.loads(manifest.read_text()) != shards:
+        if not overwrite:
+            raise ValueError(f"{parts} holds an unfinished build of other settings, input, package versions or chunk "
+                             "size; rerun it with those, or pass overwrite to discard it")
         shutil.rmtree(parts)
     parts.mkdir(parents=True, exist_ok=True)
-    manifest = parts / "build.json"
-    if manifest.is_file():
-        if json.loads(manifest.read_text()) != shards:
-            raise ValueError(f"{parts} holds an unfinished build of other settings, input or chunk size; rerun it "
-                             "with those, or delete the folder (or overwrite) to start again")
-    else:
+    if not manifest.is_file():
         _atomic_write(manifest, lambda f: f.write(json.dumps(shards, indent=1).encode()))
     for stale in parts.glob("*.tmp"):  # a shard a killed worker was writing
         stale.unlink()
