@@ -89,7 +89,8 @@ def test_interrupted_sampling_resumes_without_losing_batches(tiny_ckpt, tmp_path
     "override, message",
     [("sampler=ddim", "sampler"), ("steps=0", "steps"), ("n=0", "n must"), ("ckpt=/nonexistent.ckpt", "no checkpoint"),
      ("sizes=[3,4]", "sizes"), ("device=cuda", "CUDA"), ("evaluation.protocols=[edm,foo]", "protocols"),
-     ("precision=16", "precision")],
+     ("precision=16", "precision"), ("batch_atoms=0", "batch_atoms"), ("batch_edges=2.5", "batch_edges"),
+     ("batch_atoms=abc", "batch_atoms")],
 )
 def test_bad_sample_options_fail_before_any_work(tiny_ckpt, tmp_path, monkeypatch, override, message):
     if override.startswith("device") and torch.cuda.is_available():
@@ -98,6 +99,32 @@ def test_bad_sample_options_fail_before_any_work(tiny_ckpt, tmp_path, monkeypatc
     args = [f"ckpt={tiny_ckpt}", "n=5", *([] if override.startswith("ckpt") else []), override]
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         sample_run.run_sampling(sample_cfg(*args), tmp_path)
+
+
+def test_batch_bounds_reach_generate_and_default_is_unchanged(tiny_ckpt, tmp_path, monkeypatch):
+    from moldiff.io.writers import write_xyz
+
+    real, seen = sample_run.generate, []
+    monkeypatch.setattr(sample_run, "generate", lambda *a, **k: (seen.append(k), real(*a, **k))[1])
+    base = [f"ckpt={tiny_ckpt}", "n=4", "steps=2", "sizes=[10,11,12,13]", "evaluation=null"]
+    sample_run.run_sampling(sample_cfg(*base, f"output={tmp_path / 'plain'}"), tmp_path)
+    sample_run.run_sampling(sample_cfg(*base, "batch_atoms=24", "batch_edges=250", f"output={tmp_path / 'bounded'}"), tmp_path)
+    assert "batch_atoms" not in seen[0] and "batch_edges" not in seen[0]  # null: the call of before
+    assert (seen[1]["batch_atoms"], seen[1]["batch_edges"]) == (24, 250)
+    # batches [10, 11], [12], [13] (atoms <= 24): other seeds than one batch of 4, so other molecules,
+    # the same ones DiffusionModel.sample gives with the same bounds
+    bounded = (tmp_path / "bounded" / "samples.xyz").read_text()
+    assert bounded != (tmp_path / "plain" / "samples.xyz").read_text()
+    mols = DiffusionModel.load(tiny_ckpt).sample(4, steps=2, sizes=[10, 11, 12, 13], batch_atoms=24, batch_edges=250)
+    write_xyz(tmp_path / "py.xyz", mols, [f"sample_{k}" for k in range(4)])
+    assert (tmp_path / "py.xyz").read_text() == bounded
+
+
+def test_a_bad_batch_bound_is_one_line(tmp_path):
+    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "sample.py"), "batch_edges=-3", f"hydra.run.dir={tmp_path}"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert p.stderr.strip().splitlines()[-1] == "error: batch_edges must be null or a whole number >= 1, got -3"
 
 
 def test_generate_with_given_sizes_is_reproducible_and_centred(tiny_ckpt):

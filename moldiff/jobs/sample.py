@@ -69,6 +69,7 @@ def check_config(cfg) -> None:
         raise ValueError(f"steps must be >= 1, got {cfg.steps}")
     if int(cfg.batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
+    batch_bounds(cfg)
     if cfg.sampler not in SAMPLERS:
         raise ValueError(f"sampler: unknown {cfg.sampler!r}; use one of {sorted(SAMPLERS)}")
     if str(cfg.get("precision", "32")) not in PRECISIONS:
@@ -82,6 +83,20 @@ def check_config(cfg) -> None:
         check_evaluation(_evaluation_cfg(cfg, "x.sdf", "metrics.json"))
 
 
+def batch_bounds(cfg) -> dict:
+    """``batch_atoms`` / ``batch_edges`` for ``generate``: null, or a positive whole number (a
+    float or a string would be silently truncated or fail deep inside the packing)."""
+    bounds = {}
+    for key in ("batch_atoms", "batch_edges"):
+        value = cfg.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key} must be null or a whole number >= 1, got {value!r}")
+        bounds[key] = value
+    return bounds
+
+
 def _evaluation_cfg(cfg, sdf, out):
     ev = dict(_plain(cfg.evaluation))
     return OmegaConf.create({**ev, "input": str(sdf), "output": str(out)})
@@ -92,7 +107,10 @@ def _key(cfg, path: Path) -> str:
     stat = path.stat()
     return run_key(str(path.resolve()), stat.st_size, int(stat.st_mtime), cfg.n, cfg.sampler, cfg.steps, cfg.seed, cfg.batch_size,
                    json.dumps(_plain(cfg.sizes)), json.dumps(_plain(cfg.options), sort_keys=True), cfg.ema,
-                   json.dumps(_plain(cfg.get("target"))), str(cfg.get("precision", "32")))
+                   json.dumps(_plain(cfg.get("target"))), str(cfg.get("precision", "32")),
+                   # bounds cut the molecules into other batches (other seeds); only when set, so a
+                   # run interrupted before they existed still resumes
+                   *([json.dumps(batch_bounds(cfg), sort_keys=True)] if batch_bounds(cfg) else []))
 
 
 def run_sampling(cfg, output_dir: str | Path) -> dict:
@@ -145,7 +163,7 @@ def _generate(module, cfg, n, device, done, partial):
         module, n, sampler=cfg.sampler, steps=int(cfg.steps), batch_size=int(cfg.batch_size), seed=int(cfg.seed), device=device,
         sizes=resolve_sizes(_plain(cfg.sizes), n), ema=bool(cfg.ema), progress=sys.stderr.isatty(), on_batch=save, done=done,
         context=resolve_targets(_plain(cfg.get("target")), module, n), precision=str(cfg.get("precision", "32")),
-        **(_plain(cfg.options) or {}),
+        **batch_bounds(cfg), **(_plain(cfg.options) or {}),
     )
 
 
