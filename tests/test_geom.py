@@ -19,9 +19,11 @@ from moldiff.data import report as R
 from moldiff.data.geom import (
     build_geom_cache,
     load_geom,
+    load_geom_formal_charges,
     load_geom_smiles,
     read_geom_msgpack,
     read_geom_rdkit_folder,
+    smiles_charge,
 )
 from moldiff.data.geom_parsers import iter_json_object
 from moldiff.data.npz_writer import NpzStreamWriter
@@ -256,7 +258,8 @@ def test_formats_give_identical_sets(data, tmp_path):
     by_smiles = {m["smiles"]: m for m in data["molecules"]}
     assert len(smiles) == len(DRUGS) - 1 and set(smiles) <= set(by_smiles)
     assert a.numbers.dtype == np.int16 and a.positions.dtype == np.float32
-    assert set(a.properties) == {"mol_id", "energy", "boltzmann_weight", "conformer_rank"}
+    assert set(a.properties) == {"mol_id", "energy", "boltzmann_weight", "conformer_rank", "charge"}
+    assert (a.properties["charge"] == 0).all()  # every drug here is neutral
     assert np.all(np.diff(a.properties["mol_id"]) >= 0)
     for i in range(len(a)):
         mol_id, rank = a.properties["mol_id"][i], a.properties["conformer_rank"][i]
@@ -290,6 +293,42 @@ def test_max_molecules_and_arguments(data, tmp_path):
     p, rep = build_geom_cache(data["msgpack"], tmp_path / "none.npz", max_molecules=0)
     s = load_geom(p)
     assert len(s) == 0 and len(s.numbers) == 0 and load_geom_smiles(p) == []
+
+
+IONS = {"methylammonium": ("C[NH3+]", 1), "acetate": ("CC(=O)[O-]", -1), "glycine zwitterion": ("[NH3+]CC(=O)[O-]", 0)}
+
+
+def test_cache_carries_each_molecule_total_charge(tmp_path):
+    molecules = []
+    for i, (name, (smi, _)) in enumerate(IONS.items()):
+        mol = Chem.AddHs(Chem.MolFromSmiles(smi))
+        cids = list(AllChem.EmbedMultipleConfs(mol, numConfs=2, randomSeed=7 + i))
+        confs = [{"cid": c, "geom_id": 10 * i + c, "energy": _energy(mol, c), "weight": 0.5,
+                  "numbers": np.array([a.GetAtomicNum() for a in mol.GetAtoms()]), "positions": mol.GetConformer(c).GetPositions()}
+                 for c in cids]
+        molecules.append({"name": name, "smiles": Chem.MolToSmiles(Chem.MolFromSmiles(smi)), "mol": mol, "confs": confs})
+    want = {m["smiles"]: IONS[m["name"]][1] for m in molecules}
+    sources = {"rdkit_folder": _write_rdkit_folder(tmp_path, molecules), "msgpack": _write_msgpack(tmp_path / "ions.msgpack", molecules)}
+    for fmt, source in sources.items():
+        path, _ = build_geom_cache(source, tmp_path / f"{fmt}.npz", conformers_per_molecule=K)
+        s, smiles = load_geom(path), load_geom_smiles(path)
+        assert len(s) == 6
+        assert s.properties["charge"].tolist() == [want[smiles[i]] for i in s.properties["mol_id"]], fmt
+        formal = load_geom_formal_charges(path)
+        if fmt == "msgpack":
+            assert formal is None  # xyz rows cannot be matched to the SMILES' atoms
+        else:  # the rd_mol's own formal charges, atom by atom, summing to the total
+            assert len(formal) == len(s.numbers)
+            sums = np.add.reduceat(formal.astype(np.int64), s.offsets[:-1])
+            assert sums.tolist() == s.properties["charge"].tolist()
+            assert sorted(set(formal.tolist())) == [-1, 0, 1]
+    # a cache written before the charge fields still loads, without them
+    with np.load(path) as f:
+        np.savez(tmp_path / "old.npz", **{k: f[k] for k in f.files if k not in ("prop.charge", "formal_charges")})
+    old = load_geom(tmp_path / "old.npz")
+    assert "charge" not in old.properties and len(old) == 6 and load_geom_formal_charges(tmp_path / "old.npz") is None
+    assert smiles_charge("[NH4+].[Cl-]") == 0 and smiles_charge("[O-][n+]1ccccc1") == 0 and smiles_charge("C[N+](C)(C)C") == 1
+    assert np.isnan(smiles_charge("C1CC("))  # unparsable: not given, searched by the corrected protocol
 
 
 def _assert_same(a, b):

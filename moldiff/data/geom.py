@@ -51,6 +51,9 @@ EDM_CONFORMERS_PER_MOLECULE = 30
 
 # (smiles, atomic numbers (n,), positions (n, 3) float32 Å, totalenergy Hartree, Boltzmann weight)
 Conformer = tuple[str, np.ndarray, np.ndarray, float, float]
+# internally a Conformer plus its per-atom formal charges (None when the record has no molecule
+# graph, as msgpack's xyz rows); the public readers yield the first five fields
+_Kept = tuple[str, np.ndarray, np.ndarray, float, float, "np.ndarray | None"]
 
 _GEOM_TABLE = GEOM_VOCAB.index_table()
 
@@ -73,9 +76,10 @@ def _lowest_conformers(
     conformers: Any,
     k: int | None,
     report: R.InputReport,
-    extract: Callable[[Any], tuple[np.ndarray, np.ndarray]],
-) -> list[Conformer]:
-    """The ``k`` lowest-energy usable conformers of one molecule, ascending; the rest counted."""
+    extract: Callable[[Any], tuple[np.ndarray, np.ndarray, np.ndarray | None]],
+) -> list[_Kept]:
+    """The ``k`` lowest-energy usable conformers of one molecule, ascending; the rest counted.
+    ``extract`` gives (numbers, positions, formal charges or None) of a record."""
     if not isinstance(conformers, list) or not conformers:
         report.n_records += 1
         report.reject(R.EMPTY, smiles, "no conformers")
@@ -85,7 +89,7 @@ def _lowest_conformers(
         e = _finite_float(get_key(conf, "totalenergy"))
         ranked.append((math.inf if e is None else e, i, conf, e))
     ranked.sort(key=lambda t: (t[0], t[1]))  # stable on ties: source order
-    kept: list[Conformer] = []
+    kept: list[_Kept] = []
     for _, i, conf, energy in ranked:
         if k is not None and len(kept) >= k:
             break
@@ -96,7 +100,7 @@ def _lowest_conformers(
             report.reject(R.UNREADABLE, where, "no finite totalenergy")
             continue
         try:
-            numbers, positions = extract(conf)
+            numbers, positions, formal = extract(conf)
         except Exception as exc:  # noqa: BLE001 - a malformed record must not stop the stream
             report.reject(R.UNREADABLE, where, f"{type(exc).__name__}: {exc}"[:200])
             continue
@@ -113,13 +117,36 @@ def _lowest_conformers(
             report.reject(R.UNKNOWN_ELEMENT, where, f"atomic numbers {bad} not in {GEOM_VOCAB.name}")
             continue
         weight = _finite_float(get_key(conf, "boltzmannweight"))
-        kept.append((smiles, numbers, positions, energy, math.nan if weight is None else weight))
+        kept.append((smiles, numbers, positions, energy, math.nan if weight is None else weight, formal))
     return kept
 
 
-def _flatten(molecules: Iterator[list[Conformer]]) -> Iterator[Conformer]:
+def _flatten(molecules: Iterator[list[_Kept]]) -> Iterator[Conformer]:
     for kept in molecules:
-        yield from kept
+        for c in kept:
+            yield c[:5]
+
+
+def _rdkit_record(conf: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An ``rdkit_folder`` conformer with its formal charges, read from the same ``rd_mol``."""
+    numbers, positions = rdkit_conformer(conf)
+    formal = np.array([a.GetFormalCharge() for a in get_key(conf, "rd_mol").GetAtoms()], dtype=np.int8)
+    return numbers, positions, formal
+
+
+def _msgpack_record(conf: Any) -> tuple[np.ndarray, np.ndarray, None]:
+    return (*msgpack_conformer(conf), None)  # xyz rows carry no charges: the SMILES gives the total
+
+
+def smiles_charge(smiles: str) -> float:
+    """Total charge of a SMILES, the sum of its atoms' formal charges; NaN when it cannot be parsed
+    (the corrected protocol then searches the charge). Not sanitised: the charges are written in
+    the SMILES itself, and GEOM has SMILES that RDKit parses but will not sanitise."""
+    from rdkit import Chem, rdBase
+
+    with rdBase.BlockLogs():  # an unparsable SMILES becomes NaN, not a printed error
+        mol = Chem.MolFromSmiles(smiles, sanitize=False)
+    return math.nan if mol is None else float(sum(a.GetFormalCharge() for a in mol.GetAtoms()))
 
 
 def _check_k(k: int | None) -> None:
@@ -140,7 +167,7 @@ def _summary_path(folder: Path) -> Path:
     return found[0]
 
 
-def _rdkit_molecules(folder, k, report, max_molecules) -> Iterator[list[Conformer]]:
+def _rdkit_molecules(folder, k, report, max_molecules) -> Iterator[list[_Kept]]:
     summary = _summary_path(Path(folder))
     base = summary.parent  # pickle_path is relative to the rdkit_folder directory
     for n, (smiles, entry) in enumerate(iter_json_object(summary)):
@@ -163,7 +190,7 @@ def _rdkit_molecules(folder, k, report, max_molecules) -> Iterator[list[Conforme
             report.n_records += 1
             report.reject(R.UNREADABLE, smiles, f"pickle {rel}: {type(exc).__name__}")
             continue
-        kept = _lowest_conformers(smiles, conformers, k, report, rdkit_conformer)
+        kept = _lowest_conformers(smiles, conformers, k, report, _rdkit_record)
         if kept:
             yield kept
 
@@ -189,7 +216,7 @@ def read_geom_rdkit_folder(
 
 
 # --- msgpack -------------------------------------------------------------------------------------
-def _msgpack_molecules(path, k, report, max_molecules) -> Iterator[list[Conformer]]:
+def _msgpack_molecules(path, k, report, max_molecules) -> Iterator[list[_Kept]]:
     import msgpack
 
     path = Path(path)
@@ -223,7 +250,7 @@ def _msgpack_molecules(path, k, report, max_molecules) -> Iterator[list[Conforme
                     report.n_records += 1
                     report.reject(R.UNREADABLE, smiles, f"{type(mol).__name__}, not a map")
                     continue
-                kept = _lowest_conformers(smiles, get_key(mol, "conformers"), k, report, msgpack_conformer)
+                kept = _lowest_conformers(smiles, get_key(mol, "conformers"), k, report, _msgpack_record)
                 if kept:
                     yield kept
         if end != size:  # iteration ends quietly on a truncated last map
@@ -253,9 +280,10 @@ _PROPERTY_DTYPES = {
     "boltzmann_weight": np.float64,
     "conformer_rank": np.int32,
 }
-# Optional charge fields, written by builders that know them (scripts/build_conformers.py): the
-# total charge per conformer as the ``charge`` property the corrected protocol reads (NaN = not
-# given), and per-atom formal charges beside ``numbers``. Older caches lack both and still load;
+# Charge fields, written by builders that know them (scripts/build_conformers.py, and
+# build_geom_cache since issue 17): the total charge per conformer as the ``charge`` property the
+# corrected protocol reads (NaN = not given), and per-atom formal charges beside ``numbers`` (not
+# from msgpack). Older caches lack both and still load;
 # MoleculeSet.load reads the property and ignores the per-atom array (load_geom_formal_charges).
 _CHARGE_DTYPES = {"prop.charge": np.float64, "formal_charges": np.int8}
 
@@ -297,8 +325,12 @@ def build_geom_cache(
     """Stream GEOM conformers into one ``MoleculeSet`` .npz; returns ``(path, report)``.
 
     One entry per kept conformer, with properties ``mol_id`` (line of ``<out>.smiles.txt``),
-    ``energy`` (totalenergy, Hartree), ``boltzmann_weight`` and ``conformer_rank`` (0 = lowest
-    energy). Output is buffered ``chunk`` conformers at a time; both files appear atomically.
+    ``energy`` (totalenergy, Hartree), ``boltzmann_weight``, ``conformer_rank`` (0 = lowest
+    energy) and ``charge`` (total charge, the sum of formal charges: of the conformer's ``rd_mol``
+    for an ``rdkit_folder``, of the SMILES key for msgpack, NaN if that does not parse). An
+    ``rdkit_folder`` cache also holds per-atom ``formal_charges``, as ``scripts/build_conformers.py``
+    writes them; msgpack's xyz rows cannot be matched to the SMILES' atoms, so it has none.
+    Output is buffered ``chunk`` conformers at a time; both files appear atomically.
     """
     _check_k(conformers_per_molecule)
     if chunk < 1:
@@ -311,13 +343,16 @@ def build_geom_cache(
     out = Path(out_path) if out_path is not None else default_cache_path(conformers_per_molecule)
     report = R.InputReport() if report is None else report
 
-    writer = NpzStreamWriter(out, cache_dtypes(), {"positions": 3})
+    dtypes = cache_dtypes(charges=True)
+    if fmt == "msgpack":
+        del dtypes["formal_charges"]
+    writer = NpzStreamWriter(out, dtypes, {"positions": 3})
     smi_out = smiles_path(out)
     smi_tmp = smi_out.with_name(smi_out.name + ".tmp")
     try:
         writer.append("offsets", np.zeros(1))
         n_atoms_written = 0
-        buf: list[tuple[int, int, Conformer]] = []
+        buf: list[tuple[int, int, _Kept, float]] = []
 
         def flush() -> None:
             nonlocal n_atoms_written
@@ -332,13 +367,17 @@ def build_geom_cache(
             writer.append("prop.conformer_rank", np.array([c[1] for c in buf]))
             writer.append("prop.energy", np.array([c[2][3] for c in buf]))
             writer.append("prop.boltzmann_weight", np.array([c[2][4] for c in buf]))
+            writer.append("prop.charge", np.array([c[3] for c in buf], dtype=np.float64))
+            if "formal_charges" in dtypes:
+                writer.append("formal_charges", np.concatenate([c[2][5] for c in buf]))
             buf.clear()
 
         with open(smi_tmp, "w", encoding="utf-8") as smi:
             for mol_id, kept in enumerate(molecules(source, conformers_per_molecule, report, max_molecules)):
                 smi.write(kept[0][0] + "\n")
+                from_smiles = smiles_charge(kept[0][0]) if kept[0][5] is None else None  # once a molecule
                 for rank, conf in enumerate(kept):
-                    buf.append((mol_id, rank, conf))
+                    buf.append((mol_id, rank, conf, from_smiles if conf[5] is None else float(conf[5].sum())))
                     if len(buf) >= chunk:
                         flush()
             flush()
