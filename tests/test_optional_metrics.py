@@ -166,3 +166,31 @@ def test_xtb_missing_dependency(monkeypatch):
     monkeypatch.setitem(sys.modules, "tblite.interface", None)
     with pytest.raises(ImportError, match="pip install tblite"):
         xtb_energy_gradient(WATER_Z, WATER_POS)
+
+
+def test_strain_uses_each_molecules_total_charge(tblite, monkeypatch):
+    """An ion is computed at its own charge (the set's ``charge`` property, a triple's third
+    field), not at 0: methylammonium at charge 0 would be a radical with an electron too many."""
+    import moldiff.metrics.xtb_energy as xe
+    from moldiff.data.elements import vocabulary
+    from moldiff.data.molecules import MoleculeSet
+    from moldiff.metrics.evaluate import evaluate
+
+    seen, real_init = [], xe._XTB.__init__
+
+    def spy(self, numbers, positions, charge=0, uhf=None, accuracy=1.0):
+        seen.append((len(numbers), charge))
+        real_init(self, numbers, positions, charge, uhf, accuracy)
+
+    monkeypatch.setattr(xe._XTB, "__init__", spy)
+    ammonium = atoms_of(embedded("C[NH3+]"))  # 8 atoms, 18 electrons at +1
+    mols = MoleculeSet.from_list([ammonium, (WATER_Z, WATER_POS)], charge=[1.0, np.nan])  # NaN: not given
+    r = strain_energies(mols, steps=2)
+    assert seen == [(8, 1), (3, 0)] and r["charge"] == [1, 0] and r["n_failed"] == 0
+    seen.clear()
+    r = strain_energies([(*ammonium, 1), (*ammonium, 0.5), ammonium], steps=1)
+    assert seen == [(8, 1), (8, 0)] and r["charge"] == [1, None, 0]  # 0.5 e: that molecule fails, counted
+    assert [i for i, _ in r["failures"]] == [1] and "whole number" in r["failures"][0][1]
+    seen.clear()
+    r = evaluate(mols.subset([0]), vocabulary("geom"), protocols=(), workers=1, xtb=1)  # what metrics.json gets
+    assert seen == [(8, 1)] and r["xtb"]["charge"] == [1]

@@ -92,7 +92,7 @@ def evaluate(
         from moldiff.metrics.xtb_energy import strain_energies
 
         t = time.perf_counter()
-        result["xtb"] = strain_energies(mols[i] for i in range(min(xtb, len(mols))))
+        result["xtb"] = strain_energies(mols.subset(range(min(xtb, len(mols)))))  # a set: with its charges
         timings["xtb"] = time.perf_counter() - t
     result["seconds"] = timings
     return result
