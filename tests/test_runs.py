@@ -47,6 +47,19 @@ def test_every_script_answers_a_user_error_with_one_line(script, override, tmp_p
     assert len(errors) == 1, done.stderr[-2000:]
 
 
+def test_training_on_an_unbuilt_geom_cache_names_its_builder(tmp_path):
+    import os
+
+    env = {**os.environ, "MOLDIFF_DATA_DIR": str(tmp_path / "data")}  # where nothing was built
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "dataset=geom_1k", f"hydra.run.dir={tmp_path / 'run'}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "No such file" not in done.stderr, done.stderr[-2000:]
+    assert errors[0] == (f"error: dataset=geom_1k: no train cache {tmp_path / 'data'}/geom_1k/cache/geom_1k_k5_train.npz; "
+                         "build it first: python scripts/build_conformers.py")
+
+
 def test_sampling_never_writes_a_non_finite_molecule(tiny_diffusion, tmp_path, monkeypatch):
     """A molecule the model ends non-finite (it happens far outside the training sizes) is left
     out and counted, never written as -nan."""

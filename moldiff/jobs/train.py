@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 import torch
 
 from moldiff.data.loader import EpochBatchSampler, MoleculeDataset, ResumableLoader
+from moldiff.data.paths import data_root
 from moldiff.data.report import InputReport
 from moldiff.data.sources import load_source
 from moldiff.model import build
@@ -54,6 +55,25 @@ def check_config(cfg) -> None:
     if cfg.evaluate.sampler not in SAMPLERS:
         raise ValueError(f"evaluate.sampler: unknown {cfg.evaluate.sampler!r}; use one of {sorted(SAMPLERS)}")
     check_trainer(cfg)
+
+
+# how each GEOM dataset's cache is made (docs/data.md); other names get both
+_BUILDERS = {"geom_1k": "python scripts/build_conformers.py",
+             "geom": "python scripts/build_geom_cache.py <rdkit_folder or drugs_crude.msgpack>"}
+
+
+def check_dataset_files(cfg) -> None:
+    """A GEOM cache that was never built names the command that builds it (not numpy's bare
+    "No such file"); QM9 needs none, its cache is made on first use. Checked when the data are
+    loaded, not in check_config: a config naming a cache yet to be built is a valid config."""
+    name = str(cfg.dataset.name)
+    for key in ("train", "val"):
+        head, _, path = str(cfg.dataset.get(key) or "").partition(":")
+        if head == "geom" and path and not Path(path).is_file():
+            build = _BUILDERS.get(name, " or ".join(_BUILDERS.values()))
+            if not Path(path).is_absolute():  # the configs' paths are relative to where one runs
+                path, build = f"{path} (under {Path.cwd()})", f"{build} (it writes under {data_root()}; train from the repository root)"
+            raise FileNotFoundError(f"dataset={name}: no {key} cache {path}; build it first: {build}")
 
 
 def check_trainer(cfg) -> None:
@@ -169,6 +189,7 @@ def fit(cfg, module, train_loader, val_loader, output_dir: Path, ckpt_dir: Path,
 
 def run_training(cfg, output_dir: str | Path) -> DiffusionModule:
     check_config(cfg)
+    check_dataset_files(cfg)
     prepare(cfg)
     output_dir = Path(output_dir)
     ckpt_dir = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else output_dir / "checkpoints"
