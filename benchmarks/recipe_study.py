@@ -134,15 +134,18 @@ def evaluate(variant: str, nfes: list[int], seeds: list[int], n: int, probe_n: i
 
 
 def campaign_rows(path: Path, n: int) -> dict:
-    """Rows ``campaign_leg.py`` already sampled from the same weights (ancestral 300, same seeds
-    and n: sampling is seeded, so they are the rows this study would draw), keyed (nfe, seed)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if ckpt["hyper_parameters"].get("ema_decay") != 0.999:  # an exported extra EMA is not what the campaign sampled
-        return {}
+    """Rows ``campaign_leg.py`` already sampled from these very weights (ancestral 300, same seeds
+    and n: sampling is seeded, so they are the rows this study would draw), keyed (nfe, seed).
+    An entry counts only if its export is on this machine and holds identical EMA weights."""
+    ours = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     log = json.loads((HERE / "campaign.json").read_text())
     rows = {}
     for e in log["entries"]:
-        if e["name"] != f"campaign (run step {ckpt['global_step']})" or not e["command"].endswith(f"--n {n}"):
+        export = ROOT / e.get("export", "")
+        if not e.get("command", "").endswith(f"--n {n}") or not e.get("export") or not export.is_file():
+            continue
+        theirs = torch.load(export, map_location="cpu", weights_only=True)["state_dict"]
+        if theirs.keys() != ours.keys() or not all(torch.equal(theirs[k], ours[k]) for k in ours):
             continue
         seeds = [int(s) for s in e["command"].split("--seeds ")[1].split()[0].split(",")]
         for i, seed in enumerate(seeds):
