@@ -7,6 +7,8 @@ of every campaign leg): cumulative epochs, steps and training hours (wall time o
 trained it, per device), and the quality at the default sampler (ancestral, 300 steps, 1000
 molecules per seed, EDM protocol; mean over the seeds given). Entries are added by hand after each
 leg's evaluation (``benchmarks/sampler_quality.py``), so every number has its command beside it.
+An entry marked ``"branch": true`` (a learning-rate cooldown off the campaign's trunk, which itself
+goes on at a constant rate) is drawn as a star beside the line.
 """
 
 from __future__ import annotations
@@ -54,9 +56,12 @@ def plot(entries: list[dict], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for ax, xkey, xlabel in ((axes[0], "epochs", "cumulative epochs"), (axes[1], "hours", "cumulative training hours (2-core CPU)")):
-        x = [e[xkey] for e in entries]
+        trunk = [e for e in entries if not e.get("branch")]
+        branches = [e for e in entries if e.get("branch")]  # a cooldown off the trunk: a point, not part of the line
         for key, label in METRICS:
-            ax.plot(x, [100 * mean(e["edm"][key]) for e in entries], "o-", label=label)
+            line, = ax.plot([e[xkey] for e in trunk], [100 * mean(e["edm"][key]) for e in trunk], "o-", label=label)
+            if branches:
+                ax.plot([e[xkey] for e in branches], [100 * mean(e["edm"][key]) for e in branches], "*", ms=10, color=line.get_color())
         ax.axhline(82.0, color="grey", ls=":", lw=1)
         ax.axhline(50.0, color="grey", ls="--", lw=1)
         ax.set_xlabel(xlabel)
