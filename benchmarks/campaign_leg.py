@@ -1,7 +1,7 @@
 """End of a campaign leg: export the run's checkpoint, evaluate it as users would sample it, add it
 to the learning curve, and ship it if it beats the shipped model.
 
-python benchmarks/campaign_leg.py [--run outputs/train/campaign] [--seeds 0,1] [--n 1000] [--ship]
+python benchmarks/campaign_leg.py [--run outputs/train/campaign] [--seeds 0,1] [--n 1000] [--ship] [--branch]
 
 * export: ``<run>/checkpoints/last.ckpt`` -> ``<run>/exports/step_<N>.ckpt`` (weights, EMA, configs,
   training record; no optimizer state);
@@ -11,7 +11,9 @@ python benchmarks/campaign_leg.py [--run outputs/train/campaign] [--seeds 0,1] [
 * record: an entry in ``benchmarks/campaign.json`` with cumulative epochs, steps and training
   hours summed over every leg of the training record (the shipped model's legs included);
 * ``--ship``: copy the export to ``moldiff/checkpoints/qm9_egnn.ckpt`` only if its mean EDM
-  molecule stability over the seeds beats the entry marked as shipped.
+  molecule stability over the seeds beats the entry marked as shipped;
+* ``--branch``: the run is a learning-rate cooldown branched off the campaign's trunk (how shipped
+  models are made since the recipe study; docs/training.md); its entry is marked as a branch.
 
 Run it with the campaign stopped: the sampling time goes into the record.
 """
@@ -54,6 +56,7 @@ def main():
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--ship", action="store_true")
     ap.add_argument("--data", default=str(HERE / "campaign.json"))
+    ap.add_argument("--branch", action="store_true", help="the run is a learning-rate cooldown branched off the campaign's trunk")
     a = ap.parse_args()
     tune_cpu_allocator()
     run = Path(a.run)
@@ -64,11 +67,13 @@ def main():
     module = DiffusionModel.load(export, torch.device("cpu"))
     reference = reference_stats("qm9:train", 10_000)
     rows = [quality(module, "ancestral", 300, a.n, int(seed), reference=reference) for seed in a.seeds.split(",")]
-    entry = {"name": f"campaign (run step {step})", "export": str(export), **record_totals(small),
+    leg = small["moldiff_record"][-1]
+    name = f"campaign + {leg['last_step'] - leg['first_step']}-step lr cooldown (run step {step})" if a.branch else f"campaign (run step {step})"
+    entry = {"name": name, "export": str(export), **record_totals(small), **({"branch": True} if a.branch else {}),
              "edm": {k: [r["edm"][k] for r in rows] for k in rows[0]["edm"]},
              "corrected": {k: [r["corrected"][k] for r in rows] for k in rows[0]["corrected"]},
              "distances": [r["distances"] for r in rows], "sampling_seconds": [r["seconds"] for r in rows],
-             "command": f"python benchmarks/campaign_leg.py --run {a.run} --seeds {a.seeds} --n {a.n}"}
+             "command": f"python benchmarks/campaign_leg.py --run {a.run} --seeds {a.seeds} --n {a.n}" + (" --branch" if a.branch else "")}
     data = json.loads(Path(a.data).read_text())
     shipped = next(e for e in data["entries"] if e.get("shipped"))
     mean = lambda v: sum(v) / len(v)  # noqa: E731

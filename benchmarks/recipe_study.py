@@ -142,7 +142,8 @@ def campaign_rows(path: Path, n: int) -> dict:
     rows = {}
     for e in log["entries"]:
         export = ROOT / e.get("export", "")
-        if not e.get("command", "").endswith(f"--n {n}") or not e.get("export") or not export.is_file():
+        words = e.get("command", "").split()
+        if "--n" not in words or words[words.index("--n") + 1] != str(n) or not e.get("export") or not export.is_file():
             continue
         theirs = torch.load(export, map_location="cpu", weights_only=True)["state_dict"]
         if theirs.keys() != ours.keys() or not all(torch.equal(theirs[k], ours[k]) for k in ours):
