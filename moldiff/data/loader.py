@@ -80,6 +80,19 @@ class MoleculeDataset(Dataset):
         return MoleculeBatch(x, h, batch, len(index), y)
 
 
+def checked_batch_bounds(batch_atoms=None, batch_edges=None) -> dict:
+    """The config's ``batch_atoms`` / ``batch_edges`` that are set, each checked to be a whole
+    number >= 1 (a float or a string would be silently truncated or fail deep inside the packing)."""
+    bounds = {}
+    for key, value in (("batch_atoms", batch_atoms), ("batch_edges", batch_edges)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key} must be null or a whole number >= 1, got {value!r}")
+        bounds[key] = value
+    return bounds
+
+
 def pack_batches(sizes: np.ndarray, max_atoms: int | None = None, max_edges: int | None = None) -> np.ndarray:
     """Cut points (B + 1,) of next-fit batches over molecules of ``sizes`` atoms, in the given order:
     batch k is molecules ``cuts[k]:cuts[k + 1]``, the longest run whose sum N stays <= ``max_atoms``

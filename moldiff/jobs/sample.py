@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from moldiff.chem.edm_protocol import edm_bond_graph
 from moldiff.chem.edm_rdkit import edm_rdkit_mols
+from moldiff.data.loader import checked_batch_bounds
 from moldiff.data.molecules import MoleculeSet
 from moldiff.data.report import InputReport
 from moldiff.io.depict import write_grid_png
@@ -84,17 +85,8 @@ def check_config(cfg) -> None:
 
 
 def batch_bounds(cfg) -> dict:
-    """``batch_atoms`` / ``batch_edges`` for ``generate``: null, or a positive whole number (a
-    float or a string would be silently truncated or fail deep inside the packing)."""
-    bounds = {}
-    for key in ("batch_atoms", "batch_edges"):
-        value = cfg.get(key)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{key} must be null or a whole number >= 1, got {value!r}")
-        bounds[key] = value
-    return bounds
+    """``batch_atoms`` / ``batch_edges`` for ``generate``, checked (the training job uses the same check)."""
+    return checked_batch_bounds(cfg.get("batch_atoms"), cfg.get("batch_edges"))
 
 
 def _evaluation_cfg(cfg, sdf, out):
@@ -110,7 +102,7 @@ def _key(cfg, path: Path) -> str:
                    json.dumps(_plain(cfg.get("target"))), str(cfg.get("precision", "32")),
                    # bounds cut the molecules into other batches (other seeds); only when set, so a
                    # run interrupted before they existed still resumes
-                   *([json.dumps(batch_bounds(cfg), sort_keys=True)] if batch_bounds(cfg) else []))
+                   *([json.dumps(bounds, sort_keys=True)] if (bounds := batch_bounds(cfg)) else []))
 
 
 def run_sampling(cfg, output_dir: str | Path) -> dict:

@@ -12,7 +12,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from moldiff.data.loader import EpochBatchSampler, MoleculeDataset, ResumableLoader
+from moldiff.data.loader import EpochBatchSampler, MoleculeDataset, ResumableLoader, checked_batch_bounds
 from moldiff.data.paths import data_root
 from moldiff.data.report import InputReport
 from moldiff.data.sources import load_source
@@ -32,9 +32,7 @@ def check_config(cfg) -> None:
     for key in ("batch_size",):
         if int(cfg[key]) < 1:
             raise ValueError(f"{key} must be >= 1, got {cfg[key]}")
-    for key in ("batch_atoms", "batch_edges"):
-        if cfg.get(key) is not None and int(cfg[key]) < 1:
-            raise ValueError(f"{key} must be null or >= 1, got {cfg[key]}")
+    checked_batch_bounds(cfg.get("batch_atoms"), cfg.get("batch_edges"))
     if not 0.0 <= float(cfg.ema_decay) < 1.0:
         raise ValueError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
     ShadowEMA(cfg.get("shadow_ema") or [])  # checks its decays
@@ -128,10 +126,10 @@ def prepare(cfg) -> None:
 
 def _batch_bounds(cfg, ds: MoleculeDataset) -> dict:
     """Sampler arguments for batches bounded by atoms / edges (config batch_atoms / batch_edges), or none."""
-    atoms, edges = cfg.get("batch_atoms"), cfg.get("batch_edges")
-    if atoms is None and edges is None:
+    bounds = checked_batch_bounds(cfg.get("batch_atoms"), cfg.get("batch_edges"))
+    if not bounds:
         return {}
-    return {"sizes": ds.mols.n_atoms, "max_atoms": None if atoms is None else int(atoms), "max_edges": None if edges is None else int(edges)}
+    return {"sizes": ds.mols.n_atoms, "max_atoms": bounds.get("batch_atoms"), "max_edges": bounds.get("batch_edges")}
 
 
 def make_loaders(cfg, train: MoleculeDataset, val: MoleculeDataset | None):
