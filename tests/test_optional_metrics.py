@@ -194,3 +194,28 @@ def test_strain_uses_each_molecules_total_charge(tblite, monkeypatch):
     seen.clear()
     r = evaluate(mols.subset([0]), vocabulary("geom"), protocols=(), workers=1, xtb=1)  # what metrics.json gets
     assert seen == [(8, 1)] and r["xtb"]["charge"] == [1]
+
+
+def test_strain_uses_the_charge_the_corrected_protocol_found(tblite, monkeypatch):
+    """Input without charges (XYZ, generated molecules): xTB gets the total charge at which the
+    corrected protocol found a valid structure, so methylammonium is computed at +1, not as a radical."""
+    import moldiff.metrics.xtb_energy as xe
+    from moldiff.data.elements import vocabulary
+    from moldiff.data.molecules import MoleculeSet
+    from moldiff.metrics.evaluate import evaluate
+
+    seen, real_init = [], xe._XTB.__init__
+
+    def spy(self, numbers, positions, charge=0, uhf=None, accuracy=1.0):
+        seen.append((len(numbers), charge))
+        real_init(self, numbers, positions, charge, uhf, accuracy)
+
+    monkeypatch.setattr(xe._XTB, "__init__", spy)
+    ammonium = atoms_of(embedded("C[NH3+]"))
+    mols = MoleculeSet.from_list([ammonium, (WATER_Z, WATER_POS)])  # no charge property
+    r = evaluate(mols, vocabulary("geom"), protocols=("corrected",), workers=1, xtb=2)
+    assert r["corrected"]["molecule_stability"] == 1.0
+    assert seen[0] == (8, 1) and seen[1] == (3, 0) and r["xtb"]["charge"] == [1, 0] and r["xtb"]["n_charge_from_search"] == 1
+    seen.clear()
+    r = evaluate(mols, vocabulary("geom"), protocols=("edm",), workers=1, xtb=1)  # no search ran: charge 0, as before
+    assert seen[0] == (8, 0)

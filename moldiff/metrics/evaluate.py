@@ -92,10 +92,22 @@ def evaluate(
         from moldiff.metrics.xtb_energy import strain_energies
 
         t = time.perf_counter()
-        result["xtb"] = strain_energies(mols.subset(range(min(xtb, len(mols)))))  # a set: with its charges
+        triples = _with_searched_charges(mols, outcomes.get("corrected"), min(xtb, len(mols)))
+        result["xtb"] = strain_energies(triples)
+        given = molecule_charges(mols)
+        result["xtb"]["n_charge_from_search"] = sum(given[m] is None and q not in (None, 0) for m, (_, _, q) in enumerate(triples))
         timings["xtb"] = time.perf_counter() - t
     result["seconds"] = timings
     return result
+
+
+def _with_searched_charges(mols: MoleculeSet, corrected, n: int) -> list:
+    """(numbers, positions, total charge) of the first n molecules: the input's charge where it
+    gives one, else the one the corrected protocol found a valid structure at (an ion computed at
+    charge 0 would be another species), else None (strain_energies' default, 0)."""
+    given = molecule_charges(mols)
+    found = corrected.total_charge if corrected is not None else [None] * len(mols)
+    return [(*mols[m], given[m] if given[m] is not None else found[m]) for m in range(n)]
 
 
 def _rdkit_mols(mols: MoleculeSet, n: int, valences: str) -> list:

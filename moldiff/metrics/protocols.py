@@ -24,6 +24,9 @@ class ProtocolOutcome:
     bonds: tuple[np.ndarray, np.ndarray]  # (i, j) global atom indices of the protocol's bonds
     failures: dict[str, int]
     charges: dict = field(default_factory=dict)  # how each total charge was known (corrected protocol)
+    # (M,) the total charge each molecule's structure was found at (given or searched); None where
+    # no valid, stable structure was found, or the protocol does not perceive charges (EDM's)
+    total_charge: list = field(default_factory=list)
 
 
 def run_edm(mols: MoleculeSet, vocab: Vocabulary) -> ProtocolOutcome:
@@ -107,4 +110,5 @@ def run_corrected(mols: MoleculeSet, workers: int | None = None, chunk: int = 50
     conn = [r[4] + off for r, off in zip(results, mols.offsets[:-1])]
     conn = np.concatenate(conn) if conn else np.zeros((0, 2), np.int64)
     n_frag = np.array([r[2] for r in results], np.int64)
-    return ProtocolOutcome(atom_ok, mol_ok, smiles, smiles, n_frag, (conn[:, 0], conn[:, 1]), failures, _charge_counts(given, results))
+    total = [int(r[5]) if r[3] is None and r[0].all() else None for r in results]
+    return ProtocolOutcome(atom_ok, mol_ok, smiles, smiles, n_frag, (conn[:, 0], conn[:, 1]), failures, _charge_counts(given, results), total)
