@@ -90,7 +90,7 @@ def test_interrupted_sampling_resumes_without_losing_batches(tiny_ckpt, tmp_path
     [("sampler=ddim", "sampler"), ("steps=0", "steps"), ("n=0", "n must"), ("ckpt=/nonexistent.ckpt", "no checkpoint"),
      ("sizes=[3,4]", "sizes"), ("device=cuda", "CUDA"), ("evaluation.protocols=[edm,foo]", "protocols"),
      ("precision=16", "precision"), ("batch_atoms=0", "batch_atoms"), ("batch_edges=2.5", "batch_edges"),
-     ("batch_atoms=abc", "batch_atoms")],
+     ("batch_atoms=abc", "batch_atoms"), ("options={batch_atoms:30}", "top-level batch_atoms")],
 )
 def test_bad_sample_options_fail_before_any_work(tiny_ckpt, tmp_path, monkeypatch, override, message):
     if override.startswith("device") and torch.cuda.is_available():

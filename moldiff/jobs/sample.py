@@ -8,6 +8,8 @@ exactly what ``scripts/evaluate.py input=samples.sdf`` reports. Finished batches
 
 from __future__ import annotations
 
+import inspect
+
 import json
 import sys
 import time
@@ -71,6 +73,9 @@ def check_config(cfg) -> None:
     if int(cfg.batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
     batch_bounds(cfg)
+    clash = sorted(set(_plain(cfg.options) or {}) & set(inspect.signature(generate).parameters))
+    if clash:
+        raise ValueError(f"options: {clash} are the job's own settings, not sampler options; give them as top-level {clash[0]}=...")
     if cfg.sampler not in SAMPLERS:
         raise ValueError(f"sampler: unknown {cfg.sampler!r}; use one of {sorted(SAMPLERS)}")
     if str(cfg.get("precision", "32")) not in PRECISIONS:
