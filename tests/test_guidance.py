@@ -267,8 +267,12 @@ def test_guide_design_and_protocol_modes(tiny_models, tmp_path):
     p = run_guidance(_guide_cfg(tiny_models, "mode=protocol", f"output={tmp_path / 'p'}"), tmp_path)
     assert p["scored_by"] == "evaluator" and len(set(p["targets"])) > 1
     assert set(p["baselines"]) == {"atoms", "upper_bound", "lower_bound"} and all(v > 0 for v in p["baselines"].values())
-    homo = run_guidance(_guide_cfg(tiny_models, "property=homo", "target=-0.25", "evaluator_ckpt=null", f"output={tmp_path / 'h'}"), tmp_path)
-    assert homo["scored_by"].startswith("guide") and math.isfinite(homo["mae"])  # the multi-task guide's homo column
+    # a multi-task model serves its homo column (the guide file stands in for an evaluator here)
+    homo = run_guidance(_guide_cfg(tiny_models, "property=homo", "target=-0.25", f"evaluator_ckpt={tiny_models}/guide/last.ckpt",
+                                   f"output={tmp_path / 'h'}"), tmp_path)
+    assert homo["scored_by"] == "evaluator" and math.isfinite(homo["mae"])
+    bounded = run_guidance(_guide_cfg(tiny_models, "target=7.0", "batch_atoms=30", f"output={tmp_path / 'b'}"), tmp_path)
+    assert bounded["targets"] == [7.0] * 4 and len(bounded["predictions"]) == 4  # batches by atom count: targets still line up
 
 
 def test_guide_job_never_writes_or_scores_a_non_finite_molecule(tiny_models, tmp_path, monkeypatch, capsys):
@@ -312,7 +316,7 @@ def test_xtb_guidance_failures_are_counted_not_fatal(tiny_models, tmp_path):
 
 @pytest.mark.parametrize("override, message", [("property=polarity", "unknown 'polarity'"), ("target=null", "target"),
                                                 ("scale=-1", "scales"), ("sampler=ddim", "sampler"), ("guide_ckpt=/nope.ckpt", "no checkpoint"),
-                                                ("property=alpha", "predicts")])
+                                                ("property=alpha", "predicts"), ("batch_atoms=0", "batch_atoms"), ("batch_size=0", "batch_size")])
 def test_bad_guidance_options_fail_up_front(tiny_models, tmp_path, override, message):
     from moldiff.jobs.guide import run_guidance
 
@@ -330,3 +334,33 @@ def test_atoms_baseline_reproduces_edm():
     edm = {"mu": 1.053, "alpha": 3.86, "Cv": 1.971, "homo": 0.426, "lumo": 0.813, "gap": 0.866}
     for prop, value in edm.items():
         assert abs(atoms_baseline(prop, 50_000) - value) < 0.01 * value, prop
+
+
+def test_a_property_model_for_other_atoms_is_refused(tiny_models):
+    import dataclasses
+
+    from moldiff.jobs.guide import load_property_net
+    from moldiff.train.property_module import PropertyModule
+
+    path = tiny_models / "evaluator" / "last.ckpt"
+    layout = PropertyModule.load_from_checkpoint(path, map_location="cpu", weights_only=True).layout
+    load_property_net(path, "cpu", "gap", layout)
+    with pytest.raises(ValueError, match="do not fit together"):
+        load_property_net(path, "cpu", "gap", dataclasses.replace(layout, include_charges=False))
+
+
+@pytest.mark.parametrize("max_steps, max_epochs, interval", [(10, -1, "step"), (-1, 4, "epoch")])
+def test_property_learning_rate_anneals_over_the_budget(tiny_models, max_steps, max_epochs, interval):
+    """A budget in steps anneals per step (to zero at max_steps), one in epochs per epoch."""
+    from types import SimpleNamespace
+
+    from moldiff.train.property_module import PropertyModule
+
+    module = PropertyModule.load_from_checkpoint(tiny_models / "evaluator" / "last.ckpt", map_location="cpu", weights_only=True)
+    module._trainer = SimpleNamespace(max_steps=max_steps, max_epochs=max_epochs)
+    sched = module.configure_optimizers()["lr_scheduler"]
+    assert sched["interval"] == interval
+    for _ in range(max(max_steps, max_epochs)):
+        sched["scheduler"].optimizer.step()
+        sched["scheduler"].step()
+    assert sched["scheduler"].get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from moldiff.model.checkpoint import SHIPPED
@@ -31,3 +32,36 @@ def test_sample_py_uses_the_shipped_model_by_default(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     for name in ("samples.sdf", "samples.xyz", "samples.png", "metrics.json"):
         assert (tmp_path / name).is_file()
+
+
+def _shipped_property_model(role):
+    from moldiff.model.checkpoint import SHIPPED_PROPERTY
+    from moldiff.train.property_module import PropertyModule
+
+    path = SHIPPED_PROPERTY[role]
+    assert path.is_file() and path.stat().st_size < 6e6
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)  # plain data only: nothing in it runs
+    assert "optimizer_states" not in ckpt and ckpt["hyper_parameters"]["role"] == role
+    assert sum(r["seconds"] for r in ckpt["moldiff_record"]) > 1800  # its training record travels with it
+    return PropertyModule.load_from_checkpoint(path, map_location="cpu", weights_only=True).eval()
+
+
+# The shipped evaluator's MAE on the first 1000 QM9 test molecules (benchmarks/property_models.py
+# measures all 13,831; docs/guidance.md). A retrained or damaged model moves these.
+EVALUATOR_MAE_1000 = {"alpha": 0.6537, "gap": 0.20948, "homo": 0.14872, "lumo": 0.15751, "mu": 0.25095, "Cv": 0.27192}
+
+
+def test_shipped_property_models_predict_the_six_properties_as_documented():
+    import numpy as np
+
+    from moldiff.data.qm9 import QM9_TARGETS, load_qm9
+    from moldiff.data.loader import MoleculeDataset
+
+    evaluator, guide = _shipped_property_model("evaluator"), _shipped_property_model("guide")
+    assert evaluator.targets == guide.targets == list(QM9_TARGETS)
+    batch = MoleculeDataset(load_qm9("test").subset(range(1000)), evaluator.layout, evaluator.targets)[np.arange(1000)]
+    with torch.no_grad():  # one pass for all six columns
+        pred = evaluator.net.predict(batch.x, batch.h, torch.zeros(batch.n_mol), batch.batch, batch.n_mol)
+    mae = (pred - batch.y.view(batch.n_mol, -1)).abs().mean(0)
+    for prop in QM9_TARGETS:
+        assert float(mae[evaluator.column(prop)]) == pytest.approx(EVALUATOR_MAE_1000[prop], rel=1e-3), prop

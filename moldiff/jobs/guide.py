@@ -23,8 +23,8 @@ from moldiff.guidance.baselines import atoms_baseline, evaluator_bounds, predict
 from moldiff.guidance.guided import GuidanceReport, Scale, guided
 from moldiff.guidance.property_energy import PropertyEnergy
 from moldiff.jobs.evaluate import write_json
-from moldiff.jobs.sample import drop_non_finite, write_outputs
-from moldiff.model.checkpoint import checkpoint_path
+from moldiff.jobs.sample import batch_bounds, drop_non_finite, write_outputs
+from moldiff.model.checkpoint import SHIPPED_PROPERTY, checkpoint_path
 from moldiff.model.diffusion import DiffusionModel
 from moldiff.nn.context import ContextSlot
 from moldiff.data.qm9 import QM9_TARGETS
@@ -34,15 +34,14 @@ from moldiff.train.property_module import PropertyModule
 
 
 def property_checkpoint(cfg, role: str) -> Path:
-    """The given checkpoint, else the property's own model, else the multi-task one (``property=all``)."""
-    given = cfg.guide_ckpt if role == "guide" else cfg.evaluator_ckpt
-    candidates = [Path(given)] if given else [Path("outputs/property") / f"{name}_{role}" / "checkpoints" / "last.ckpt"
-                                              for name in (cfg.property, "all")]
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise FileNotFoundError(f"{role}_ckpt: no checkpoint at {' or '.join(map(str, candidates))}; train one with "
-                            f"`python scripts/train_property.py property={cfg.property} role={role}` (or property=all)")
+    """``shipped`` (the package's multi-task model for the six properties) or a path."""
+    given = str(cfg.guide_ckpt if role == "guide" else cfg.evaluator_ckpt)
+    path = SHIPPED_PROPERTY[role] if given == "shipped" else Path(given)
+    if not path.is_file():
+        raise FileNotFoundError(f"{role}_ckpt: no checkpoint at {path}"
+                                + (" (the shipped property models are missing from this install)" if given == "shipped" else
+                                   f"; train one with `python scripts/train_property.py property=all role={role}`, or use {role}_ckpt=shipped"))
+    return path
 
 
 def check_config(cfg) -> None:
@@ -62,8 +61,7 @@ def check_config(cfg) -> None:
             if not math.isfinite(target):
                 raise ValueError(f"target must be finite, got {cfg.target}")
         property_checkpoint(cfg, "guide")
-        if cfg.mode == "protocol":
-            property_checkpoint(cfg, "evaluator")
+        property_checkpoint(cfg, "evaluator")
     elif cfg.mode == "protocol":
         raise ValueError("mode=protocol needs a property")
     if float(cfg.scale) < 0 or float(cfg.xtb.scale) < 0:
@@ -71,18 +69,23 @@ def check_config(cfg) -> None:
     Scale(cfg.scale, cfg.t_min, cfg.t_max, cfg.scale_kind)
     if cfg.sampler not in SAMPLERS:
         raise ValueError(f"sampler: unknown {cfg.sampler!r}; use one of {sorted(SAMPLERS)}")
-    if int(cfg.n) < 1 or int(cfg.steps) < 1:
-        raise ValueError("n and steps must be >= 1")
+    if int(cfg.n) < 1 or int(cfg.steps) < 1 or int(cfg.batch_size) < 1:
+        raise ValueError("n, steps and batch_size must be >= 1")
+    batch_bounds(cfg)
     checkpoint_path(cfg.ckpt)
 
 
-def load_property_net(path: Path, device, prop: str):
-    """(predictor, its output column for ``prop``); a clear error if the model does not predict it."""
+def load_property_net(path: Path, device, prop: str, layout=None):
+    """(predictor, its output column for ``prop``); a clear error if the model does not predict it,
+    or if it reads atoms in another feature layout than ``layout`` (the base model's)."""
     module = PropertyModule.load_from_checkpoint(path, map_location=device, weights_only=True)
     try:
         column = module.column(prop)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
+    if layout is not None and module.layout != layout:
+        raise ValueError(f"{path} reads atoms as {module.layout.vocab.symbols} (charges: {module.layout.include_charges}), "
+                         f"the base model as {layout.vocab.symbols} (charges: {layout.include_charges}): they do not fit together")
     return module.net.eval(), column
 
 
@@ -114,7 +117,7 @@ def run_guidance(cfg, output_dir) -> dict:
     terms = []
     energy = None
     if cfg.property is not None:
-        net, column = load_property_net(property_checkpoint(cfg, "guide"), device, cfg.property)
+        net, column = load_property_net(property_checkpoint(cfg, "guide"), device, cfg.property, module.layout)
         energy = PropertyEnergy(net, None, name=cfg.property, column=column)
         terms.append((energy, Scale(cfg.scale, cfg.t_min, cfg.t_max, cfg.scale_kind)))
     if float(cfg.xtb.scale) > 0:
@@ -135,7 +138,7 @@ def run_guidance(cfg, output_dir) -> dict:
 
     t0 = time.perf_counter()
     mols = generate(module, n, sampler=cfg.sampler, steps=int(cfg.steps), batch_size=int(cfg.batch_size), seed=int(cfg.seed), device=device,
-                    sizes=sizes, eps_fn=eps_fn, before_batch=before_batch, progress=sys.stderr.isatty())
+                    sizes=sizes, eps_fn=eps_fn, before_batch=before_batch, progress=sys.stderr.isatty(), **batch_bounds(cfg))
     seconds = time.perf_counter() - t0
     for energy_term, _ in terms:
         getattr(energy_term, "close", lambda: None)()  # the xTB worker pool
@@ -149,12 +152,12 @@ def run_guidance(cfg, output_dir) -> dict:
     if left_out:
         result["left_out"] = left_out
     if cfg.property is not None:
-        scorer = "evaluator" if (cfg.mode == "protocol" or cfg.evaluator_ckpt) else "guide"
-        net, column = load_property_net(property_checkpoint(cfg, scorer), device, cfg.property)
+        # phi_c scores, never the guide: a guide judging the samples it steered would flatter them
+        net, column = load_property_net(property_checkpoint(cfg, "evaluator"), device, cfg.property, module.layout)
         pred = predict(net, mols, module.layout, device, column) if len(mols) else np.zeros(0)
         targets = targets[kept]
         scored = np.isfinite(pred)
-        result.update({"scored_by": scorer if scorer == "evaluator" else "guide at t=0 (not an independent evaluator)",
+        result.update({"scored_by": "evaluator", "evaluator_ckpt": str(property_checkpoint(cfg, "evaluator")),
                        "mae": float(np.abs(pred[scored] - targets[scored]).mean()) if scored.any() else None,
                        "n_scored": int(scored.sum()), "targets": targets.tolist(), "predictions": pred.tolist()})
         if cfg.mode == "protocol":  # EDM's reference rows, on as many real held-out molecules

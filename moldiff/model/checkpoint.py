@@ -15,6 +15,9 @@ import torch
 from moldiff.io.writers import atomic_write
 
 SHIPPED = Path(__file__).resolve().parent.parent / "checkpoints" / "qm9_egnn.ckpt"
+# The shipped property models (one multi-task network each for the six QM9 properties, trained on
+# the first half of QM9 train): the time-conditioned guide g(z_t, t) and the clean evaluator phi_c.
+SHIPPED_PROPERTY = {role: SHIPPED.parent / f"qm9_property_{role}.ckpt" for role in ("guide", "evaluator")}
 
 
 def checkpoint_path(ckpt: str | Path) -> Path:

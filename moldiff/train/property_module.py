@@ -82,9 +82,15 @@ class PropertyModule(pl.LightningModule):
     def configure_optimizers(self):
         o = self.hparams.optim
         opt = torch.optim.AdamW(self.net.parameters(), lr=float(o["lr"]), weight_decay=float(o.get("weight_decay", 0.0)))
-        if not o.get("cosine", True) or self.trainer.max_epochs in (None, -1):
+        if not o.get("cosine", True):
             return opt
-        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.trainer.max_epochs)}
+        # to zero over the run: trainer.max_steps when given (a budget in steps), else max_epochs
+        steps = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else None
+        horizon = steps or self.trainer.max_epochs
+        if horizon in (None, -1):
+            return opt
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=horizon)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": cosine, "interval": "step" if steps else "epoch"}}
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         return batch.to(device) if isinstance(batch, MoleculeBatch) else super().transfer_batch_to_device(batch, device, dataloader_idx)
