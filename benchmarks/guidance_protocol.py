@@ -1,6 +1,6 @@
 """EEGSDE's conditional-design protocol for all six QM9 properties in one run (CPU; idle machine).
 
-python benchmarks/guidance_protocol.py --guide G.ckpt --evaluator E.ckpt [--ckpt shipped] [--n 500]
+python benchmarks/guidance_protocol.py [--guide G.ckpt] [--evaluator E.ckpt] [--ckpt shipped] [--n 500]
        [--steps 100] [--scales 1,4] [--properties alpha,gap,homo,lumo,mu,Cv] [--out results.json]
 
 (atom count, target) pairs come from QM9's second training half (``guidance.baselines.protocol_pairs``;
@@ -26,10 +26,11 @@ from moldiff.guidance.property_energy import PropertyEnergy
 from moldiff.data.qm9 import QM9_TARGETS
 from moldiff.guidance.baselines import predict, protocol_pairs
 from moldiff.jobs.guide import base_eps, load_property_net
+from moldiff.jobs.sample import drop_non_finite
 from moldiff.metrics.evaluate import evaluate
 from moldiff.nn.cpu_tuning import tune_cpu_allocator
 from moldiff.sampling.generate import generate
-from moldiff.model.checkpoint import checkpoint_path
+from moldiff.model.checkpoint import SHIPPED_PROPERTY, checkpoint_path
 from moldiff.model.diffusion import DiffusionModel
 
 PUBLISHED = {  # EEGSDE (Bao et al. 2023) and conditional EDM (Hoogeboom et al. 2022), in the units of our QM9 (eV for the orbital energies)
@@ -43,11 +44,23 @@ def stability(mols, vocab) -> dict:
     return {k: m[k] for k in ("atom_stability", "molecule_stability", "validity")}
 
 
+def _g(value, factor=1.0, digits=4) -> str:
+    return "n/a" if value is None else f"{factor * value:.{digits}g}"
+
+
+def scored(evaluator, mols, targets, layout, device, column) -> dict:
+    """phi_c's MAE over the molecules that ended finite; one that did not (the base model or a
+    strong guide drove it off) is counted in ``left_out``, as guide.py does, not scored as NaN."""
+    kept_mols, kept, left_out = drop_non_finite(mols, "not scored")
+    mae = float(np.abs(predict(evaluator, kept_mols, layout, device, column) - targets[kept]).mean()) if len(kept_mols) else None
+    return {"mae": mae, "left_out": len(left_out["indices"]) if left_out else 0}
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--ckpt", default="shipped")
-    p.add_argument("--guide", required=True)
-    p.add_argument("--evaluator", required=True)
+    p.add_argument("--guide", default="shipped")
+    p.add_argument("--evaluator", default="shipped")
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--sampler", default="ancestral")
@@ -57,6 +70,7 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
     a = p.parse_args()
+    a.guide, a.evaluator = (str(SHIPPED_PROPERTY[role]) if v == "shipped" else v for role, v in (("guide", a.guide), ("evaluator", a.evaluator)))
     tune_cpu_allocator()
     device = torch.device("cpu")
     module = DiffusionModel.load(checkpoint_path(a.ckpt), device)
@@ -73,8 +87,8 @@ def main():
         result["unguided"] = {"seconds": round(time.perf_counter() - t0, 1), **stability(unguided, module.layout.vocab)}
     for prop in props:
         _, targets = protocol_pairs(prop, a.n, a.seed)
-        evaluator, ecol = load_property_net(a.evaluator, device, prop)
-        guide, gcol = load_property_net(a.guide, device, prop)
+        evaluator, ecol = load_property_net(a.evaluator, device, prop, module.layout)
+        guide, gcol = load_property_net(a.guide, device, prop, module.layout)
         base_row = {}
         if conditional:
             # control: the same model given only what the atom count says, E[c | N]; what it gains
@@ -83,8 +97,9 @@ def main():
             t0 = time.perf_counter()
             unguided = generate(module, a.n, context=targets, **common)
             base_row = {"unguided": {"seconds": round(time.perf_counter() - t0, 1), **stability(unguided, module.layout.vocab)},
-                        "context_from_atoms_mae": float(np.abs(predict(evaluator, blind, module.layout, device, ecol) - targets).mean())}
-        row = {**base_row, "unguided_mae": float(np.abs(predict(evaluator, unguided, module.layout, device, ecol) - targets).mean()),
+                        "context_from_atoms_mae": scored(evaluator, blind, targets, module.layout, device, ecol)["mae"]}
+        plain = scored(evaluator, unguided, targets, module.layout, device, ecol)
+        row = {**base_row, "unguided_mae": plain["mae"], "unguided_left_out": plain["left_out"],
                "atoms": atoms_baseline(prop, a.n, a.seed),
                **evaluator_bounds(prop, evaluator, module.layout, device, a.n, a.seed, ecol), "guided": {}}
         energy = PropertyEnergy(guide, None, name=prop, column=gcol)
@@ -102,10 +117,11 @@ def main():
             t0 = time.perf_counter()
             mols = generate(module, a.n, eps_fn=eps_fn, before_batch=before_batch, **common)
             seconds = time.perf_counter() - t0
-            mae = float(np.abs(predict(evaluator, mols, module.layout, device, ecol) - targets).mean())
-            row["guided"][str(scale)] = {"mae": mae, "seconds": round(seconds, 1), "guidance": report.to_dict(),
+            score = scored(evaluator, mols, targets, module.layout, device, ecol)
+            mae = score["mae"]
+            row["guided"][str(scale)] = {**score, "seconds": round(seconds, 1), "guidance": report.to_dict(),
                                          **stability(mols, module.layout.vocab)}
-            print(f"{prop} scale {scale}: MAE {mae:.4g} (unguided {row['unguided_mae']:.4g}, #Atoms {row['atoms']:.4g}, "
+            print(f"{prop} scale {scale}: MAE {_g(mae)} ({score['left_out']} left out; unguided {_g(row['unguided_mae'])}, #Atoms {row['atoms']:.4g}, "
                   f"bounds {row['lower_bound']:.4g}..{row['upper_bound']:.4g}), {seconds:.0f} s", flush=True)
         result["properties"][prop] = row
         if a.out:  # after every property: an interrupted run keeps what it measured
@@ -121,7 +137,7 @@ def main():
         unit_scale, unit = (1000.0, "meV") if prop in ("gap", "homo", "lumo") else (1.0, {"alpha": "Bohr³", "mu": "D", "Cv": "cal/mol K"}[prop])
         cells = [row["upper_bound"], row["atoms"], row["unguided_mae"]] + [row["guided"][str(float(s))]["mae"] for s in scales]
         cells += [row["lower_bound"], PUBLISHED["EEGSDE"][prop], PUBLISHED["cEDM"][prop]]
-        print(f"| {prop} | {unit} | " + " | ".join(f"{unit_scale * c:.3g}" for c in cells) + " |")
+        print(f"| {prop} | {unit} | " + " | ".join(_g(c, unit_scale, 3) for c in cells) + " |")
 
 
 if __name__ == "__main__":
