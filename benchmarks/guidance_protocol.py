@@ -30,7 +30,7 @@ from moldiff.jobs.sample import drop_non_finite
 from moldiff.metrics.evaluate import evaluate
 from moldiff.nn.cpu_tuning import tune_cpu_allocator
 from moldiff.sampling.generate import generate
-from moldiff.model.checkpoint import SHIPPED_PROPERTY, checkpoint_path
+from moldiff.model.checkpoint import checkpoint_path, property_checkpoint_path
 from moldiff.model.diffusion import DiffusionModel
 
 PUBLISHED = {  # EEGSDE (Bao et al. 2023) and conditional EDM (Hoogeboom et al. 2022), in the units of our QM9 (eV for the orbital energies)
@@ -70,7 +70,7 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
     a = p.parse_args()
-    a.guide, a.evaluator = (str(SHIPPED_PROPERTY[role]) if v == "shipped" else v for role, v in (("guide", a.guide), ("evaluator", a.evaluator)))
+    a.guide, a.evaluator = str(property_checkpoint_path(a.guide, "guide")), str(property_checkpoint_path(a.evaluator, "evaluator"))
     tune_cpu_allocator()
     device = torch.device("cpu")
     module = DiffusionModel.load(checkpoint_path(a.ckpt), device)

@@ -19,7 +19,7 @@ import torch
 
 from moldiff.data.loader import MoleculeDataset
 from moldiff.data.qm9 import QM9_TARGETS, load_qm9
-from moldiff.model.checkpoint import SHIPPED_PROPERTY
+from moldiff.model.checkpoint import property_checkpoint_path
 from moldiff.train.property_module import PropertyModule
 
 # EDM's evaluator errors (Hoogeboom et al. 2022, table 3, "QM9*" row), in our units (eV for orbital energies)
@@ -52,8 +52,7 @@ def _cell(value, factor) -> str:
 
 
 def load(path: str, role: str) -> PropertyModule:
-    path = SHIPPED_PROPERTY[role] if path == "shipped" else path
-    return PropertyModule.load_from_checkpoint(path, map_location="cpu", weights_only=True).eval()
+    return PropertyModule.load_from_checkpoint(property_checkpoint_path(path, role), map_location="cpu", weights_only=True).eval()
 
 
 def main():

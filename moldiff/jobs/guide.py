@@ -24,7 +24,7 @@ from moldiff.guidance.guided import GuidanceReport, Scale, guided
 from moldiff.guidance.property_energy import PropertyEnergy
 from moldiff.jobs.evaluate import write_json
 from moldiff.jobs.sample import batch_bounds, drop_non_finite, write_outputs
-from moldiff.model.checkpoint import SHIPPED_PROPERTY, checkpoint_path
+from moldiff.model.checkpoint import checkpoint_path, property_checkpoint_path
 from moldiff.model.diffusion import DiffusionModel
 from moldiff.nn.context import ContextSlot
 from moldiff.data.qm9 import QM9_TARGETS
@@ -36,7 +36,7 @@ from moldiff.train.property_module import PropertyModule
 def property_checkpoint(cfg, role: str) -> Path:
     """``shipped`` (the package's multi-task model for the six properties) or a path."""
     given = str(cfg.guide_ckpt if role == "guide" else cfg.evaluator_ckpt)
-    path = SHIPPED_PROPERTY[role] if given == "shipped" else Path(given)
+    path = property_checkpoint_path(given, role)
     if not path.is_file():
         raise FileNotFoundError(f"{role}_ckpt: no checkpoint at {path}"
                                 + (" (the shipped property models are missing from this install)" if given == "shipped" else

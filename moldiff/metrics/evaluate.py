@@ -92,22 +92,21 @@ def evaluate(
         from moldiff.metrics.xtb_energy import strain_energies
 
         t = time.perf_counter()
-        triples = _with_searched_charges(mols, outcomes.get("corrected"), min(xtb, len(mols)))
-        result["xtb"] = strain_energies(triples)
-        given = molecule_charges(mols)
-        result["xtb"]["n_charge_from_search"] = sum(given[m] is None and q not in (None, 0) for m, (_, _, q) in enumerate(triples))
+        triples, n_searched = _with_searched_charges(mols, outcomes.get("corrected"), min(xtb, len(mols)))
+        result["xtb"] = {**strain_energies(triples), "n_charge_from_search": n_searched}
         timings["xtb"] = time.perf_counter() - t
     result["seconds"] = timings
     return result
 
 
-def _with_searched_charges(mols: MoleculeSet, corrected, n: int) -> list:
+def _with_searched_charges(mols: MoleculeSet, corrected, n: int) -> tuple[list, int]:
     """(numbers, positions, total charge) of the first n molecules: the input's charge where it
     gives one, else the one the corrected protocol found a valid structure at (an ion computed at
-    charge 0 would be another species), else None (strain_energies' default, 0)."""
+    charge 0 would be another species), else None (strain_energies' default, 0); and how many got a non-zero searched charge."""
     given = molecule_charges(mols)
     found = corrected.total_charge if corrected is not None else [None] * len(mols)
-    return [(*mols[m], given[m] if given[m] is not None else found[m]) for m in range(n)]
+    triples = [(*mols[m], given[m] if given[m] is not None else found[m]) for m in range(n)]
+    return triples, sum(given[m] is None and found[m] not in (None, 0) for m in range(n))
 
 
 def _rdkit_mols(mols: MoleculeSet, n: int, valences: str) -> list:

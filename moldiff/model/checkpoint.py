@@ -20,6 +20,11 @@ SHIPPED = Path(__file__).resolve().parent.parent / "checkpoints" / "qm9_egnn.ckp
 SHIPPED_PROPERTY = {role: SHIPPED.parent / f"qm9_property_{role}.ckpt" for role in ("guide", "evaluator")}
 
 
+def property_checkpoint_path(ckpt: str | Path, role: str) -> Path:
+    """``"shipped"`` (the package's property model for ``role``) or a path; not checked to exist."""
+    return SHIPPED_PROPERTY[role] if str(ckpt) == "shipped" else Path(ckpt)
+
+
 def checkpoint_path(ckpt: str | Path) -> Path:
     """``"shipped"`` or a path, checked to exist."""
     path = SHIPPED if str(ckpt) == "shipped" else Path(ckpt)
