@@ -180,6 +180,38 @@ def test_training_record_and_warm_start(tmp_path):
         train_run.run_training(tiny_cfg(tmp_path / "c", "trainer.max_steps=1", f"init_from={last}", "model.hidden=32"), tmp_path / "c")
 
 
+def test_compact_export_loads_and_warm_starts_like_the_full_one(tmp_path):
+    """The compact export (EMA only, float16) is a quarter of the full one, loads as float32 with the
+    network set to the EMA weights, predicts the same epsilon to float16 rounding, and warm-starts."""
+    from moldiff.model.diffusion import DiffusionModel
+    from moldiff.train.export import export_checkpoint
+
+    train_run.run_training(tiny_cfg(tmp_path / "a", "trainer.max_steps=3"), tmp_path / "a")
+    last = tmp_path / "a" / "ckpt" / "last.ckpt"
+    export_checkpoint(last, tmp_path / "full.ckpt")
+    export_checkpoint(last, tmp_path / "compact.ckpt", compact=True)
+    raw = torch.load(tmp_path / "compact.ckpt", weights_only=True)
+    assert not any(k.startswith("net.") for k in raw["state_dict"])
+    assert {v.dtype for v in raw["state_dict"].values() if v.is_floating_point()} == {torch.float16}
+    assert (tmp_path / "compact.ckpt").stat().st_size < 0.3 * (tmp_path / "full.ckpt").stat().st_size + 20_000
+    full, compact = DiffusionModel.load(tmp_path / "full.ckpt"), DiffusionModel.load(tmp_path / "compact.ckpt")
+    for k, v in full.ema.module.state_dict().items():
+        c = compact.ema.module.state_dict()[k]
+        assert c.dtype == v.dtype and torch.equal(c, v.half().float() if v.is_floating_point() else v), k
+        assert torch.equal(compact.net.state_dict()[k], c), k
+    torch.manual_seed(0)
+    n = torch.tensor([5, 7])
+    batch = torch.repeat_interleave(torch.arange(2), n)
+    x = torch.randn(12, 3)
+    x = x - torch.zeros(2, 3).index_add_(0, batch, x)[batch] / n[batch, None]
+    h = torch.randn(12, full.layout.dim)
+    t = torch.full((2,), 0.3)
+    ef, _ = full.eps_fn()(x, h, t, batch, 2)
+    ec, _ = compact.eps_fn()(x, h, t, batch, 2)
+    assert (ef - ec).abs().max() < 2e-3 * ef.abs().max()
+    train_run.run_training(tiny_cfg(tmp_path / "b", "trainer.max_steps=1", f"init_from={tmp_path / 'compact.ckpt'}"), tmp_path / "b")
+
+
 @pytest.mark.parametrize(
     "override, message",
     [

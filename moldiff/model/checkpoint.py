@@ -41,7 +41,18 @@ def read_checkpoint(ckpt: str | Path, map_location="cpu") -> dict:
         raise pickle.UnpicklingError(f"{path}: refused, it holds more than weights and plain configs (nothing in it was run): {e}") from None
     if not isinstance(data, dict) or not {"state_dict", "hyper_parameters"} <= set(data):
         raise ValueError(f"{path} is not a moldiff checkpoint (no state_dict / hyper_parameters)")
+    if data.get("moldiff_compact"):
+        data["state_dict"] = expand_compact(data["state_dict"])
     return data
+
+
+def expand_compact(state: dict) -> dict:
+    """A compact export (EMA weights only, float16; ``moldiff.train.export``) as a full state dict:
+    float32, with the network's weights set to the EMA's."""
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    prefix = "ema.module."
+    state.update({"net." + k[len(prefix):]: v.clone() for k, v in state.items() if k.startswith(prefix)})
+    return state
 
 
 def write_checkpoint(path: str | Path, data: dict) -> Path:

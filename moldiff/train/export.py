@@ -3,8 +3,15 @@ that rebuild them and the training record; no optimizer state (a few MB instead 
 
     python -m moldiff.train.export outputs/train/qm9_cpu/checkpoints/last.ckpt moldiff/checkpoints/qm9_egnn.ckpt
 
-The result loads with ``DiffusionModule.load_from_checkpoint`` (sampling, likelihoods) and warm-
-starts training (``init_from=<path>`` or ``init_from=shipped``) with a fresh optimizer.
+The result loads with ``DiffusionModel.load`` (sampling, likelihoods) and warm-starts training
+(``init_from=<path>`` or ``init_from=shipped``) with a fresh optimizer.
+
+``--compact`` (how shipped models are written since the repository's checkpoint budget ran low,
+docs/training.md): only the EMA weights, the ones every sampler and likelihood uses, stored in
+float16, a quarter of the full export. ``read_checkpoint`` casts them back to float32 and gives the
+network the EMA weights too, so a compact file loads and warm-starts like a full one; a warm start
+from it continues from the EMA weights, not the raw ones. What float16 storage costs in samples is
+measured in docs/training.md.
 """
 
 from __future__ import annotations
@@ -16,11 +23,13 @@ import torch
 
 from moldiff.io.writers import atomic_write
 
+COMPACT_DTYPE = torch.float16  # 10 mantissa bits: relative rounding 5e-4; weights stay far inside its range
 KEEP = ("state_dict", "hyper_parameters", "moldiff_record", "epoch", "global_step", "pytorch-lightning_version")
 
 
-def export_checkpoint(src: str | Path, dst: str | Path, shadow_ema: float | None = None) -> dict:
-    """``shadow_ema``: export with the run's extra EMA at that decay (``ShadowEMA``) as the EMA weights."""
+def export_checkpoint(src: str | Path, dst: str | Path, shadow_ema: float | None = None, compact: bool = False) -> dict:
+    """``shadow_ema``: export with the run's extra EMA at that decay (``ShadowEMA``) as the EMA weights.
+    ``compact``: EMA weights only, in float16 (see the module's docstring)."""
     ckpt = torch.load(src, map_location="cpu", weights_only=True)
     missing = [k for k in ("state_dict", "hyper_parameters") if k not in ckpt]
     if missing:
@@ -34,9 +43,23 @@ def export_checkpoint(src: str | Path, dst: str | Path, shadow_ema: float | None
         for k, v in averages[repr(float(shadow_ema))].items():
             small["state_dict"][f"ema.module.{k}"] = v.contiguous().clone()
         small["hyper_parameters"] = {**small["hyper_parameters"], "ema_decay": float(shadow_ema)}
+    if compact:
+        small["state_dict"] = compact_state(small["state_dict"], src)
+        small["moldiff_compact"] = {"dtype": str(COMPACT_DTYPE).removeprefix("torch."), "network": "ema"}
     with atomic_write(dst, "wb") as f:
         torch.save(small, f)
     return small
+
+
+def compact_state(state: dict, src) -> dict:
+    ema = {k: v for k, v in state.items() if k.startswith("ema.")}
+    if not any(k.startswith("ema.module.") for k in ema):
+        raise ValueError(f"{src}: no EMA weights to export compactly")
+    limit = torch.finfo(COMPACT_DTYPE).max
+    for k, v in ema.items():
+        if v.is_floating_point() and not (torch.isfinite(v).all() and v.abs().max() < limit):
+            raise ValueError(f"{src}: weight {k} is not finite or does not fit {COMPACT_DTYPE}; export it in full")
+    return {k: v.to(COMPACT_DTYPE) if v.is_floating_point() else v for k, v in ema.items()}
 
 
 def main(argv=None) -> None:
@@ -44,8 +67,9 @@ def main(argv=None) -> None:
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("--shadow-ema", type=float, default=None, help="export the run's extra EMA at this decay as the EMA weights")
+    p.add_argument("--compact", action="store_true", help="EMA weights only, in float16 (a quarter of the size)")
     a = p.parse_args(argv)
-    small = export_checkpoint(a.src, a.dst, a.shadow_ema)
+    small = export_checkpoint(a.src, a.dst, a.shadow_ema, a.compact)
     print(f"wrote {a.dst} ({Path(a.dst).stat().st_size / 1e6:.1f} MB, step {small.get('global_step')}, epoch {small.get('epoch')})")
 
 
