@@ -34,7 +34,7 @@ from moldiff.model.checkpoint import checkpoint_path
 from moldiff.model.diffusion import DiffusionModel
 from moldiff.nn.cpu_tuning import tune_cpu_allocator
 from moldiff.sampling.generate import PRECISIONS, generate
-from moldiff.sampling.samplers import SAMPLERS
+from moldiff.sampling.samplers import SAMPLERS, with_recommended
 
 
 def resolve_sizes(sizes, n: int):
@@ -103,7 +103,7 @@ def _key(cfg, path: Path) -> str:
     """Identifies the molecules a run will produce: a partial run is resumed only under the same key."""
     stat = path.stat()
     return run_key(str(path.resolve()), stat.st_size, int(stat.st_mtime), cfg.n, cfg.sampler, cfg.steps, cfg.seed, cfg.batch_size,
-                   json.dumps(_plain(cfg.sizes)), json.dumps(_plain(cfg.options), sort_keys=True), cfg.ema,
+                   json.dumps(_plain(cfg.sizes)), json.dumps(sampler_options(cfg), sort_keys=True), cfg.ema,
                    json.dumps(_plain(cfg.get("target"))), str(cfg.get("precision", "32")),
                    # bounds cut the molecules into other batches (other seeds); only when set, so a
                    # run interrupted before they existed still resumes
@@ -160,8 +160,13 @@ def _generate(module, cfg, n, device, done, partial):
         module, n, sampler=cfg.sampler, steps=int(cfg.steps), batch_size=int(cfg.batch_size), seed=int(cfg.seed), device=device,
         sizes=resolve_sizes(_plain(cfg.sizes), n), ema=bool(cfg.ema), progress=sys.stderr.isatty(), on_batch=save, done=done,
         context=resolve_targets(_plain(cfg.get("target")), module, n), precision=str(cfg.get("precision", "32")),
-        **batch_bounds(cfg), **(_plain(cfg.options) or {}),
+        **batch_bounds(cfg), **sampler_options(cfg),
     )
+
+
+def sampler_options(cfg) -> dict:
+    """``options`` on top of the sampler's recommended ones (ancestral: ``late_noise=1`` for EDM's exact posterior)."""
+    return with_recommended(cfg.sampler, _plain(cfg.options))
 
 
 def write_files(mols: MoleculeSet, module, out: Path, names: list[str]) -> None:

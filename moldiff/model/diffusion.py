@@ -28,6 +28,7 @@ from moldiff.model import build
 from moldiff.model.checkpoint import read_checkpoint, write_checkpoint
 from moldiff.nn.context import Context, ContextSlot, conditioned
 from moldiff.sampling.generate import generate
+from moldiff.sampling.samplers import with_recommended
 
 # the hyperparameters the model itself needs; a training checkpoint carries more (loss, optim, seed)
 MODEL_KEYS = ("model", "noise", "features", "size_histogram", "ema_decay", "context", "horizon")
@@ -116,13 +117,15 @@ class DiffusionModel(nn.Module):
     def sample(self, n: int, sampler: str = "ancestral", steps: int = 300, seed: int = 0, sizes=None, batch_size: int = 500,
                context=None, precision: str = "32", progress: bool = False, **options) -> MoleculeSet:
         """``n`` molecules (atom counts from the training histogram unless ``sizes`` is given);
-        the defaults and settings of ``scripts/sample.py`` give its molecules."""
+        the defaults and settings of ``scripts/sample.py`` give its molecules. ``options`` go to the
+        sampler on top of its recommended ones (``RECOMMENDED_OPTIONS``; ancestral:
+        ``late_noise=1`` for EDM's exact posterior)."""
         device = next(self.parameters()).device
         was_training = self.training
         self.eval()
         try:
             return generate(self, n, sampler=sampler, steps=steps, batch_size=batch_size, seed=seed, device=device, sizes=sizes,
-                            context=context, precision=precision, progress=progress, **options)
+                            context=context, precision=precision, progress=progress, **with_recommended(sampler, options))
         finally:
             self.train(was_training)
 
