@@ -10,6 +10,7 @@ from moldiff.model.checkpoint import SHIPPED
 from moldiff.model.diffusion import DiffusionModel
 from moldiff.sampling.base import sizes_to_batch
 from moldiff.sampling.generate import generate
+from moldiff.sampling.samplers import with_recommended
 
 
 def _inputs(model, sizes=(4, 6), seed=0):
@@ -31,7 +32,7 @@ def test_training_checkpoint_loads_and_keeps_its_state_dict_names(tiny_diffusion
 def test_sample_is_the_sampling_jobs_molecules(tiny_diffusion):
     model = DiffusionModel.load(tiny_diffusion)
     mols = model.sample(6, steps=4, seed=3, batch_size=4)
-    ref = generate(model, 6, steps=4, seed=3, batch_size=4, progress=False)
+    ref = generate(model, 6, steps=4, seed=3, batch_size=4, progress=False, **with_recommended("ancestral"))
     assert len(mols) == 6
     assert (mols.numbers == ref.numbers).all() and (mols.positions == ref.positions).all()
     rdkit_mols, atoms = to_rdkit(mols, vocab=QM9_VOCAB), to_ase(mols)
