@@ -58,7 +58,7 @@ COMMANDS = documented_commands()
 
 @pytest.fixture(scope="module")
 def stand_ins(tmp_path_factory, tiny_diffusion):
-    """Files the docs tell readers to make first: a checkpoint, samples as SDF and XYZ."""
+    """Files the docs tell readers to make first: a checkpoint, samples as SDF and XYZ, a .npz cache."""
     from moldiff.data.qm9 import load_qm9
     from moldiff.io.convert import to_rdkit
     from moldiff.io.writers import write_sdf, write_xyz
@@ -67,7 +67,8 @@ def stand_ins(tmp_path_factory, tiny_diffusion):
     mols = load_qm9("test").subset(range(3))
     write_sdf(tmp / "samples.sdf", to_rdkit(mols), ["a", "b", "c"])
     write_xyz(tmp / "out.xyz", mols, ["a", "b", "c"])
-    return {"ckpt": str(tiny_diffusion), "sdf": str(tmp / "samples.sdf"), "xyz": str(tmp / "out.xyz"), "tmp": tmp}
+    mols.save(tmp / "mols.npz")  # a cache in the GEOM reader's format (a built dataset, saved samples)
+    return {"ckpt": str(tiny_diffusion), "sdf": str(tmp / "samples.sdf"), "xyz": str(tmp / "out.xyz"), "npz": str(tmp / "mols.npz"), "tmp": tmp}
 
 
 def _substitute(args, files):
@@ -80,6 +81,8 @@ def _substitute(args, files):
             a = f"input={files['sdf']}"
         elif key in ("input",) and value.endswith(".xyz"):
             a = f"input={files['xyz']}"
+        elif key in ("input",) and value.startswith("geom:") and value.endswith(".npz"):
+            a = f"input=geom:{files['npz']}"
         elif key == "output":
             a = f"output={files['tmp'] / Path(value).name}"
         out.append(a)
