@@ -3,8 +3,9 @@
 python benchmarks/failure_modes.py [--ckpt shipped] [--n 1000] [--seed 0] [--steps 300] [--options "late_noise=0.5;late_t=0.1"]
                                    [--mols outputs/failure_modes/seed0.npz] [--out benchmarks/results_failure_modes.json]
 
-Samples ``--n`` molecules as ``sample.py`` does (ancestral, EMA, float32; ``--options``: the
-ancestral sampler's options as in ``sampler_quality.py``) and saves them to
+Samples ``--n`` molecules as ``campaign_leg.py`` does (ancestral, EMA, float32, EDM's exact
+posterior; ``--options``: the ancestral sampler's options as in ``sampler_quality.py``, e.g.
+``sample.py``'s default ``"late_noise=0.25;late_t=0.3"``) and saves them to
 ``--mols`` (reused if the file exists), then reports for them and for ``--n`` real QM9 test
 molecules:
 
@@ -41,6 +42,7 @@ from moldiff.data.elements import QM9_VOCAB
 from moldiff.data.molecules import MoleculeSet
 from moldiff.data.report import InputReport
 from moldiff.data.sources import load_source
+from sampler_quality import parse_options
 
 NEAR_BINS = (5, 15, 30)  # pm beyond (or inside) a threshold
 
@@ -126,7 +128,7 @@ def analyse(mols: MoleculeSet, vocab=QM9_VOCAB) -> dict:
     return {
         "molecules": len(mols), "atoms": n_atoms,
         "atom_stability": round(float(atom_ok.mean()), 4), "molecule_stability": round(float(mol_ok.mean()), 4),
-        "validity": round(1 - (len(mols) - reasons["valid"]) / len(mols), 4),
+        "validity": round(reasons["valid"] / len(mols), 4),
         "unstable_atoms": {k: v for k, v in bad_atoms.most_common()},
         "under_bonded": int(under.sum()), "over_bonded": int(over.sum()),
         "under_bonded_nearest_partner_beyond_threshold": dict(sorted(near.items())),
@@ -163,7 +165,7 @@ def main():
     p.add_argument("--options", default="")
     p.add_argument("--out", default=None)
     a = p.parse_args()
-    options = {k: float(v) for k, v in (kv.split("=") for kv in a.options.split(";") if kv)}
+    options = parse_options(a.options)
     gen = sampled(a.ckpt, a.n, a.seed, a.steps, Path(a.mols), options)
     real, _, _ = load_source("qm9:test", InputReport())
     real = real.subset(np.sort(np.random.default_rng(0).permutation(len(real))[: a.n]))

@@ -32,8 +32,12 @@ NFE_PER_STEP = {"ancestral": 1, "euler_maruyama": 1, "pc": 2, "ode_heun": 2, "od
 def parse_run(run: str):
     """sampler:steps[:key=value;key=value] -> (sampler, steps, options), values as floats."""
     parts = run.split(":")
-    options = dict(kv.split("=") for kv in parts[2].split(";")) if len(parts) > 2 and parts[2] else {}
-    return parts[0], int(parts[1]), {k: float(v) for k, v in options.items()}
+    return parts[0], int(parts[1]), parse_options(parts[2] if len(parts) > 2 else "")
+
+
+def parse_options(text: str) -> dict:
+    """"key=value;key=value" -> {key: float(value)} (empty: no options)."""
+    return {k: float(v) for k, v in (kv.split("=") for kv in text.split(";") if kv)}
 
 
 def quality(module, sampler, steps, n, seed, batch_size=500, reference=None, precision="32", options=None) -> dict:
