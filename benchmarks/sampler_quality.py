@@ -6,7 +6,7 @@ python benchmarks/sampler_quality.py [--ckpt shipped] [--n 1000] [--runs ancestr
                                      [--precision 32|bf16-mixed] [--out results.json]
 
 Each run is sampler:steps[:key=value;...] with sampler options, e.g.
-karras:50:churn=30;s_tmin=0.05;s_tmax=50 or ancestral:100:late_noise=0.5;late_t=0.05. Network
+karras:50:churn=30;s_tmin=0.05;s_tmax=50 or ancestral:100:late_noise=0.5;late_t=0.05;grid=karras. Network
 evaluations: steps for ancestral / euler_maruyama, 2 x steps for ode_heun, ode_dpm2 and karras,
 (1 + corrector_steps) x steps for pc. ``--t-max`` starts sampling there instead of at the model's
 horizon (1, or a bridge-refined model's); ``--distances`` adds the distribution distances against
@@ -36,8 +36,15 @@ def parse_run(run: str):
 
 
 def parse_options(text: str) -> dict:
-    """"key=value;key=value" -> {key: float(value)} (empty: no options)."""
-    return {k: float(v) for k, v in (kv.split("=") for kv in text.split(";") if kv)}
+    """"key=value;key=value" -> {key: value}, numbers as floats, anything else as text (e.g.
+    grid=karras); empty: no options."""
+    def value(v: str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+
+    return {k: value(v) for k, v in (kv.split("=") for kv in text.split(";") if kv)}
 
 
 def quality(module, sampler, steps, n, seed, batch_size=500, reference=None, precision="32", options=None) -> dict:
