@@ -181,7 +181,7 @@ def test_sample_py_runs_the_recommended_sampler_options_and_they_can_be_undone(t
     base = [f"ckpt={tiny_ckpt}", "n=4", "steps=20", "sizes=[10,11,12,13]", "evaluation=null"]
     sample_run.run_sampling(sample_cfg(*base, f"output={tmp_path / 'default'}"), tmp_path)
     sample_run.run_sampling(sample_cfg(*base, "options={late_noise:1}", f"output={tmp_path / 'exact'}"), tmp_path)
-    assert (seen[0]["late_noise"], seen[0]["late_t"]) == (0.25, 0.3) and seen[1]["late_noise"] == 1
+    assert (seen[0]["late_noise"], seen[0]["late_t"]) == (0.5, 0.5) and seen[1]["late_noise"] == 1
     names = [f"sample_{k}" for k in range(4)]
     model = DiffusionModel.load(tiny_ckpt)
     write_xyz(tmp_path / "py.xyz", model.sample(4, steps=20, sizes=[10, 11, 12, 13]), names)
