@@ -75,7 +75,7 @@ def main():
              "edm": {k: [r["edm"][k] for r in rows] for k in rows[0]["edm"]},
              "corrected": {k: [r["corrected"][k] for r in rows] for k in rows[0]["corrected"]},
              "distances": [r["distances"] for r in rows], "sampling_seconds": [r["seconds"] for r in rows],
-             "command": f"python benchmarks/campaign_leg.py --run {a.run} --seeds {a.seeds} --n {a.n}" + (" --branch" if a.branch else "")}
+             "command": f"python benchmarks/campaign_leg.py --run {a.run} --seeds {a.seeds} --n {a.n}" + (" --branch" if a.branch else "") + (" --ship" if a.ship else "")}
     data = json.loads(Path(a.data).read_text())
     shipped = next(e for e in data["entries"] if e.get("shipped"))
     mean = lambda v: sum(v) / len(v)  # noqa: E731
