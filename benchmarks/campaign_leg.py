@@ -7,7 +7,7 @@ python benchmarks/campaign_leg.py [--run outputs/train/campaign] [--seeds 0,1] [
   in float16, configs, training record; ``moldiff.train.export --compact``): the file evaluated is
   the file shipped, and it takes 1.2 MB of the repository's checkpoint budget instead of 4.8;
 * evaluate: ancestral sampling, 300 steps, EMA weights, float32, EDM's exact posterior (``generate``'s
-  default; ``sample.py`` now quarters the noise for t <= 0.3, which the curve leaves out to stay comparable), ``--n``
+  default; ``sample.py`` now halves the noise for t <= 0.5, which the curve leaves out to stay comparable), ``--n``
   molecules per seed, EDM and corrected protocols and the distribution distances against 10,000
   QM9 training molecules (``sampler_quality.quality``);
 * record: an entry in ``benchmarks/campaign.json`` with cumulative epochs, steps and training

@@ -5,7 +5,7 @@ python benchmarks/failure_modes.py [--ckpt shipped] [--n 1000] [--seed 0] [--ste
 
 Samples ``--n`` molecules as ``campaign_leg.py`` does (ancestral, EMA, float32, EDM's exact
 posterior; ``--options``: the ancestral sampler's options as in ``sampler_quality.py``, e.g.
-``sample.py``'s default ``"late_noise=0.25;late_t=0.3"``) and saves them to
+``sample.py``'s default ``"late_noise=0.5;late_t=0.5"``) and saves them to
 ``--mols`` (reused if the file exists), then reports for them and for ``--n`` real QM9 test
 molecules:
 

@@ -7,8 +7,9 @@ Each molecule's trajectory runs once with EDM's exact posterior from t = 1 down 
 from there each variant ``late_noise:late_t`` continues it with the same random stream (the
 generator's state is copied), so the variants differ only in how the last steps' noise is scaled.
 Batches, sizes and seeds are ``generate``'s (batch size 500), so variant ``1:0`` is exactly the
-exact-posterior sampling of ``campaign_leg.py`` and ``0.5:0.1`` exactly ``sample.py``'s default,
-at a fraction of the cost of sampling each from scratch (the head is ~80 % of the steps).
+exact-posterior sampling of ``campaign_leg.py`` and ``0.5:0.5`` exactly ``sample.py``'s default,
+at a fraction of the cost of sampling each from scratch (the tails cost in proportion to the steps
+after the split; ``--split 1`` leaves no shared head).
 Evaluated under both protocols. Why: the invalid molecules miss EDM's bond thresholds by a few
 picometres (``failure_modes.py``, docs/training.md).
 """
@@ -48,17 +49,16 @@ def sweep(module, n: int, seed: int, steps: int, split: float, variants: list[tu
         x, h = sde.prior(batch, m, layout.dim, torch.float32, g)
         x, h = walk(ancestral_step, eps, sde, x, h, grid[: k + 1], batch, m, g)
         state = g.get_state()
+        offsets = np.concatenate([[0], np.cumsum(chunk.numpy())])
         for late_noise, late_t in variants:
             g.set_state(state)
             xv, hv = walk(ancestral_step, eps, sde, x, h, grid[k:], batch, m, g, late_noise=late_noise, late_t=late_t)
             xv, hv = denoise(eps, sde, xv, hv, grid[-1], batch, m)
-            offsets = np.concatenate([[0], np.cumsum(chunk.numpy())])
             parts[(late_noise, late_t)].append(MoleculeSet(layout.decode_numbers(hv), xv.float().numpy(), offsets))
-    out = {}
+    out, keys = {}, ("atom_stability", "molecule_stability", "validity")
     for v, ps in parts.items():
         mols = MoleculeSet.concatenate(ps)
         m = evaluate(mols, layout.vocab, InputReport(), reference=None, protocols=("edm", "corrected"), workers=1)
-        keys = ("atom_stability", "molecule_stability", "validity")
         out[f"{v[0]:g}:{v[1]:g}"] = {"edm": {k_: m["edm"][k_] for k_ in keys}, "corrected": {k_: m["corrected"][k_] for k_ in keys}}
     return out
 

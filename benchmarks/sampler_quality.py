@@ -30,7 +30,7 @@ NFE_PER_STEP = {"ancestral": 1, "euler_maruyama": 1, "pc": 2, "ode_heun": 2, "od
 
 
 def parse_run(run: str):
-    """sampler:steps[:key=value;key=value] -> (sampler, steps, options), values as floats."""
+    """sampler:steps[:key=value;key=value] -> (sampler, steps, options) (``parse_options``)."""
     parts = run.split(":")
     return parts[0], int(parts[1]), parse_options(parts[2] if len(parts) > 2 else "")
 
