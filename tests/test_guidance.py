@@ -194,6 +194,40 @@ def test_property_models_train_and_load(tmp_path, role):
         run_property_training(bad, tmp_path)
 
 
+def test_property_model_warm_start_continues_its_weights_and_record(tmp_path):
+    """init_from: a new run (fresh optimizer) from a property model's weights, for longer training in
+    legs; a model for other targets is refused with a clear error."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from moldiff.model.checkpoint import read_checkpoint
+    from moldiff.jobs.train_property import run_property_training
+
+    root = str(Path(__file__).resolve().parents[1] / "configs")
+    common = ["role=evaluator", "train_max=64", "val_max=16", "batch_size=16", "model.hidden=16", "model.layers=2",
+              "trainer.enable_progress_bar=false", "logs=[]"]
+    with initialize_config_dir(root, version_base="1.3"):
+        first = compose("train_property", common + ["property=gap", "trainer.max_steps=4", f"checkpoint.dir={tmp_path / 'a'}"])
+        src = tmp_path / "a" / "last.ckpt"
+        # a vanishing learning rate: one step of the new run leaves the copied weights as they were
+        second = compose("train_property", common + ["property=gap", "trainer.max_steps=1", "optim.lr=1e-15", f"init_from={src}",
+                                                     f"checkpoint.dir={tmp_path / 'b'}"])
+        other = compose("train_property", common + ["property=mu", "trainer.max_steps=1", f"init_from={src}", f"checkpoint.dir={tmp_path / 'c'}"])
+        missing = compose("train_property", common + ["property=gap", f"init_from={tmp_path / 'none.ckpt'}"])
+    run_property_training(first, tmp_path / "a")
+    module = run_property_training(second, tmp_path / "b")
+    before = read_checkpoint(src)["state_dict"]
+    after = module.state_dict()
+    assert max(float((before[k] - after[k].float()).abs().max()) for k in before) < 1e-8
+    record = read_checkpoint(tmp_path / "b" / "last.ckpt")["moldiff_record"]
+    assert [(leg["first_step"], leg["last_step"]) for leg in record] == [(0, 4), (0, 1)]
+    with pytest.raises(ValueError, match="target"):
+        run_property_training(other, tmp_path / "c")
+    with pytest.raises(FileNotFoundError, match="init_from"):
+        run_property_training(missing, tmp_path / "d")
+
+
 def test_multi_task_property_model_has_one_column_per_target(tmp_path):
     from pathlib import Path
 

@@ -11,6 +11,7 @@ from moldiff.data.loader import MoleculeDataset
 from moldiff.data.qm9 import QM9_TARGETS
 from moldiff.jobs.train import _plain, check_trainer, fit, load_split, make_loaders, prepare
 from moldiff.model import build
+from moldiff.model.checkpoint import property_checkpoint_path, read_checkpoint
 from moldiff.nn.property import PropertyPredictor
 from moldiff.train.module import TrainingRecord
 from moldiff.train.property_module import PropertyModule
@@ -40,6 +41,12 @@ def check_config(cfg) -> None:
     except TypeError as e:
         raise ValueError(f"model: {e}") from None
     build.sde(_plain(cfg.noise))
+    init = cfg.get("init_from")
+    if init is not None:
+        if not property_checkpoint_path(init, cfg.role).is_file():
+            raise FileNotFoundError(f"init_from: no file {property_checkpoint_path(init, cfg.role)}")
+        if cfg.checkpoint.resume not in (None, "auto"):
+            raise ValueError("give either init_from (new run, warm start) or checkpoint.resume (continue a run), not both")
     check_trainer(cfg)
 
 
@@ -56,4 +63,24 @@ def run_property_training(cfg, output_dir) -> PropertyModule:
     y = np.asarray(train.y, dtype=np.float64)
     module = PropertyModule(target, cfg.role, _plain(cfg.model), _plain(cfg.noise), _plain(cfg.dataset.features), _plain(cfg.optim),
                             y.mean(0).tolist(), y.std(0).tolist(), int(cfg.seed))
-    return fit(cfg, module, *make_loaders(cfg, train, val), output_dir, ckpt_dir, TrainingRecord())
+    record = TrainingRecord()
+    if cfg.get("init_from") is not None:
+        record.history = warm_start(module, property_checkpoint_path(cfg.init_from, cfg.role))
+    return fit(cfg, module, *make_loaders(cfg, train, val), output_dir, ckpt_dir, record)
+
+
+def warm_start(module: PropertyModule, path: Path) -> list:
+    """Copy the weights of a property model with the same targets, role and network into a new run
+    (fresh optimizer and learning-rate schedule): longer training in legs, e.g. the shipped
+    evaluator continued. Its normalisation comes along (the same split gives the same one).
+    Returns its training record, which the new run extends."""
+    ckpt = read_checkpoint(path)
+    theirs, ours = ckpt["hyper_parameters"], module.hparams
+    for key in ("target", "role", "model", "features"):
+        if _plain(theirs[key]) != _plain(ours[key]):
+            raise ValueError(f"init_from {path}: its {key} {theirs[key]} differs from this run's {ours[key]}")
+    if ours["role"] == "guide" and not build.same_noise(theirs["noise"], ours["noise"]):
+        raise ValueError(f"init_from {path}: the guide was trained on another noise process ({theirs['noise']})")
+    module.load_state_dict(ckpt["state_dict"], strict=True)
+    print(f"warm start from {path}")
+    return list(ckpt.get("moldiff_record", []))
