@@ -68,7 +68,7 @@ def plot(entries: list[dict], path: Path) -> None:
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("% (EDM protocol, 300 steps)")
-    axes[0].legend(loc="center right", fontsize=8)
+    axes[0].legend(loc="lower right", fontsize=8)
     axes[1].text(0.02, 83.5, "EDM mol. stab. 82.0", fontsize=7, color="grey", transform=axes[1].get_yaxis_transform())
     axes[1].text(0.02, 51.5, "bar: mol. stab. 50", fontsize=7, color="grey", transform=axes[1].get_yaxis_transform())
     fig.tight_layout()
