@@ -43,13 +43,11 @@ def check_config(cfg) -> None:
         lr_factor(decay["kind"], int(decay.get("steps") or 0), float(decay.get("final", 0.1)))
     if cfg.checkpoint.resume not in (None, "auto") and not Path(cfg.checkpoint.resume).is_file():
         raise FileNotFoundError(f"checkpoint.resume: no file {cfg.checkpoint.resume}")
-    if cfg.init_from not in (None, "shipped") and not Path(cfg.init_from).is_file():
-        raise FileNotFoundError(f"init_from: no file {cfg.init_from}")
+    check_init_from(None if cfg.init_from is None else (SHIPPED if cfg.init_from == "shipped" else Path(cfg.init_from)),
+                    cfg.checkpoint.resume)
     context = list(cfg.get("context") or [])
     if len(set(context)) != len(context):
         raise ValueError(f"context: a property is listed twice in {context}")
-    if cfg.init_from is not None and cfg.checkpoint.resume not in (None, "auto"):
-        raise ValueError("give either init_from (new run, warm start) or checkpoint.resume (continue a run), not both")
     if cfg.evaluate.sampler not in SAMPLERS:
         raise ValueError(f"evaluate.sampler: unknown {cfg.evaluate.sampler!r}; use one of {sorted(SAMPLERS)}")
     check_trainer(cfg)
@@ -203,6 +201,17 @@ def run_training(cfg, output_dir: str | Path) -> DiffusionModule:
     if cfg.get("shadow_ema"):
         extra.append(ShadowEMA(cfg.shadow_ema))
     return fit(cfg, module, *make_loaders(cfg, train, val), output_dir, ckpt_dir, record, extra)
+
+
+def check_init_from(path: Path | None, resume) -> None:
+    """A warm start (``init_from``, resolved to ``path``) needs its file and excludes an explicit
+    ``checkpoint.resume``; shared by the diffusion and property trainers."""
+    if path is None:
+        return
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"init_from: no file {path}")
+    if resume not in (None, "auto"):
+        raise ValueError("give either init_from (new run, warm start) or checkpoint.resume (continue a run), not both")
 
 
 def build_module(cfg, train: MoleculeDataset) -> DiffusionModule:

@@ -9,7 +9,7 @@ import numpy as np
 
 from moldiff.data.loader import MoleculeDataset
 from moldiff.data.qm9 import QM9_TARGETS
-from moldiff.jobs.train import _plain, check_trainer, fit, load_split, make_loaders, prepare
+from moldiff.jobs.train import _plain, check_init_from, check_trainer, fit, load_split, make_loaders, prepare
 from moldiff.model import build
 from moldiff.model.checkpoint import property_checkpoint_path, read_checkpoint
 from moldiff.nn.property import PropertyPredictor
@@ -42,11 +42,7 @@ def check_config(cfg) -> None:
         raise ValueError(f"model: {e}") from None
     build.sde(_plain(cfg.noise))
     init = cfg.get("init_from")
-    if init is not None:
-        if not property_checkpoint_path(init, cfg.role).is_file():
-            raise FileNotFoundError(f"init_from: no file {property_checkpoint_path(init, cfg.role)}")
-        if cfg.checkpoint.resume not in (None, "auto"):
-            raise ValueError("give either init_from (new run, warm start) or checkpoint.resume (continue a run), not both")
+    check_init_from(None if init is None else property_checkpoint_path(init, cfg.role), cfg.checkpoint.resume)
     check_trainer(cfg)
 
 
