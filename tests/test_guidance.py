@@ -228,6 +228,43 @@ def test_property_model_warm_start_continues_its_weights_and_record(tmp_path):
         run_property_training(missing, tmp_path / "d")
 
 
+def test_property_model_compact_export_keeps_its_predictions(tmp_path):
+    """--compact on a property model (no EMA): its weight matrices in float16, about half the file;
+    small tensors (biases, the target mean and spread) stay float32, so predictions move by float16
+    rounding only, with no shift from a rounded mean (alpha's mean of 75 would move by 0.03)."""
+    from pathlib import Path
+
+    import numpy as np
+    from hydra import compose, initialize_config_dir
+
+    from moldiff.data.loader import MoleculeDataset
+    from moldiff.jobs.train import load_split
+    from moldiff.jobs.train_property import run_property_training
+    from moldiff.train.export import export_checkpoint
+    from moldiff.train.property_module import PropertyModule
+
+    root = str(Path(__file__).resolve().parents[1] / "configs")
+    with initialize_config_dir(root, version_base="1.3"):
+        cfg = compose("train_property", ["property=alpha", "role=evaluator", "train_max=64", "val_max=16", "batch_size=16",
+                                         "model.hidden=64", "model.layers=2", "trainer.max_steps=3", "trainer.enable_progress_bar=false",
+                                         "logs=[]", f"checkpoint.dir={tmp_path}"])
+    run_property_training(cfg, tmp_path)
+    export_checkpoint(tmp_path / "last.ckpt", tmp_path / "full.ckpt")
+    small = export_checkpoint(tmp_path / "last.ckpt", tmp_path / "compact.ckpt", compact=True)
+    assert small["moldiff_compact"]["network"] == "weights"
+    assert small["state_dict"]["net.mean"].dtype == torch.float32 and small["state_dict"]["net.std"].dtype == torch.float32
+    assert sum(v.dtype == torch.float16 for v in small["state_dict"].values()) > 0
+    assert (tmp_path / "compact.ckpt").stat().st_size < 0.6 * (tmp_path / "full.ckpt").stat().st_size
+    full, compact = (PropertyModule.load_from_checkpoint(tmp_path / f, map_location="cpu", weights_only=True).eval()
+                     for f in ("full.ckpt", "compact.ckpt"))
+    assert {p.dtype for p in compact.parameters()} == {torch.float32}
+    mols = load_split("qm9:valid", full.layout, 32, 0).mols
+    b = MoleculeDataset(mols, full.layout)[np.arange(32)]
+    with torch.no_grad():
+        t = torch.zeros(b.n_mol)
+        pf, pc = (m.net.predict(b.x, b.h, t, b.batch, b.n_mol) for m in (full, compact))
+    assert float((pf - pc).abs().max()) < 2e-3 * float(full.net.std.max())
+
 def test_multi_task_property_model_has_one_column_per_target(tmp_path):
     from pathlib import Path
 

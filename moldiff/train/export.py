@@ -7,11 +7,13 @@ The result loads with ``DiffusionModel.load`` (sampling, likelihoods) and warm-s
 (``init_from=<path>`` or ``init_from=shipped``) with a fresh optimizer.
 
 ``--compact`` (how shipped models are written since the repository's checkpoint budget ran low,
-docs/training.md): only the EMA weights, the ones every sampler and likelihood uses, stored in
-float16, a quarter of the full export. ``read_checkpoint`` casts them back to float32 and gives the
-network the EMA weights too, so a compact file loads and warm-starts like a full one; a warm start
+docs/training.md): only the EMA weights, the ones every sampler and likelihood uses, their
+matrices stored in float16 (vectors such as biases stay float32), about a quarter of the full
+export. ``read_checkpoint`` casts them back to float32 and gives the network the EMA weights too, so a compact file loads and warm-starts like a full one; a warm start
 from it continues from the EMA weights, not the raw ones. What float16 storage costs in samples is
-measured in docs/training.md.
+measured in docs/training.md. A model trained without EMA (the property models) keeps all its
+weights, the same way (half the full export); ``load_state_dict`` casts them back to float32 when
+it loads (what that costs in MAE: docs/guidance.md).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ KEEP = ("state_dict", "hyper_parameters", "moldiff_record", "epoch", "global_ste
 
 def export_checkpoint(src: str | Path, dst: str | Path, shadow_ema: float | None = None, compact: bool = False) -> dict:
     """``shadow_ema``: export with the run's extra EMA at that decay (``ShadowEMA``) as the EMA weights.
-    ``compact``: EMA weights only, in float16 (see the module's docstring)."""
+    ``compact``: EMA weights only (all weights for a model without EMA), matrices in float16 (see the module's docstring)."""
     ckpt = torch.load(src, map_location="cpu", weights_only=True)
     missing = [k for k in ("state_dict", "hyper_parameters") if k not in ckpt]
     if missing:
@@ -44,22 +46,30 @@ def export_checkpoint(src: str | Path, dst: str | Path, shadow_ema: float | None
             small["state_dict"][f"ema.module.{k}"] = v.contiguous().clone()
         small["hyper_parameters"] = {**small["hyper_parameters"], "ema_decay": float(shadow_ema)}
     if compact:
-        small["state_dict"] = compact_state(small["state_dict"], src)
-        small["moldiff_compact"] = {"dtype": str(COMPACT_DTYPE).removeprefix("torch."), "network": "ema"}
+        small["state_dict"], network = compact_state(small["state_dict"], src)
+        small["moldiff_compact"] = {"dtype": str(COMPACT_DTYPE).removeprefix("torch."), "network": network}
     with atomic_write(dst, "wb") as f:
         torch.save(small, f)
     return small
 
 
-def compact_state(state: dict, src) -> dict:
-    ema = {k: v for k, v in state.items() if k.startswith("ema.")}
-    if not any(k.startswith("ema.module.") for k in ema):
-        raise ValueError(f"{src}: no EMA weights to export compactly")
+def compact_state(state: dict, src) -> tuple[dict, str]:
+    """(the weights a model is used with, matrices in float16; which they are): a diffusion model's EMA
+    weights, or all the weights of a model trained without EMA (the property models)."""
+    kept = {k: v for k, v in state.items() if k.startswith("ema.")}
+    network = "ema"
+    if not any(k.startswith("ema.module.") for k in kept):
+        if kept:  # EMA bookkeeping without its weights: not a file to guess about
+            raise ValueError(f"{src}: no EMA weights to export compactly")
+        kept, network = dict(state), "weights"
     limit = torch.finfo(COMPACT_DTYPE).max
-    for k, v in ema.items():
+    for k, v in kept.items():
         if v.is_floating_point() and not (torch.isfinite(v).all() and v.abs().max() < limit):
             raise ValueError(f"{src}: weight {k} is not finite or does not fit {COMPACT_DTYPE}; export it in full")
-    return {k: v.to(COMPACT_DTYPE) if v.is_floating_point() else v for k, v in ema.items()}
+    # Only weight matrices go to float16. Vectors (biases, a property model's target mean and spread)
+    # stay float32: they cost next to nothing, and float16 would round a mean of 75 Bohr^3 by up to
+    # 0.03, a shift of every prediction.
+    return {k: v.to(COMPACT_DTYPE) if v.is_floating_point() and v.dim() >= 2 else v for k, v in kept.items()}, network
 
 
 def main(argv=None) -> None:
