@@ -1,7 +1,7 @@
 """EEGSDE's conditional-design protocol for all six QM9 properties in one run (CPU; idle machine).
 
 python benchmarks/guidance_protocol.py [--guide G.ckpt] [--evaluator E.ckpt] [--ckpt shipped] [--n 500]
-       [--steps 100] [--scales 1,4] [--properties alpha,gap,homo,lumo,mu,Cv] [--out results.json]
+       [--steps 100] [--scales 1,4] [--clip 1] [--properties alpha,gap,homo,lumo,mu,Cv] [--out results.json]
 
 (atom count, target) pairs come from QM9's second training half (``guidance.baselines.protocol_pairs``;
 the same draw for every property). One unguided sample set at those atom counts is scored against
@@ -65,6 +65,7 @@ def main():
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--sampler", default="ancestral")
     p.add_argument("--scales", default="1")
+    p.add_argument("--clip", type=float, default=None, help="cap each step's guidance at this multiple of the unguided eps norm (moldiff.guidance.guided)")
     p.add_argument("--properties", default=",".join(QM9_TARGETS))
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
@@ -80,7 +81,7 @@ def main():
     sizes, _ = protocol_pairs(props[0], a.n, a.seed)
     common = dict(sampler=a.sampler, steps=a.steps, batch_size=a.batch_size, seed=a.seed, device=device, sizes=sizes, progress=False)
     result = {"ckpt": a.ckpt, "base": f"conditional on {props}" if conditional else "unconditional", "guide": a.guide,
-              "evaluator": a.evaluator, "n": a.n, "steps": a.steps, "sampler": a.sampler, "seed": a.seed, "properties": {}}
+              "evaluator": a.evaluator, "n": a.n, "steps": a.steps, "clip": a.clip, "sampler": a.sampler, "seed": a.seed, "properties": {}}
     if not conditional:
         t0 = time.perf_counter()
         unguided = generate(module, a.n, **common)
@@ -106,7 +107,7 @@ def main():
         for scale in map(float, a.scales.split(",")):
             report = GuidanceReport()
             base, slot = base_eps(module, prop)
-            eps_fn = guided(base, module.sde, [(energy, Scale(scale))], report)
+            eps_fn = guided(base, module.sde, [(energy, Scale(scale))], report, clip=a.clip)
 
             def before_batch(k, first, last, energy=energy, targets=targets, report=report, slot=slot):
                 report.offset = first

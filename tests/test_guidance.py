@@ -135,6 +135,42 @@ def test_non_finite_eps_of_the_model_is_counted_once_not_per_energy():
     assert fn.report.to_dict()["failures"] == {"base model: non-finite eps": 1}
 
 
+def test_clip_caps_each_molecules_guidance_at_a_multiple_of_its_eps():
+    """clip: a molecule whose guidance term is larger than clip x |eps| gets exactly that norm, in
+    the same direction, zero CoM kept; one below it is untouched (bitwise); the capped pairs are
+    counted; clip=None is the uncapped guidance."""
+    torch.manual_seed(0)
+    net = EGNN(LAYOUT.dim, hidden=16, layers=2, dtype=torch.float64)
+    batch, n = sizes_to_batch([4, 5])
+    g = torch.Generator().manual_seed(0)
+    x = remove_mean(torch.randn(9, 3, generator=g, dtype=torch.float64), batch, n)
+    h = torch.randn(9, LAYOUT.dim, generator=g, dtype=torch.float64)
+    t = torch.full((n,), 0.5, dtype=torch.float64)
+    # features pulled hard on molecule 0, gently on molecule 1 (positions at the energy's minimum)
+    energy = Quadratic(h + torch.where(batch[:, None] == 0, 1e3, 1e-3).double(), a=x.clone())
+    free = guided(net, SDE, [(energy, Scale(1.0))])
+    capped = guided(net, SDE, [(energy, Scale(1.0))], clip=0.5)
+    with torch.no_grad():
+        ex, eh = net(x, h, t, batch, n)
+        fx, fh = free(x, h, t, batch, n)
+        cx, ch = capped(x, h, t, batch, n)
+
+    def norm(a, b, m):
+        return float(torch.cat([a[batch == m].flatten(), b[batch == m].flatten()]).norm())
+
+    assert norm(fx - ex, fh - eh, 0) > 10 * norm(ex, eh, 0)  # the free push on molecule 0 dwarfs its eps
+    assert norm(cx - ex, ch - eh, 0) == pytest.approx(0.5 * norm(ex, eh, 0), rel=1e-9)
+    ratio = (ch - eh)[batch == 0] / (fh - eh)[batch == 0]
+    assert float((ratio - ratio.flatten()[0]).abs().max()) < 1e-9  # same direction
+    assert norm(fx - ex, fh - eh, 1) < 0.5 * norm(ex, eh, 1)
+    assert torch.equal(cx[batch == 1], fx[batch == 1]) and torch.equal(ch[batch == 1], fh[batch == 1])
+    assert max_com(cx, batch, n) < 1e-12
+    assert capped.report.clipped["quadratic"] == 1 and not free.report.clipped
+    assert capped.report.to_dict()["clipped"] == {"quadratic": 1}
+    with pytest.raises(ValueError, match="clip"):
+        guided(net, SDE, [(energy, Scale(1.0))], clip=0.0)
+
+
 def test_property_guidance_is_equivariant():
     torch.manual_seed(0)
     net = EGNN(LAYOUT.dim, hidden=16, layers=2, dtype=torch.float64)
@@ -387,7 +423,8 @@ def test_xtb_guidance_failures_are_counted_not_fatal(tiny_models, tmp_path):
 
 @pytest.mark.parametrize("override, message", [("property=polarity", "unknown 'polarity'"), ("target=null", "target"),
                                                 ("scale=-1", "scales"), ("sampler=ddim", "sampler"), ("guide_ckpt=/nope.ckpt", "no checkpoint"),
-                                                ("property=alpha", "predicts"), ("batch_atoms=0", "batch_atoms"), ("batch_size=0", "batch_size")])
+                                                ("property=alpha", "predicts"), ("batch_atoms=0", "batch_atoms"), ("batch_size=0", "batch_size"),
+                                                ("clip=0", "clip")])
 def test_bad_guidance_options_fail_up_front(tiny_models, tmp_path, override, message):
     from moldiff.jobs.guide import run_guidance
 

@@ -34,6 +34,7 @@ class GuidanceReport:
 
     failures: Counter = field(default_factory=Counter)
     failed_molecules: dict = field(default_factory=dict)  # energy name -> set of molecule indices
+    clipped: Counter = field(default_factory=Counter)  # energy name -> (molecule, step) pairs whose guidance was capped
     steps: int = 0
     offset: int = 0  # index of the current batch's first molecule in the whole run
 
@@ -49,6 +50,7 @@ class GuidanceReport:
             "guided_steps": self.steps,
             "failures": {f"{e}: {r}": c for (e, r), c in sorted(self.failures.items())},
             "molecules_with_failures": {e: len(s) for e, s in self.failed_molecules.items()},
+            **({"clipped": dict(sorted(self.clipped.items()))} if self.clipped else {}),
         }
 
 
@@ -98,9 +100,32 @@ def _finite_molecules(batch, n, *tensors) -> torch.Tensor:
     return bad == 0
 
 
-def guided(eps_fn: Callable, sde, terms: list[tuple[Energy, Scale]], report: GuidanceReport | None = None) -> Callable:
-    """An eps function for the samplers: ``eps_fn`` plus the guidance of every (energy, scale)."""
+def _cap(tx, th, ex, eh, batch, n, clip: float) -> torch.Tensor:
+    """(M,) factor <= 1 that brings each molecule's guidance term (tx, th) to at most ``clip`` times
+    the norm of its unguided eps (ex, eh); 1 where the term is small, zero or not finite (a
+    non-finite term is left to the overflow check)."""
+    def norm(a, b):
+        sq = torch.zeros(n, dtype=a.dtype, device=a.device)
+        sq.index_add_(0, batch, a.square().sum(1) + b.square().sum(1))
+        return sq.sqrt()
+
+    term, eps = norm(tx, th), norm(ex, eh)
+    factor = clip * eps / term
+    return torch.where(torch.isfinite(term) & (term > 0) & (factor < 1), factor, torch.ones_like(factor))
+
+
+def guided(eps_fn: Callable, sde, terms: list[tuple[Energy, Scale]], report: GuidanceReport | None = None,
+           clip: float | None = None) -> Callable:
+    """An eps function for the samplers: ``eps_fn`` plus the guidance of every (energy, scale).
+
+    ``clip``: each energy's guidance term is capped, per molecule and step, at ``clip`` times the
+    norm of the unguided eps (a rescaling, so its direction and the zero CoM are kept). A sharp
+    property model can give a molecule a gradient that one step turns into a jump it never comes
+    back from; the cap bounds every step's push and counts the capped pairs in the report.
+    None: no cap."""
     report = report if report is not None else GuidanceReport()
+    if clip is not None and not clip > 0:
+        raise ValueError(f"clip must be a positive number or None, got {clip!r}")
 
     def fn(x, h, t, batch, n):
         ex, eh = eps_fn(x, h, t, batch, n)
@@ -114,6 +139,7 @@ def guided(eps_fn: Callable, sde, terms: list[tuple[Energy, Scale]], report: Gui
         alive = _finite_molecules(batch, n, ex, eh)
         report.record(BASE_MODEL, "non-finite eps", torch.nonzero(~alive).flatten().tolist())
         sigma = sde.sigma(t, batch).to(x.dtype)
+        ex0, eh0 = ex, eh
         for energy, w in active:
             gx, gh, ok = energy.gradient(x, h, t, batch, n, (ex, eh))
             reasons = getattr(energy, "last_reasons", None)  # per-molecule failure reasons, if the energy keeps them
@@ -127,7 +153,13 @@ def guided(eps_fn: Callable, sde, terms: list[tuple[Energy, Scale]], report: Gui
             gx = remove_mean(torch.where(mask, gx, torch.zeros_like(gx)), batch, n)
             gh = torch.where(mask, gh, torch.zeros_like(gh))
             wa = sigma * w[batch, None].to(x.dtype)
-            gx, gh = ex + wa * gx, eh + wa * gh
+            tx, th = wa * gx, wa * gh
+            if clip is not None:
+                factor = _cap(tx, th, ex0, eh0, batch, n, clip)
+                capped = alive & use & (factor < 1)
+                report.clipped[energy.name] += int(capped.sum())
+                tx, th = tx * factor[batch, None], th * factor[batch, None]
+            gx, gh = ex + tx, eh + th
             # A finite gradient can still overflow once scaled and added: the molecule then keeps
             # the eps it had, never a non-finite one.
             fits = _finite_molecules(batch, n, gx, gh)

@@ -67,6 +67,8 @@ def check_config(cfg) -> None:
     if float(cfg.scale) < 0 or float(cfg.xtb.scale) < 0:
         raise ValueError("guidance scales must be >= 0")
     Scale(cfg.scale, cfg.t_min, cfg.t_max, cfg.scale_kind)
+    if cfg.get("clip") is not None and not float(cfg.clip) > 0:
+        raise ValueError(f"clip must be a positive number or null, got {cfg.clip!r}")
     if cfg.sampler not in SAMPLERS:
         raise ValueError(f"sampler: unknown {cfg.sampler!r}; use one of {sorted(SAMPLERS)}")
     if int(cfg.n) < 1 or int(cfg.steps) < 1 or int(cfg.batch_size) < 1:
@@ -126,7 +128,7 @@ def run_guidance(cfg, output_dir) -> dict:
         xtb = XTBEnergy(module.sde, module.layout, int(cfg.xtb.workers))
         terms.append((xtb, Scale(cfg.xtb.scale, 0.0, cfg.xtb.t_max)))
     report = GuidanceReport()
-    eps_fn = guided(base, module.sde, terms, report)
+    eps_fn = guided(base, module.sde, terms, report, clip=None if cfg.get("clip") is None else float(cfg.clip))
 
     def before_batch(k, first, last):
         report.offset = first
