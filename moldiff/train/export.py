@@ -9,8 +9,9 @@ The result loads with ``DiffusionModel.load`` (sampling, likelihoods) and warm-s
 ``--compact`` (how shipped models are written since the repository's checkpoint budget ran low,
 docs/training.md): only the EMA weights, the ones every sampler and likelihood uses, their
 matrices stored in float16 (vectors such as biases stay float32), about a quarter of the full
-export. ``read_checkpoint`` casts them back to float32 and gives the network the EMA weights too, so a compact file loads and warm-starts like a full one; a warm start
-from it continues from the EMA weights, not the raw ones. What float16 storage costs in samples is
+export. ``read_checkpoint`` casts them back to float32 and gives the network the EMA weights too,
+so a compact file loads and warm-starts like a full one; a warm start from it continues from the
+EMA weights, not the raw ones. What float16 storage costs in samples is
 measured in docs/training.md. A model trained without EMA (the property models) keeps all its
 weights, the same way (half the full export); ``load_state_dict`` casts them back to float32 when
 it loads (what that costs in MAE: docs/guidance.md).
