@@ -34,8 +34,8 @@ def main():
         shutil.rmtree(out / "pkgs" / name, ignore_errors=True)
         shutil.copytree(src, out / "pkgs" / name, ignore=shutil.ignore_patterns("__pycache__"))
     mols = load_qm9("all")
-    p_ = mols.properties
-    keep = (p_["half"] == 1) | (p_["split"] == SPLIT_CODES["valid"]) | (p_["split"] == SPLIT_CODES["test"])
+    props = mols.properties
+    keep = (props["half"] == 1) | (props["split"] == SPLIT_CODES["valid"]) | (props["split"] == SPLIT_CODES["test"])
     sub = mols.subset(keep)
     arrays = {"numbers": sub.numbers, "positions": sub.positions, "offsets": sub.offsets}
     arrays.update({f"prop.{k}": v for k, v in sub.properties.items()})

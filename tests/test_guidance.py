@@ -301,6 +301,7 @@ def test_property_model_compact_export_keeps_its_predictions(tmp_path):
         pf, pc = (m.net.predict(b.x, b.h, t, b.batch, b.n_mol) for m in (full, compact))
     assert float((pf - pc).abs().max()) < 2e-3 * float(full.net.std.max())
 
+
 def test_multi_task_property_model_has_one_column_per_target(tmp_path):
     from pathlib import Path
 

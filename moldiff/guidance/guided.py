@@ -100,18 +100,16 @@ def _finite_molecules(batch, n, *tensors) -> torch.Tensor:
     return bad == 0
 
 
-def _cap(tx, th, ex, eh, batch, n, clip: float) -> torch.Tensor:
-    """(M,) factor <= 1 that brings each molecule's guidance term (tx, th) to at most ``clip`` times
-    the norm of its unguided eps (ex, eh); 1 where the term is small, zero or not finite (a
-    non-finite term is left to the overflow check)."""
-    def norm(a, b):
-        sq = torch.zeros(n, dtype=a.dtype, device=a.device)
-        sq.index_add_(0, batch, a.square().sum(1) + b.square().sum(1))
-        return sq.sqrt()
+def _molecule_norm(a, b, batch, n) -> torch.Tensor:
+    """(M,) norm of each molecule's (A, 3) and (A, F) rows together."""
+    sq = torch.zeros(n, dtype=a.dtype, device=a.device)
+    sq.index_add_(0, batch, a.square().sum(1) + b.square().sum(1))
+    return sq.sqrt()
 
-    term, eps = norm(tx, th), norm(ex, eh)
-    factor = clip * eps / term
-    return torch.where(torch.isfinite(term) & (term > 0) & (factor < 1), factor, torch.ones_like(factor))
+
+def check_clip(clip) -> None:
+    if clip is not None and not float(clip) > 0:
+        raise ValueError(f"clip must be a positive number or null, got {clip!r}")
 
 
 def guided(eps_fn: Callable, sde, terms: list[tuple[Energy, Scale]], report: GuidanceReport | None = None,
@@ -124,8 +122,7 @@ def guided(eps_fn: Callable, sde, terms: list[tuple[Energy, Scale]], report: Gui
     back from; the cap bounds every step's push and counts the capped pairs in the report.
     None: no cap."""
     report = report if report is not None else GuidanceReport()
-    if clip is not None and not clip > 0:
-        raise ValueError(f"clip must be a positive number or None, got {clip!r}")
+    check_clip(clip)
 
     def fn(x, h, t, batch, n):
         ex, eh = eps_fn(x, h, t, batch, n)
@@ -139,7 +136,8 @@ def guided(eps_fn: Callable, sde, terms: list[tuple[Energy, Scale]], report: Gui
         alive = _finite_molecules(batch, n, ex, eh)
         report.record(BASE_MODEL, "non-finite eps", torch.nonzero(~alive).flatten().tolist())
         sigma = sde.sigma(t, batch).to(x.dtype)
-        ex0, eh0 = ex, eh
+        # the cap's yardstick: the unguided eps, once per step whatever the number of energies
+        limit = None if clip is None else clip * _molecule_norm(ex, eh, batch, n)
         for energy, w in active:
             gx, gh, ok = energy.gradient(x, h, t, batch, n, (ex, eh))
             reasons = getattr(energy, "last_reasons", None)  # per-molecule failure reasons, if the energy keeps them
@@ -154,8 +152,12 @@ def guided(eps_fn: Callable, sde, terms: list[tuple[Energy, Scale]], report: Gui
             gh = torch.where(mask, gh, torch.zeros_like(gh))
             wa = sigma * w[batch, None].to(x.dtype)
             tx, th = wa * gx, wa * gh
-            if clip is not None:
-                factor = _cap(tx, th, ex0, eh0, batch, n, clip)
+            if limit is not None:
+                # factor < 1 only where the term exceeds the cap; a zero or non-finite term is left
+                # as it is (the overflow check below handles the latter)
+                term = _molecule_norm(tx, th, batch, n)
+                factor = limit / term
+                factor = torch.where(torch.isfinite(term) & (term > 0) & (factor < 1), factor, torch.ones_like(factor))
                 capped = alive & use & (factor < 1)
                 report.clipped[energy.name] += int(capped.sum())
                 tx, th = tx * factor[batch, None], th * factor[batch, None]

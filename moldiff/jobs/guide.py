@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from moldiff.guidance.baselines import atoms_baseline, evaluator_bounds, predict, protocol_pairs
-from moldiff.guidance.guided import GuidanceReport, Scale, guided
+from moldiff.guidance.guided import GuidanceReport, Scale, check_clip, guided
 from moldiff.guidance.property_energy import PropertyEnergy
 from moldiff.jobs.evaluate import write_json
 from moldiff.jobs.sample import batch_bounds, drop_non_finite, write_outputs
@@ -67,8 +67,7 @@ def check_config(cfg) -> None:
     if float(cfg.scale) < 0 or float(cfg.xtb.scale) < 0:
         raise ValueError("guidance scales must be >= 0")
     Scale(cfg.scale, cfg.t_min, cfg.t_max, cfg.scale_kind)
-    if cfg.get("clip") is not None and not float(cfg.clip) > 0:
-        raise ValueError(f"clip must be a positive number or null, got {cfg.clip!r}")
+    check_clip(cfg.get("clip"))
     if cfg.sampler not in SAMPLERS:
         raise ValueError(f"sampler: unknown {cfg.sampler!r}; use one of {sorted(SAMPLERS)}")
     if int(cfg.n) < 1 or int(cfg.steps) < 1 or int(cfg.batch_size) < 1:
