@@ -1,8 +1,10 @@
 """Does GFN2-xTB guidance lower strain? Unguided against xTB-guided sampling, same seeds (CPU, tblite).
 
-python benchmarks/xtb_guidance.py [--ckpt shipped] [--n 500] [--steps 100] [--scales 0,1] [--t-max 0.1]
-                                  [--relax-steps 50] [--workers 2] [--out results.json]
+python benchmarks/xtb_guidance.py [--ckpt shipped] [--n 500] [--steps 100] [--scales 0,1] [--clips none,1]
+                                  [--t-max 0.1] [--relax-steps 50] [--workers 2] [--out results.json]
 
+``--clips`` gives each arm its cap (``guided(..., clip=)``, guide.py's ``clip``; one value: every arm),
+so ``--scales 0,10,10 --clips none,none,1`` measures what guide.py's default cap does to xTB guidance.
 Scale 0 is unguided sampling (bit-identical to ``sample.py`` with the same seed, sampler and steps).
 Each molecule's strain is E_xTB(sampled) - E_xTB(after a short BFGS relaxation), kcal/mol
 (``metrics.xtb_energy``); molecules xTB cannot evaluate are counted, not dropped silently. The
@@ -54,6 +56,7 @@ def main():
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--sampler", default="ancestral")
     p.add_argument("--scales", default="0,1")
+    p.add_argument("--clips", default="none", help="per arm (or one for all): none or a multiple of the unguided eps norm")
     p.add_argument("--t-max", type=float, default=0.1)
     p.add_argument("--relax-steps", type=int, default=50)
     p.add_argument("--workers", type=int, default=2)
@@ -63,13 +66,19 @@ def main():
     a = p.parse_args()
     tune_cpu_allocator()
     module = DiffusionModel.load(checkpoint_path(a.ckpt), torch.device("cpu"))
+    scales = [float(s) for s in a.scales.split(",")]
+    clips = [None if c.strip().lower() == "none" else float(c) for c in a.clips.split(",")]
+    if len(clips) == 1:
+        clips = clips * len(scales)
+    if len(clips) != len(scales):
+        p.error(f"--clips has {len(clips)} values for {len(scales)} scales")
     rows = []
-    for scale in map(float, a.scales.split(",")):
+    for scale, clip in zip(scales, clips):
         report = GuidanceReport()
         eps_fn, energy = module.eps_fn(), None
         if scale > 0:
             energy = XTBEnergy(module.sde, module.layout, a.workers)
-            eps_fn = guided(eps_fn, module.sde, [(energy, Scale(scale, 0.0, a.t_max))], report)
+            eps_fn = guided(eps_fn, module.sde, [(energy, Scale(scale, 0.0, a.t_max))], report, clip=clip)
 
         def before_batch(k, first, last, report=report):
             report.offset = first
@@ -91,7 +100,7 @@ def main():
                 key = reason.split(":")[0]
                 failures[key] = failures.get(key, 0) + 1
         ok = ~np.isnan(strain)
-        row = {"scale": scale, "t_max": a.t_max, "validity": float(valid.mean()), "sampling_seconds": round(seconds, 1),
+        row = {"scale": scale, "clip": clip, "t_max": a.t_max, "validity": float(valid.mean()), "sampling_seconds": round(seconds, 1),
                "strain_seconds": round(time.perf_counter() - t0, 1), "median_strain": float(np.median(strain[ok])) if ok.any() else math.nan,
                "median_strain_valid": float(np.median(strain[ok & valid])) if (ok & valid).any() else math.nan,
                "mean_strain": float(strain[ok].mean()) if ok.any() else math.nan,
@@ -102,7 +111,7 @@ def main():
         rows.append(row)
         cmp = row.get("against_unguided")
         versus = f"{cmp['median_difference']:+.1f} [{cmp['ci95'][0]:+.1f}, {cmp['ci95'][1]:+.1f}], {100 * cmp['fraction_lower']:.0f} % lower" if cmp else ""
-        print(f"| {scale:g} | {100 * row['validity']:.1f} | {row['median_strain']:.1f} | {row['median_strain_valid']:.1f} | "
+        print(f"| {scale:g} | {clip} | {100 * row['validity']:.1f} | {row['median_strain']:.1f} | {row['median_strain_valid']:.1f} | "
               f"{row['n_evaluated']}/{a.n} | {seconds:.0f} | {versus} |", flush=True)
         if a.out:
             from moldiff.io.writers import atomic_write
