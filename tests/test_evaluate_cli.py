@@ -55,6 +55,26 @@ def test_cli_rejects_bad_config(tmp_path):
     assert p.returncode != 0 and "neither a file" in p.stderr
 
 
+@pytest.mark.parametrize("value, ok", [(None, 0), (3, 3), (-1, None), ("many", None), (2.5, None), (True, None)])
+def test_count_options_take_null_as_off_and_refuse_the_rest(value, ok):
+    from omegaconf import OmegaConf
+
+    from moldiff.jobs.evaluate import count
+
+    cfg = OmegaConf.create({"xtb": value})
+    if ok is None:
+        with pytest.raises(ValueError, match="xtb must be a whole number"):
+            count(cfg, "xtb")
+    else:
+        assert count(cfg, "xtb") == ok
+
+
+def test_cli_bad_count_is_one_line(tmp_path):
+    p = _run("input=qm9:test", "reference=null", "novelty=null", "posebusters=-2")
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == "error: posebusters must be a whole number >= 0 (0 or null: off), got -2"
+    assert "Traceback" not in p.stderr
+
+
 def _strict_json(text):
     def reject(constant):
         raise ValueError(f"not JSON: {constant}")

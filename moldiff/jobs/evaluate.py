@@ -51,6 +51,16 @@ def write_json(path, obj) -> None:
         json.dump(strict_json(obj), f, indent=2, allow_nan=False, default=float)
 
 
+def count(cfg, key: str) -> int:
+    """A molecule count option: a whole number >= 0; null means 0 (off), as users write ``xtb=null``."""
+    value = cfg[key]
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{key} must be a whole number >= 0 (0 or null: off), got {value!r}")
+    return value
+
+
 def check_config(cfg) -> None:
     """Fail before any work on a bad value (Hydra already rejects unknown keys)."""
     bad = [p for p in cfg.protocols if p not in PROTOCOLS]
@@ -59,8 +69,7 @@ def check_config(cfg) -> None:
     if cfg.vocabulary != "auto" and cfg.vocabulary not in VOCABULARIES:
         raise ValueError(f"unknown vocabulary {cfg.vocabulary!r}; use one of {', '.join(VOCABULARIES)} or auto")
     for key in ("posebusters", "xtb", "reference_max"):
-        if int(cfg[key]) < 0:
-            raise ValueError(f"{key} must be >= 0, got {cfg[key]}")
+        count(cfg, key)
     if cfg.novelty is not None and cfg.novelty not in ("qm9:train", "qm9_noh:train"):
         raise ValueError(f"novelty: use qm9:train, qm9_noh:train or null, got {cfg.novelty!r}")
 
@@ -105,13 +114,13 @@ def run_evaluation(cfg, output_dir: str | Path) -> dict:
         raise ValueError(f"{cfg.input}: nothing in it could be evaluated ({probe.summary()}); is it an SDF/XYZ file of molecules?")
     reference = None
     if cfg.reference:
-        reference = reference_stats(cfg.reference, int(cfg.reference_max), cfg.workers)
+        reference = reference_stats(cfg.reference, count(cfg, "reference_max"), cfg.workers)
     train = None
     if cfg.novelty:
         remove_h = cfg.novelty.startswith("qm9_noh")
         train = {p: training_smiles(p, remove_h=remove_h, workers=cfg.workers) for p in cfg.protocols}
     result = evaluate(
-        mols, vocab, report, reference, train, tuple(cfg.protocols), cfg.workers, int(cfg.posebusters), int(cfg.xtb), names
+        mols, vocab, report, reference, train, tuple(cfg.protocols), cfg.workers, count(cfg, "posebusters"), count(cfg, "xtb"), names
     )
     result["source"] = cfg.input
     print(format_table(result))
