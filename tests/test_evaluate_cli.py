@@ -67,6 +67,8 @@ def test_count_options_take_null_as_off_and_refuse_the_rest(value, ok):
             count(cfg, "xtb")
     else:
         assert count(cfg, "xtb") == ok
+    with pytest.raises(ValueError, match="reference_max must be a whole number >= 1"):
+        count(OmegaConf.create({"reference_max": None}), "reference_max", least=1)
 
 
 def test_cli_bad_count_is_one_line(tmp_path):

@@ -51,13 +51,15 @@ def write_json(path, obj) -> None:
         json.dump(strict_json(obj), f, indent=2, allow_nan=False, default=float)
 
 
-def count(cfg, key: str) -> int:
-    """A molecule count option: a whole number >= 0; null means 0 (off), as users write ``xtb=null``."""
+def count(cfg, key: str, least: int = 0) -> int:
+    """A molecule count option: a whole number >= ``least``. For the optional checks (least 0), null
+    means 0 (off), as users write ``xtb=null``; the reference size (least 1) has no off."""
     value = cfg[key]
-    if value is None:
+    if value is None and least == 0:
         return 0
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{key} must be a whole number >= 0 (0 or null: off), got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        off = " (0 or null: off)" if least == 0 else ""
+        raise ValueError(f"{key} must be a whole number >= {least}{off}, got {value!r}")
     return value
 
 
@@ -68,8 +70,9 @@ def check_config(cfg) -> None:
         raise ValueError(f"protocols: unknown {bad}; choose from {list(PROTOCOLS)}")
     if cfg.vocabulary != "auto" and cfg.vocabulary not in VOCABULARIES:
         raise ValueError(f"unknown vocabulary {cfg.vocabulary!r}; use one of {', '.join(VOCABULARIES)} or auto")
-    for key in ("posebusters", "xtb", "reference_max"):
+    for key in ("posebusters", "xtb"):
         count(cfg, key)
+    count(cfg, "reference_max", least=1)
     if cfg.novelty is not None and cfg.novelty not in ("qm9:train", "qm9_noh:train"):
         raise ValueError(f"novelty: use qm9:train, qm9_noh:train or null, got {cfg.novelty!r}")
 
@@ -114,7 +117,7 @@ def run_evaluation(cfg, output_dir: str | Path) -> dict:
         raise ValueError(f"{cfg.input}: nothing in it could be evaluated ({probe.summary()}); is it an SDF/XYZ file of molecules?")
     reference = None
     if cfg.reference:
-        reference = reference_stats(cfg.reference, count(cfg, "reference_max"), cfg.workers)
+        reference = reference_stats(cfg.reference, count(cfg, "reference_max", least=1), cfg.workers)
     train = None
     if cfg.novelty:
         remove_h = cfg.novelty.startswith("qm9_noh")
