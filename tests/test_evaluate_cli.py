@@ -67,6 +67,13 @@ def test_count_options_take_null_as_off_and_refuse_the_rest(value, ok):
             count(cfg, "xtb")
     else:
         assert count(cfg, "xtb") == ok
+
+
+def test_reference_size_has_no_off():
+    from omegaconf import OmegaConf
+
+    from moldiff.jobs.evaluate import count
+
     with pytest.raises(ValueError, match="reference_max must be a whole number >= 1"):
         count(OmegaConf.create({"reference_max": None}), "reference_max", least=1)
 

@@ -63,18 +63,19 @@ def count(cfg, key: str, least: int = 0) -> int:
     return value
 
 
-def check_config(cfg) -> None:
-    """Fail before any work on a bad value (Hydra already rejects unknown keys)."""
+def check_config(cfg) -> dict:
+    """Fail before any work on a bad value (Hydra already rejects unknown keys); returns the checked
+    molecule counts (posebusters, xtb, reference_max)."""
     bad = [p for p in cfg.protocols if p not in PROTOCOLS]
     if bad:
         raise ValueError(f"protocols: unknown {bad}; choose from {list(PROTOCOLS)}")
     if cfg.vocabulary != "auto" and cfg.vocabulary not in VOCABULARIES:
         raise ValueError(f"unknown vocabulary {cfg.vocabulary!r}; use one of {', '.join(VOCABULARIES)} or auto")
-    for key in ("posebusters", "xtb"):
-        count(cfg, key)
-    count(cfg, "reference_max", least=1)
+    counts = {key: count(cfg, key) for key in ("posebusters", "xtb")}
+    counts["reference_max"] = count(cfg, "reference_max", least=1)
     if cfg.novelty is not None and cfg.novelty not in ("qm9:train", "qm9_noh:train"):
         raise ValueError(f"novelty: use qm9:train, qm9_noh:train or null, got {cfg.novelty!r}")
+    return counts
 
 
 def _number(value, spec: str, factor: float = 1.0, unit: str = "") -> str:
@@ -108,7 +109,7 @@ def format_table(result: dict) -> str:
 
 
 def run_evaluation(cfg, output_dir: str | Path) -> dict:
-    check_config(cfg)
+    counts = check_config(cfg)
     report = InputReport()
     mols, names, natural = load_source(cfg.input, report)
     vocab = natural if cfg.vocabulary == "auto" else vocabulary(cfg.vocabulary)
@@ -117,13 +118,13 @@ def run_evaluation(cfg, output_dir: str | Path) -> dict:
         raise ValueError(f"{cfg.input}: nothing in it could be evaluated ({probe.summary()}); is it an SDF/XYZ file of molecules?")
     reference = None
     if cfg.reference:
-        reference = reference_stats(cfg.reference, count(cfg, "reference_max", least=1), cfg.workers)
+        reference = reference_stats(cfg.reference, counts["reference_max"], cfg.workers)
     train = None
     if cfg.novelty:
         remove_h = cfg.novelty.startswith("qm9_noh")
         train = {p: training_smiles(p, remove_h=remove_h, workers=cfg.workers) for p in cfg.protocols}
     result = evaluate(
-        mols, vocab, report, reference, train, tuple(cfg.protocols), cfg.workers, count(cfg, "posebusters"), count(cfg, "xtb"), names
+        mols, vocab, report, reference, train, tuple(cfg.protocols), cfg.workers, counts["posebusters"], counts["xtb"], names
     )
     result["source"] = cfg.input
     print(format_table(result))
