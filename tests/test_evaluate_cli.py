@@ -84,6 +84,21 @@ def test_cli_bad_count_is_one_line(tmp_path):
     assert "Traceback" not in p.stderr
 
 
+@pytest.mark.parametrize("value", [0, -1, "abc", True])
+def test_bad_posebusters_timeout_is_refused(value):
+    from omegaconf import OmegaConf
+
+    from moldiff.jobs.evaluate import check_config
+
+    cfg = OmegaConf.load(ROOT / "configs/common/evaluation.yaml")
+    cfg.posebusters_timeout = value
+    with pytest.raises(ValueError, match=r"posebusters_timeout must be a number of seconds > 0 \(null: no limit\), got "):
+        check_config(cfg)
+    for fine in (None, 0.5, 60):
+        cfg.posebusters_timeout = fine
+        check_config(cfg)
+
+
 def _strict_json(text):
     def reject(constant):
         raise ValueError(f"not JSON: {constant}")

@@ -73,6 +73,9 @@ def check_config(cfg) -> dict:
         raise ValueError(f"unknown vocabulary {cfg.vocabulary!r}; use one of {', '.join(VOCABULARIES)} or auto")
     counts = {key: count(cfg, key) for key in ("posebusters", "xtb")}
     counts["reference_max"] = count(cfg, "reference_max", least=1)
+    limit = cfg.posebusters_timeout
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0):
+        raise ValueError(f"posebusters_timeout must be a number of seconds > 0 (null: no limit), got {limit!r}")
     if cfg.novelty is not None and cfg.novelty not in ("qm9:train", "qm9_noh:train"):
         raise ValueError(f"novelty: use qm9:train, qm9_noh:train or null, got {cfg.novelty!r}")
     return counts
@@ -96,6 +99,12 @@ def format_table(result: dict) -> str:
         lines.append(f"atom type TV {_number(d['atom_type_tv'], '.4f')} | atom count TV {_number(d['atom_count_tv'], '.4f')} | "
                      f"bond length W1 {_number(d['bond_length_w1']['weighted_mean'], '.4f', unit=' Å')} | "
                      f"bond angle W1 {_number(d['bond_angle_w1']['weighted_mean'], '.3f', unit='°')}")
+    pb = result.get("posebusters")
+    if pb:
+        lines.append("")
+        timed_out = f", {pb['n_timed_out']} of them timed out" if pb["n_timed_out"] else ""
+        lines.append(f"PoseBusters: {_number(pb['pb_valid'], '.2f', 100)} % pass every check, of {pb['n_checked']} checked; "
+                     f"{pb['n_failed_to_check']} could not be checked{timed_out}")
     inp = result["input"]
     lines.append("")
     lines.append(f"{result['n_molecules']} molecules, {result['n_evaluated']} evaluated ({result['vocabulary']} vocabulary); "
@@ -124,7 +133,8 @@ def run_evaluation(cfg, output_dir: str | Path) -> dict:
         remove_h = cfg.novelty.startswith("qm9_noh")
         train = {p: training_smiles(p, remove_h=remove_h, workers=cfg.workers) for p in cfg.protocols}
     result = evaluate(
-        mols, vocab, report, reference, train, tuple(cfg.protocols), cfg.workers, counts["posebusters"], counts["xtb"], names
+        mols, vocab, report, reference, train, tuple(cfg.protocols), cfg.workers, counts["posebusters"], counts["xtb"], names,
+        posebusters_timeout=cfg.posebusters_timeout,
     )
     result["source"] = cfg.input
     print(format_table(result))

@@ -17,7 +17,7 @@ from moldiff.data.elements import Vocabulary
 from moldiff.data.molecules import MoleculeSet
 from moldiff.data.report import InputReport
 from moldiff.metrics.distribution import GeometryStats, distribution_distances, geometry_stats
-from moldiff.metrics.posebusters_checks import posebusters_summary
+from moldiff.metrics.posebusters_checks import DEFAULT_TIMEOUT, posebusters_summary
 from moldiff.metrics.protocols import ProtocolOutcome, molecule_charges, run_corrected, run_edm, valence_rule
 
 PROTOCOLS = ("edm", "corrected")
@@ -59,10 +59,12 @@ def evaluate(
     posebusters: int = 0,
     xtb: int = 0,
     names=None,
+    posebusters_timeout: float | None = DEFAULT_TIMEOUT,
 ) -> dict:
     """Metrics for ``mols``. ``report`` counts bad input (``mols`` is checked against ``vocab`` here).
 
-    ``posebusters`` / ``xtb``: how many molecules (the first ones) get the optional checks.
+    ``posebusters`` / ``xtb``: how many molecules (the first ones) get the optional checks;
+    ``posebusters_timeout``: seconds one molecule may take in PoseBusters (see ``posebusters_summary``).
     """
     report = report if report is not None else InputReport()
     if report.n_records == 0:
@@ -86,7 +88,9 @@ def evaluate(
         timings["distribution"] = time.perf_counter() - t
     if posebusters and len(mols):
         t = time.perf_counter()
-        result["posebusters"] = posebusters_summary(_rdkit_mols(mols, posebusters, valence_rule(vocab)))
+        result["posebusters"] = posebusters_summary(
+            _rdkit_mols(mols, posebusters, valence_rule(vocab)), timeout=posebusters_timeout
+        )
         timings["posebusters"] = time.perf_counter() - t
     if xtb and len(mols):
         from moldiff.metrics.xtb_energy import strain_energies

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing as mp
 import sys
 import warnings
 from contextlib import contextmanager
 
 import numpy as np
+
+# Seconds one molecule may take by default: typical drug-like molecules take about a second (docs/evaluation.md).
+DEFAULT_TIMEOUT = 60.0
+_START_TIMEOUT = 300.0  # importing PoseBusters (pandas, RDKit) in a fresh process, on a busy machine
 
 
 def _require_posebusters():
@@ -68,40 +73,125 @@ def _unusable(mol) -> str | None:
     return None
 
 
-def posebusters_summary(mols: list, config: str = "mol") -> dict:
+def _row(df) -> dict:
+    """PoseBusters' one-row result as plain booleans: only an explicit True passes; NaN / pd.NA (check not
+    evaluated) does not."""
+    return {col: isinstance(val, (bool, np.bool_)) and bool(val) for col, val in df.iloc[0].items()}
+
+
+def _bust_one(busters, mol) -> tuple[dict | None, str | None]:
+    """(row, None) for a molecule PoseBusters checked, (None, reason) for one it could not."""
+    # One molecule per call keeps the row <-> molecule mapping exact and isolates exceptions;
+    # it costs no more than one batched call (PoseBusters loops over molecules either way).
+    try:
+        df = busters.bust(mol_pred=[mol])
+    except Exception as err:  # noqa: BLE001 - any PoseBusters failure is a per-molecule outcome
+        return None, f"{type(err).__name__}: {err}"
+    return (_row(df), None) if len(df) == 1 else (None, f"PoseBusters returned {len(df)} rows")
+
+
+def _serve(conn, config: str) -> None:
+    """Worker process: check the molecules it is sent, one at a time, until the pipe closes."""
+    from rdkit import Chem
+
+    busters = _require_posebusters()(config=config)
+    conn.send("ready")
+    with _quiet():
+        while True:
+            try:
+                data = conn.recv()
+            except EOFError:
+                return
+            conn.send(_bust_one(busters, Chem.Mol(data)))
+
+
+class _Worker:
+    """PoseBusters in a process of its own, so that a molecule it never finishes (its energy check embeds a
+    50-conformer ETKDG ensemble, which can run for hours on a distorted molecule) costs ``timeout`` seconds
+    and a fresh worker, not the whole evaluation. Spawned, not forked: RDKit's embedding is multithreaded."""
+
+    def __init__(self, config: str, timeout: float | None):
+        self.config, self.timeout = config, timeout
+        self.conn = self.proc = None
+
+    def _start(self) -> None:
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, args=(child, self.config), daemon=True)
+        self.proc.start()
+        child.close()
+        # Importing PoseBusters takes seconds; that is not the molecule's time.
+        if not self.conn.poll(_START_TIMEOUT):
+            self.close(kill=True)
+            raise RuntimeError(f"the PoseBusters worker did not start within {_START_TIMEOUT:g} s")
+        try:
+            self.conn.recv()
+        except EOFError:
+            self.close(kill=True)
+            raise RuntimeError("the PoseBusters worker failed to start") from None
+
+    def check(self, mol) -> tuple[dict | None, str | None]:
+        from rdkit import Chem
+
+        if self.proc is None:
+            self._start()
+        # Coordinates travel as doubles: RDKit's default pickle rounds them to float32.
+        data = mol.ToBinary(Chem.PropertyPickleOptions.CoordsAsDouble)
+        try:
+            self.conn.send(data)
+            if self.conn.poll(self.timeout):  # None: wait as long as it takes
+                return self.conn.recv()
+        except (EOFError, OSError):  # the worker died (a crash in RDKit's C++, killed from outside)
+            self.close(kill=True)
+            return None, "PoseBusters worker died"
+        self.close(kill=True)
+        return None, f"timed out after {self.timeout:g} s"
+
+    def close(self, kill: bool = False) -> None:
+        """Stop the worker: closing the pipe ends its loop; ``kill`` (or a worker that does not end soon) kills it."""
+        if self.proc is not None:
+            self.conn.close()
+            self.proc.join(0 if kill else 10)
+            if self.proc.is_alive():
+                self.proc.kill()
+                self.proc.join()
+        self.conn = self.proc = None
+
+
+def posebusters_summary(mols: list, config: str = "mol", timeout: float | None = DEFAULT_TIMEOUT) -> dict:
     """Fraction of molecules passing each PoseBusters check, and all of them (``pb_valid``).
 
     Args:
         mols: sanitized RDKit molecules with explicit hydrogens and a 3D conformer (Å).
         config: PoseBusters configuration; ``"mol"`` (default) includes the energy-ratio check, which embeds a
             50-conformer ensemble per distinct molecule (cached by InChI); ``"mol_fast"`` skips it.
+        timeout: seconds one molecule may take (None: no limit). A molecule that takes longer is counted in
+            ``n_failed_to_check`` (and ``n_timed_out``), and the checks go on with the next one.
 
     Returns:
         ``{check_name: pass_rate, ..., "pb_valid": rate, "n_checked": int, "n_failed_to_check": int,
-        "failures": [(index, reason), ...]}``. Rates are over the ``n_checked`` molecules PoseBusters returned a
-        row for; a check it could not evaluate (NaN) counts as not passed. Molecules that raise, return no row, or
-        are unusable (no conformer, non-finite coordinates, not a Mol) are counted in ``n_failed_to_check``.
-        Rates are NaN when nothing was checked.
+        "n_timed_out": int, "failures": [(index, reason), ...]}``. Rates are over the ``n_checked`` molecules
+        PoseBusters returned a row for; a check it could not evaluate (NaN) counts as not passed. Molecules that
+        raise, return no row, run past ``timeout``, or are unusable (no conformer, non-finite coordinates, not a
+        Mol) are counted in ``n_failed_to_check``. Rates are NaN when nothing was checked.
     """
-    busters = _require_posebusters()(config=config)
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"timeout must be > 0 seconds or None, got {timeout}")
+    _require_posebusters()  # a missing extra fails here, with the fix, not in the worker
+    worker = _Worker(config, timeout)
     rows: list[dict] = []
     failures: list[tuple[int, str]] = []
-    with _quiet():
+    try:
         for i, mol in enumerate(mols):
             reason = _unusable(mol)
             if reason is None:
-                # One molecule per call keeps the row <-> molecule mapping exact and isolates exceptions;
-                # it costs no more than one batched call (PoseBusters loops over molecules either way).
-                try:
-                    df = busters.bust(mol_pred=[mol])
-                    reason = None if len(df) == 1 else f"PoseBusters returned {len(df)} rows"
-                except Exception as err:  # noqa: BLE001 - any PoseBusters failure is a per-molecule outcome
-                    reason = f"{type(err).__name__}: {err}"
+                row, reason = worker.check(mol)
             if reason is not None:
                 failures.append((i, reason))
-                continue
-            # Only an explicit True passes; NaN / pd.NA (check not evaluated) does not.
-            rows.append({col: isinstance(val, (bool, np.bool_)) and bool(val) for col, val in df.iloc[0].items()})
+            else:
+                rows.append(row)
+    finally:
+        worker.close()
 
     columns = list(dict.fromkeys(col for row in rows for col in row))
     n = len(rows)
@@ -109,5 +199,6 @@ def posebusters_summary(mols: list, config: str = "mol") -> dict:
     summary["pb_valid"] = sum(all(row.get(col, False) for col in columns) for row in rows) / n if n else math.nan
     summary["n_checked"] = n
     summary["n_failed_to_check"] = len(failures)
+    summary["n_timed_out"] = sum(reason.startswith("timed out") for _, reason in failures)
     summary["failures"] = failures
     return summary
