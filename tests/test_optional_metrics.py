@@ -75,7 +75,7 @@ def test_posebusters_bad_inputs_are_counted(good_mols):
     nan_coords = scaled(good_mols[0], float("nan"))
     summary = posebusters_summary([good_mols[0], None, no_conformer, nan_coords])
     assert summary["n_checked"] == 1 and summary["n_failed_to_check"] == 3 and summary["n_timed_out"] == 0
-    assert summary["failures"] == [(1, "not an RDKit Mol (NoneType)"), (2, "no conformer"), (3, "non-finite coordinates")]
+    assert summary["failures"] == [(1, "no molecule"), (2, "no conformer"), (3, "non-finite coordinates")]
     assert summary["pb_valid"] == 1.0
 
 
@@ -101,6 +101,20 @@ def test_posebusters_worker_death_is_counted_and_replaced(good_mols):
     finally:
         worker.close()
     assert worker.proc is None
+
+
+# A real GEOM-Drugs test molecule (108 atoms with H, nine stereocentres): PoseBusters' energy check takes
+# about 19 s on one thread for it, 10x this test's limit.
+RIFAMYCIN_LIKE = ("CO[C@H]1/C=C\\O[C@@]2(C)Oc3c(C)c(O)c4c(O)c(c5c(nc6cc(C)ccn65)c4c3C2=O)NC(=O)/C(C)=C\\C=C/"
+                  "[C@H](C)[C@H](O)[C@@H](C)[C@@H](O)[C@@H](C)[C@H](OC(C)=O)[C@@H]1C")
+
+
+def test_posebusters_slow_molecule_is_timed_out_and_the_next_checked(good_mols):
+    slow = embedded(RIFAMYCIN_LIKE)
+    summary = posebusters_summary([slow, good_mols[0]], timeout=2.0)
+    assert summary["failures"] == [(0, "timed out after 2 s")]
+    assert summary["n_timed_out"] == 1 and summary["n_failed_to_check"] == 1
+    assert summary["n_checked"] == 1 and summary["pb_valid"] == 1.0  # a fresh worker checked the next one
 
 
 def test_posebusters_timeout_must_be_positive(good_mols):
