@@ -117,9 +117,19 @@ def test_posebusters_slow_molecule_is_timed_out_and_the_next_checked(good_mols):
     assert summary["n_checked"] == 1 and summary["pb_valid"] == 1.0  # a fresh worker checked the next one
 
 
-def test_posebusters_timeout_must_be_positive(good_mols):
+def test_posebusters_workers_side_by_side_give_the_same_figures(good_mols):
+    # While one worker sits on the slow molecule until its deadline, the other checks the rest.
+    mols = [embedded(RIFAMYCIN_LIKE), *good_mols, None]
+    one, two = (posebusters_summary(mols, timeout=2.0, workers=w) for w in (1, 2))
+    assert one == two
+    assert one["failures"] == [(0, "timed out after 2 s"), (5, "no molecule")] and one["n_checked"] == 4
+
+
+def test_posebusters_timeout_and_workers_are_checked(good_mols):
     with pytest.raises(ValueError, match="timeout must be > 0"):
         posebusters_summary(good_mols, timeout=0)
+    with pytest.raises(ValueError, match="workers must be a whole number >= 1, got 0"):
+        posebusters_summary(good_mols, workers=0)
 
 
 def test_posebusters_missing_dependency(monkeypatch):

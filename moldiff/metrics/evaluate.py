@@ -18,7 +18,7 @@ from moldiff.data.molecules import MoleculeSet
 from moldiff.data.report import InputReport
 from moldiff.metrics.distribution import GeometryStats, distribution_distances, geometry_stats
 from moldiff.metrics.posebusters_checks import DEFAULT_TIMEOUT, posebusters_summary
-from moldiff.metrics.protocols import ProtocolOutcome, molecule_charges, run_corrected, run_edm, valence_rule
+from moldiff.metrics.protocols import ProtocolOutcome, default_workers, molecule_charges, run_corrected, run_edm, valence_rule
 
 PROTOCOLS = ("edm", "corrected")
 
@@ -89,7 +89,9 @@ def evaluate(
     if posebusters and len(mols):
         t = time.perf_counter()
         result["posebusters"] = posebusters_summary(
-            _rdkit_mols(mols, posebusters, valence_rule(vocab)), timeout=posebusters_timeout
+            _rdkit_mols(mols, posebusters, valence_rule(vocab)),
+            timeout=posebusters_timeout,
+            workers=default_workers() if workers is None else max(1, workers),  # 0 means serial, as for the protocols
         )
         timings["posebusters"] = time.perf_counter() - t
     if xtb and len(mols):

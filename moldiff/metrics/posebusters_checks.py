@@ -6,8 +6,10 @@ import logging
 import math
 import multiprocessing as mp
 import sys
+import time
 import warnings
 from contextlib import contextmanager
+from multiprocessing.connection import wait
 
 import numpy as np
 
@@ -110,12 +112,14 @@ def _serve(conn, config: str) -> None:
 
 class _Worker:
     """PoseBusters in a process of its own, so that a molecule it never finishes (its energy check embeds a
-    50-conformer ETKDG ensemble, which can run for hours on a distorted molecule) costs ``timeout`` seconds
-    and a fresh worker, not the whole evaluation. Spawned, not forked: RDKit's embedding is multithreaded."""
+    50-conformer ETKDG ensemble, which can run for many minutes on a distorted molecule) costs ``timeout``
+    seconds and a fresh worker, not the whole evaluation. Spawned, not forked: RDKit's embedding is multithreaded.
+    One molecule at a time: ``submit``, then ``receive`` once ``conn`` is readable, or ``expire`` after ``deadline``."""
 
     def __init__(self, config: str, timeout: float | None):
         self.config, self.timeout = config, timeout
         self.conn = self.proc = None
+        self.deadline = math.inf
 
     def _start(self) -> None:
         ctx = mp.get_context("spawn")
@@ -133,22 +137,34 @@ class _Worker:
             self.close(kill=True)
             raise RuntimeError("the PoseBusters worker failed to start") from None
 
-    def check(self, mol) -> tuple[dict | None, str | None]:
+    def submit(self, mol) -> None:
         from rdkit import Chem
 
         if self.proc is None:
             self._start()
         # Coordinates travel as doubles: RDKit's default pickle rounds them to float32.
         data = mol.ToBinary(Chem.PropertyPickleOptions.CoordsAsDouble)
+        self.deadline = math.inf if self.timeout is None else time.monotonic() + self.timeout
         try:
             self.conn.send(data)
-            if self.conn.poll(self.timeout):  # None: wait as long as it takes
-                return self.conn.recv()
+        except OSError:  # a dead worker shows as readable (EOF), and receive() counts it
+            pass
+
+    def receive(self) -> tuple[dict | None, str | None]:
+        try:
+            return self.conn.recv()
         except (EOFError, OSError):  # the worker died (a crash in RDKit's C++, killed from outside)
             self.close(kill=True)
             return None, "PoseBusters worker died"
+
+    def expire(self) -> tuple[None, str]:
         self.close(kill=True)
         return None, f"timed out after {self.timeout:g} s"
+
+    def check(self, mol) -> tuple[dict | None, str | None]:
+        """One molecule, waiting for its result or its deadline."""
+        self.submit(mol)
+        return self.receive() if self.conn.poll(self.timeout) else self.expire()  # poll(None): no limit
 
     def close(self, kill: bool = False) -> None:
         """Stop the worker: closing the pipe ends its loop; ``kill`` (or a worker that does not end soon) kills it."""
@@ -161,7 +177,33 @@ class _Worker:
         self.conn = self.proc = None
 
 
-def posebusters_summary(mols: list, config: str = "mol", timeout: float | None = DEFAULT_TIMEOUT) -> dict:
+def _check_all(mols: list, todo: list[int], workers: list[_Worker]) -> dict:
+    """{index: (row, reason)} for the molecules ``todo``, spread over ``workers``, each molecule under its worker's
+    time limit. A molecule's outcome does not depend on how many workers there are, unless its check takes close to
+    the limit: the limit is wall-clock time, and workers share the cores."""
+    queue = iter(todo)
+    busy: dict[_Worker, int] = {}
+    outcomes: dict = {}
+    while True:
+        for w in workers:
+            if w not in busy and (i := next(queue, None)) is not None:
+                w.submit(mols[i])
+                busy[w] = i
+        if not busy:
+            return outcomes
+        first = min(w.deadline for w in busy)
+        ready = wait([w.conn for w in busy], None if first == math.inf else max(0.0, first - time.monotonic()))
+        now = time.monotonic()
+        for w in list(busy):
+            if w.conn in ready:
+                outcomes[busy.pop(w)] = w.receive()
+            elif now >= w.deadline:
+                outcomes[busy.pop(w)] = w.expire()
+
+
+def posebusters_summary(
+    mols: list, config: str = "mol", timeout: float | None = DEFAULT_TIMEOUT, workers: int = 1
+) -> dict:
     """Fraction of molecules passing each PoseBusters check, and all of them (``pb_valid``).
 
     Args:
@@ -170,6 +212,9 @@ def posebusters_summary(mols: list, config: str = "mol", timeout: float | None =
             50-conformer ensemble per distinct molecule (cached by InChI); ``"mol_fast"`` skips it.
         timeout: seconds one molecule may take (None: no limit). A molecule that takes longer is counted in
             ``n_failed_to_check`` (and ``n_timed_out``), and the checks go on with the next one.
+        workers: processes checking molecules side by side, each molecule under its own time limit. The figures
+            do not depend on it, except for a molecule whose check takes close to ``timeout``: the limit is
+            wall-clock time and the workers share the cores.
 
     Returns:
         ``{check_name: pass_rate, ..., "pb_valid": rate, "n_checked": int, "n_failed_to_check": int,
@@ -180,21 +225,19 @@ def posebusters_summary(mols: list, config: str = "mol", timeout: float | None =
     """
     if timeout is not None and not timeout > 0:
         raise ValueError(f"timeout must be > 0 seconds or None, got {timeout}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a whole number >= 1, got {workers!r}")
     _require_posebusters()  # a missing extra fails here, with the fix, not in the worker
-    worker = _Worker(config, timeout)
-    rows: list[dict] = []
-    failures: list[tuple[int, str]] = []
+    outcomes = {i: (None, reason) for i, mol in enumerate(mols) if (reason := _unusable(mol)) is not None}
+    todo = [i for i in range(len(mols)) if i not in outcomes]
+    pool = [_Worker(config, timeout) for _ in range(min(workers, len(todo)))]
     try:
-        for i, mol in enumerate(mols):
-            reason = _unusable(mol)
-            if reason is None:
-                row, reason = worker.check(mol)
-            if reason is not None:
-                failures.append((i, reason))
-            else:
-                rows.append(row)
+        outcomes.update(_check_all(mols, todo, pool))
     finally:
-        worker.close()
+        for w in pool:
+            w.close()
+    rows = [outcomes[i][0] for i in range(len(mols)) if outcomes[i][1] is None]
+    failures = [(i, outcomes[i][1]) for i in range(len(mols)) if outcomes[i][1] is not None]
 
     columns = list(dict.fromkeys(col for row in rows for col in row))
     n = len(rows)
