@@ -149,3 +149,14 @@ def test_input_with_nothing_to_evaluate_is_a_one_line_error(tmp_path):
     assert "2 records, 2 rejected (unreadable_record=2)" in p.stderr
     p = _run(f"input={tmp_path / 'missing.sdf'}", "reference=null", "novelty=null", f"hydra.run.dir={tmp_path}")
     assert p.returncode == 2 and p.stderr.startswith("error: ") and "Traceback" not in p.stderr
+
+
+def test_table_reports_posebusters_counts():
+    from moldiff.jobs.evaluate import format_table
+
+    result = {"n_molecules": 5, "n_evaluated": 5, "vocabulary": "geom", "input": {"rejected": {}, "flagged": {}},
+              "posebusters": {"pb_valid": 0.5, "n_checked": 2, "n_failed_to_check": 3, "n_timed_out": 1}}
+    lines = format_table(result).splitlines()
+    assert "PoseBusters: 50.00 % pass every check, of 2 checked; 3 could not be checked, 1 of them timed out" in lines
+    result["posebusters"] |= {"pb_valid": float("nan"), "n_checked": 0, "n_timed_out": 0}
+    assert "PoseBusters: none checked; 3 could not be checked" in format_table(result).splitlines()

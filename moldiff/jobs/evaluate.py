@@ -103,8 +103,9 @@ def format_table(result: dict) -> str:
     if pb:
         lines.append("")
         timed_out = f", {pb['n_timed_out']} of them timed out" if pb["n_timed_out"] else ""
-        lines.append(f"PoseBusters: {_number(pb['pb_valid'], '.2f', 100)} % pass every check, of {pb['n_checked']} checked; "
-                     f"{pb['n_failed_to_check']} could not be checked{timed_out}")
+        passed = (f"{_number(pb['pb_valid'], '.2f', 100)} % pass every check, of {pb['n_checked']} checked"
+                  if pb["n_checked"] else "none checked")
+        lines.append(f"PoseBusters: {passed}; {pb['n_failed_to_check']} could not be checked{timed_out}")
     inp = result["input"]
     lines.append("")
     lines.append(f"{result['n_molecules']} molecules, {result['n_evaluated']} evaluated ({result['vocabulary']} vocabulary); "
