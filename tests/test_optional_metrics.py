@@ -126,7 +126,7 @@ def test_posebusters_workers_side_by_side_give_the_same_figures(good_mols):
 
 
 def test_posebusters_timeout_and_workers_are_checked(good_mols):
-    with pytest.raises(ValueError, match="timeout must be > 0"):
+    with pytest.raises(ValueError, match=r"timeout must be a number of seconds > 0 \(null: no limit\), got 0"):
         posebusters_summary(good_mols, timeout=0)
     with pytest.raises(ValueError, match="workers must be a whole number >= 1, got 0"):
         posebusters_summary(good_mols, workers=0)

@@ -19,6 +19,7 @@ from moldiff.data.sources import load_source
 from moldiff.io.writers import atomic_write
 from moldiff.metrics.evaluate import PROTOCOLS, evaluate
 from moldiff.metrics.novelty import training_smiles
+from moldiff.metrics.posebusters_checks import check_timeout
 from moldiff.metrics.reference import reference_stats
 
 ROWS = [
@@ -73,9 +74,7 @@ def check_config(cfg) -> dict:
         raise ValueError(f"unknown vocabulary {cfg.vocabulary!r}; use one of {', '.join(VOCABULARIES)} or auto")
     counts = {key: count(cfg, key) for key in ("posebusters", "xtb")}
     counts["reference_max"] = count(cfg, "reference_max", least=1)
-    limit = cfg.posebusters_timeout
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0):
-        raise ValueError(f"posebusters_timeout must be a number of seconds > 0 (null: no limit), got {limit!r}")
+    check_timeout(cfg.posebusters_timeout, "posebusters_timeout")
     if cfg.novelty is not None and cfg.novelty not in ("qm9:train", "qm9_noh:train"):
         raise ValueError(f"novelty: use qm9:train, qm9_noh:train or null, got {cfg.novelty!r}")
     return counts

@@ -60,6 +60,12 @@ def _quiet():
             handler.stream = stream
 
 
+def check_timeout(value, name: str = "timeout") -> None:
+    """A per-molecule limit is a number of seconds > 0, or None / null for none."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+        raise ValueError(f"{name} must be a number of seconds > 0 (null: no limit), got {value!r}")
+
+
 def _unusable(mol) -> str | None:
     """Why PoseBusters cannot meaningfully check ``mol`` (None if it can)."""
     from rdkit import Chem
@@ -223,8 +229,7 @@ def posebusters_summary(
         raise, return no row, run past ``timeout``, or are unusable (no conformer, non-finite coordinates, not a
         Mol) are counted in ``n_failed_to_check``. Rates are NaN when nothing was checked.
     """
-    if timeout is not None and not timeout > 0:
-        raise ValueError(f"timeout must be > 0 seconds or None, got {timeout}")
+    check_timeout(timeout)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a whole number >= 1, got {workers!r}")
     _require_posebusters()  # a missing extra fails here, with the fix, not in the worker
