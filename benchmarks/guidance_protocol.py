@@ -69,6 +69,8 @@ def main():
     p.add_argument("--properties", default=",".join(QM9_TARGETS))
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--late-noise", type=float, default=None,
+                   help="ancestral: scale the injected noise of the steps at t <= 0.5 by this (sample.py's default 0.5); default: EDM's exact posterior")
     p.add_argument("--out", default=None)
     a = p.parse_args()
     a.guide, a.evaluator = str(property_checkpoint_path(a.guide, "guide")), str(property_checkpoint_path(a.evaluator, "evaluator"))
@@ -80,8 +82,11 @@ def main():
     props = module.context.names if conditional else a.properties.split(",")
     sizes, _ = protocol_pairs(props[0], a.n, a.seed)
     common = dict(sampler=a.sampler, steps=a.steps, batch_size=a.batch_size, seed=a.seed, device=device, sizes=sizes, progress=False)
+    if a.late_noise is not None:
+        common |= {"late_noise": a.late_noise, "late_t": 0.5}
     result = {"ckpt": a.ckpt, "base": f"conditional on {props}" if conditional else "unconditional", "guide": a.guide,
-              "evaluator": a.evaluator, "n": a.n, "steps": a.steps, "clip": a.clip, "sampler": a.sampler, "seed": a.seed, "properties": {}}
+              "evaluator": a.evaluator, "n": a.n, "steps": a.steps, "clip": a.clip, "sampler": a.sampler, "seed": a.seed,
+              "late_noise": a.late_noise, "properties": {}}
     if not conditional:
         t0 = time.perf_counter()
         unguided = generate(module, a.n, **common)

@@ -425,13 +425,27 @@ def test_xtb_guidance_failures_are_counted_not_fatal(tiny_models, tmp_path):
 @pytest.mark.parametrize("override, message", [("property=polarity", "unknown 'polarity'"), ("target=null", "target"),
                                                 ("scale=-1", "scales"), ("sampler=ddim", "sampler"), ("guide_ckpt=/nope.ckpt", "no checkpoint"),
                                                 ("property=alpha", "predicts"), ("batch_atoms=0", "batch_atoms"), ("batch_size=0", "batch_size"),
-                                                ("clip=0", "clip")])
+                                                ("clip=0", "clip"), ("options={steps:3}", "top-level steps")])
 def test_bad_guidance_options_fail_up_front(tiny_models, tmp_path, override, message):
     from moldiff.jobs.guide import run_guidance
 
     cfg = _guide_cfg(tiny_models, "target=7.0", override)
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         run_guidance(cfg, tmp_path)
+
+
+def test_guide_passes_sampler_options_and_keeps_the_exact_posterior_by_default(tiny_models, tmp_path, monkeypatch):
+    """guide.py's options= reach the sampler as sample.py's do; without them the ancestral sampler keeps
+    EDM's exact posterior (late_noise 1), as every guidance figure in docs/guidance.md was measured."""
+    from moldiff.jobs import guide as job
+
+    real, seen = job.generate, []
+    monkeypatch.setattr(job, "generate", lambda *a, **k: (seen.append(k), real(*a, **k))[1])
+    job.run_guidance(_guide_cfg(tiny_models, "target=7.0", f"output={tmp_path / 'exact'}"), tmp_path)
+    job.run_guidance(_guide_cfg(tiny_models, "target=7.0", "options={late_noise:0.5,late_t:0.5}", f"output={tmp_path / 'late'}"), tmp_path)
+    assert "late_noise" not in seen[0] and (seen[1]["late_noise"], seen[1]["late_t"]) == (0.5, 0.5)
+    exact, late = ((tmp_path / d / "samples.xyz").read_text() for d in ("exact", "late"))
+    assert exact != late
 
 
 def test_atoms_baseline_reproduces_edm():

@@ -23,7 +23,7 @@ from moldiff.guidance.baselines import atoms_baseline, evaluator_bounds, predict
 from moldiff.guidance.guided import GuidanceReport, Scale, check_clip, guided
 from moldiff.guidance.property_energy import PropertyEnergy
 from moldiff.jobs.evaluate import write_json
-from moldiff.jobs.sample import batch_bounds, drop_non_finite, write_outputs
+from moldiff.jobs.sample import batch_bounds, check_options, drop_non_finite, write_outputs
 from moldiff.model.checkpoint import checkpoint_path, property_checkpoint_path
 from moldiff.model.diffusion import DiffusionModel
 from moldiff.nn.context import ContextSlot
@@ -73,6 +73,7 @@ def check_config(cfg) -> None:
     if int(cfg.n) < 1 or int(cfg.steps) < 1 or int(cfg.batch_size) < 1:
         raise ValueError("n, steps and batch_size must be >= 1")
     batch_bounds(cfg)
+    check_options(cfg)
     checkpoint_path(cfg.ckpt)
 
 
@@ -139,7 +140,8 @@ def run_guidance(cfg, output_dir) -> dict:
 
     t0 = time.perf_counter()
     mols = generate(module, n, sampler=cfg.sampler, steps=int(cfg.steps), batch_size=int(cfg.batch_size), seed=int(cfg.seed), device=device,
-                    sizes=sizes, eps_fn=eps_fn, before_batch=before_batch, progress=sys.stderr.isatty(), **batch_bounds(cfg))
+                    sizes=sizes, eps_fn=eps_fn, before_batch=before_batch, progress=sys.stderr.isatty(), **batch_bounds(cfg),
+                    **check_options(cfg))
     seconds = time.perf_counter() - t0
     for energy_term, _ in terms:
         getattr(energy_term, "close", lambda: None)()  # the xTB worker pool

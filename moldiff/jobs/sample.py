@@ -73,9 +73,7 @@ def check_config(cfg) -> None:
     if int(cfg.batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
     batch_bounds(cfg)
-    clash = sorted(set(_plain(cfg.options) or {}) & set(inspect.signature(generate).parameters))
-    if clash:
-        raise ValueError(f"options: {clash} are the job's own settings, not sampler options; give them as top-level {clash[0]}=...")
+    check_options(cfg)
     if cfg.sampler not in SAMPLERS:
         raise ValueError(f"sampler: unknown {cfg.sampler!r}; use one of {sorted(SAMPLERS)}")
     if str(cfg.get("precision", "32")) not in PRECISIONS:
@@ -87,6 +85,16 @@ def check_config(cfg) -> None:
     checkpoint_path(cfg.ckpt)
     if cfg.evaluation is not None:
         check_evaluation(_evaluation_cfg(cfg, "x.sdf", "metrics.json"))
+
+
+def check_options(cfg) -> dict:
+    """``options``, the sampler's own settings: a key that is one of the job's settings fails (the guidance job
+    uses this too)."""
+    options = _plain(cfg.options) or {}
+    clash = sorted(set(options) & set(inspect.signature(generate).parameters))
+    if clash:
+        raise ValueError(f"options: {clash} are the job's own settings, not sampler options; give them as top-level {clash[0]}=...")
+    return options
 
 
 def batch_bounds(cfg) -> dict:
