@@ -30,6 +30,7 @@ from moldiff.jobs.sample import drop_non_finite
 from moldiff.metrics.evaluate import evaluate
 from moldiff.nn.cpu_tuning import tune_cpu_allocator
 from moldiff.sampling.generate import generate
+from moldiff.sampling.samplers import with_recommended
 from moldiff.model.checkpoint import checkpoint_path, property_checkpoint_path
 from moldiff.model.diffusion import DiffusionModel
 
@@ -82,8 +83,8 @@ def main():
     props = module.context.names if conditional else a.properties.split(",")
     sizes, _ = protocol_pairs(props[0], a.n, a.seed)
     common = dict(sampler=a.sampler, steps=a.steps, batch_size=a.batch_size, seed=a.seed, device=device, sizes=sizes, progress=False)
-    if a.late_noise is not None:
-        common |= {"late_noise": a.late_noise, "late_t": 0.5}
+    if a.late_noise is not None:  # the sampler's recommended late_t, with this late_noise
+        common |= with_recommended(a.sampler, {"late_noise": a.late_noise})
     result = {"ckpt": a.ckpt, "base": f"conditional on {props}" if conditional else "unconditional", "guide": a.guide,
               "evaluator": a.evaluator, "n": a.n, "steps": a.steps, "clip": a.clip, "sampler": a.sampler, "seed": a.seed,
               "late_noise": a.late_noise, "properties": {}}

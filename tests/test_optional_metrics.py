@@ -9,7 +9,7 @@ from ase import units
 from rdkit import Chem
 from rdkit.Chem import AllChem
 
-from moldiff.metrics.posebusters_checks import _bust_one, _Worker, posebusters_summary
+from moldiff.metrics.posebusters_checks import _bust_one, _check_all, _Worker, posebusters_summary
 from moldiff.metrics.xtb_energy import strain_energies, xtb_energy_gradient, xtb_relax
 
 # Water at its experimental gas-phase geometry (Å).
@@ -91,12 +91,12 @@ def test_posebusters_worker_death_is_counted_and_replaced(good_mols):
     pytest.importorskip("posebusters")
     worker = _Worker("mol", timeout=None)
     try:
-        row, reason = worker.check(good_mols[0])
+        row, reason = _check_all(good_mols, [0], [worker])[0]
         assert reason is None and row["bond_lengths"] is True
         worker.proc.kill()  # a crash in RDKit's C++ looks like this from the parent
         worker.proc.join()
-        assert worker.check(good_mols[1]) == (None, "PoseBusters worker died")
-        row, reason = worker.check(good_mols[1])  # a fresh worker takes the next molecule
+        assert _check_all(good_mols, [1], [worker])[1] == (None, "PoseBusters worker died")
+        row, reason = _check_all(good_mols, [1], [worker])[1]  # a fresh worker takes the next molecule
         assert reason is None and row["bond_lengths"] is True
     finally:
         worker.close()

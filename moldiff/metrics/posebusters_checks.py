@@ -167,11 +167,6 @@ class _Worker:
         self.close(kill=True)
         return None, f"timed out after {self.timeout:g} s"
 
-    def check(self, mol) -> tuple[dict | None, str | None]:
-        """One molecule, waiting for its result or its deadline."""
-        self.submit(mol)
-        return self.receive() if self.conn.poll(self.timeout) else self.expire()  # poll(None): no limit
-
     def close(self, kill: bool = False) -> None:
         """Stop the worker: closing the pipe ends its loop; ``kill`` (or a worker that does not end soon) kills it."""
         if self.proc is not None:
