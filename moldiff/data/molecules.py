@@ -3,6 +3,12 @@
 Atoms of molecule ``i`` are rows ``offsets[i]:offsets[i + 1]`` of ``numbers`` (atomic numbers)
 and ``positions`` (Å, float32). Per-molecule arrays live in ``properties``. Flat arrays load in
 milliseconds and batch without Python loops, which is why nothing here stores a list of objects.
+
+A model that makes bonds (or data that carries them) adds two optional fields: ``charges`` (A,)
+formal charges, and ``bonds`` (B, 3) rows ``(i, j, order)`` with atom indices local to their
+molecule (i < j), molecule ``k``'s rows being ``bond_offsets[k]:bond_offsets[k + 1]``. Orders are
+``BOND_ORDERS``' codes: 1 single, 2 double, 3 triple, 4 aromatic. Local indices keep ``subset``
+free of renumbering; absent fields (None) mean "not known", not "none".
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import numpy as np
 from moldiff.data import report as R
 from moldiff.data.elements import Vocabulary
 
+BOND_ORDERS = (1, 2, 3, 4)  # single, double, triple, aromatic (0 is "no bond" wherever pairs are dense)
+
 
 @dataclass
 class MoleculeSet:
@@ -25,6 +33,9 @@ class MoleculeSet:
     positions: np.ndarray  # (A, 3) float32, Å
     offsets: np.ndarray  # (M + 1,) int64, offsets[0] == 0
     properties: dict[str, np.ndarray] = field(default_factory=dict)  # each (M,) or (M, k)
+    charges: np.ndarray | None = None  # (A,) int8 formal charges
+    bonds: np.ndarray | None = None  # (B, 3) int32 (i, j, order), local atom indices, i < j
+    bond_offsets: np.ndarray | None = None  # (M + 1,) int64
 
     def __post_init__(self) -> None:
         self.numbers = np.asarray(self.numbers)
@@ -35,6 +46,23 @@ class MoleculeSet:
         for k, v in self.properties.items():
             if len(v) != len(self):
                 raise ValueError(f"MoleculeSet: property {k!r} has {len(v)} rows for {len(self)} molecules")
+        if self.charges is not None:
+            self.charges = np.asarray(self.charges, dtype=np.int8).reshape(-1)
+            if len(self.charges) != len(self.numbers):
+                raise ValueError(f"MoleculeSet: {len(self.charges)} formal charges for {len(self.numbers)} atoms")
+        if (self.bonds is None) != (self.bond_offsets is None):
+            raise ValueError("MoleculeSet: bonds and bond_offsets come together")
+        if self.bonds is not None:
+            self.bonds = np.asarray(self.bonds, dtype=np.int32).reshape(-1, 3)
+            self.bond_offsets = np.asarray(self.bond_offsets, dtype=np.int64)
+            if len(self.bond_offsets) != len(self) + 1 or self.bond_offsets[0] != 0 or self.bond_offsets[-1] != len(self.bonds):
+                raise ValueError("MoleculeSet: bond_offsets and bonds disagree")
+            if len(self.bonds):
+                n_of_bond = np.repeat(self.n_atoms, np.diff(self.bond_offsets))
+                i, j, order = self.bonds.T
+                if (i < 0).any() or (i >= j).any() or (j >= n_of_bond).any() or not np.isin(order, BOND_ORDERS).all():
+                    raise ValueError("MoleculeSet: bonds must be (i, j, order) with 0 <= i < j < atoms of the molecule "
+                                     f"and order in {BOND_ORDERS}")
 
     # --- construction -------------------------------------------------------------------------
     @classmethod
@@ -56,11 +84,17 @@ class MoleculeSet:
         sets = [s for s in sets if len(s)] or list(sets[:1])
         counts = np.concatenate([s.n_atoms for s in sets])
         keys = set.intersection(*(set(s.properties) for s in sets)) if sets else set()
+        charges = np.concatenate([s.charges for s in sets]) if sets and all(s.charges is not None for s in sets) else None
+        bonds = offsets = None
+        if sets and all(s.bonds is not None for s in sets):
+            bonds = np.concatenate([s.bonds for s in sets])
+            offsets = np.concatenate([[0], np.cumsum(np.concatenate([np.diff(s.bond_offsets) for s in sets]))])
         return cls(
             np.concatenate([s.numbers for s in sets]),
             np.concatenate([s.positions for s in sets]),
             np.concatenate([[0], np.cumsum(counts)]),
             {k: np.concatenate([s.properties[k] for s in sets]) for k in keys},
+            charges, bonds, offsets,
         )
 
     # --- access -------------------------------------------------------------------------------
@@ -84,27 +118,65 @@ class MoleculeSet:
         for i in range(len(self)):
             yield self[i]
 
+    @property
+    def has_bonds(self) -> bool:
+        return self.bonds is not None
+
+    def bonds_of(self, i: int) -> np.ndarray:
+        """(b, 3) rows (i, j, order) of molecule ``i``, local atom indices; needs ``has_bonds``."""
+        if self.bonds is None:
+            raise ValueError("this MoleculeSet carries no bonds")
+        return self.bonds[self.bond_offsets[i] : self.bond_offsets[i + 1]]
+
+    def charges_of(self, i: int) -> np.ndarray:
+        """(n,) formal charges of molecule ``i`` (zeros when the set carries none)."""
+        a, b = self.offsets[i], self.offsets[i + 1]
+        return np.zeros(b - a, np.int8) if self.charges is None else self.charges[a:b]
+
+    def _rows(self, offsets: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Flat row indices of the chosen molecules' slices of a ragged array, and their new offsets."""
+        counts = np.diff(offsets)[index]
+        new = np.concatenate([[0], np.cumsum(counts)])
+        return np.repeat(offsets[:-1][index] - new[:-1], counts) + np.arange(new[-1]), new
+
     def subset(self, index) -> "MoleculeSet":
         """Molecules ``index`` (integer array or boolean mask), in that order, without a Python loop."""
         index = np.asarray(index)
         if index.dtype == bool:
             index = np.flatnonzero(index)
-        counts = self.n_atoms[index]
-        starts = self.offsets[:-1][index]
-        new_offsets = np.concatenate([[0], np.cumsum(counts)])
-        atom_index = np.repeat(starts - new_offsets[:-1], counts) + np.arange(new_offsets[-1])
+        index = index.astype(np.int64)
+        atom_index, new_offsets = self._rows(self.offsets, index)
+        bonds = bond_offsets = None
+        if self.bonds is not None:
+            bond_index, bond_offsets = self._rows(self.bond_offsets, index)
+            bonds = self.bonds[bond_index]
         return MoleculeSet(
             self.numbers[atom_index],
             self.positions[atom_index],
             new_offsets,
             {k: v[index] for k, v in self.properties.items()},
+            None if self.charges is None else self.charges[atom_index],
+            bonds, bond_offsets,
         )
 
     def select_atoms(self, mask: np.ndarray) -> "MoleculeSet":
         """Keep atoms where ``mask`` holds (e.g. drop hydrogens); molecules keep their order."""
+        mask = np.asarray(mask, dtype=bool)
         counts = np.bincount(self.molecule_index[mask], minlength=len(self))
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        bonds = bond_offsets = None
+        if self.bonds is not None:  # keep bonds between kept atoms, renumbered within each molecule
+            mol_of_bond = np.repeat(np.arange(len(self)), np.diff(self.bond_offsets))
+            gi = self.bonds[:, 0] + self.offsets[mol_of_bond]
+            gj = self.bonds[:, 1] + self.offsets[mol_of_bond]
+            keep = mask[gi] & mask[gj]
+            new_global = np.cumsum(mask) - 1  # an atom's index among kept atoms
+            local = lambda g: new_global[g] - offsets[mol_of_bond[keep]]  # noqa: E731
+            bonds = np.stack([local(gi[keep]), local(gj[keep]), self.bonds[keep, 2]], 1)
+            bond_offsets = np.concatenate([[0], np.cumsum(np.bincount(mol_of_bond[keep], minlength=len(self)))])
         return MoleculeSet(
-            self.numbers[mask], self.positions[mask], np.concatenate([[0], np.cumsum(counts)]), dict(self.properties)
+            self.numbers[mask], self.positions[mask], offsets, dict(self.properties),
+            None if self.charges is None else self.charges[mask], bonds, bond_offsets,
         )
 
     def centered(self) -> "MoleculeSet":
@@ -114,7 +186,7 @@ class MoleculeSet:
         com = np.zeros((len(self), 3), np.float64)
         np.add.at(com, mol, self.positions.astype(np.float64))
         pos = self.positions - (com / n)[mol].astype(np.float32)
-        return MoleculeSet(self.numbers, pos, self.offsets, dict(self.properties))
+        return MoleculeSet(self.numbers, pos, self.offsets, dict(self.properties), self.charges, self.bonds, self.bond_offsets)
 
     # --- checking ---------------------------------------------------------------------------
     def checked(self, vocab: Vocabulary | None, report: R.InputReport, names: Sequence[str] | None = None, return_index: bool = False):
@@ -151,6 +223,10 @@ class MoleculeSet:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {"numbers": self.numbers, "positions": self.positions, "offsets": self.offsets}
+        if self.charges is not None:
+            arrays["charges"] = self.charges
+        if self.bonds is not None:
+            arrays.update(bonds=self.bonds, bond_offsets=self.bond_offsets)
         arrays.update({f"prop.{k}": v for k, v in self.properties.items()})
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
         try:
@@ -166,4 +242,5 @@ class MoleculeSet:
     def load(cls, path: str | os.PathLike) -> "MoleculeSet":
         with np.load(path, allow_pickle=False) as f:
             props = {k[5:]: f[k] for k in f.files if k.startswith("prop.")}
-            return cls(f["numbers"], f["positions"], f["offsets"], props)
+            get = lambda key: f[key] if key in f.files else None  # noqa: E731
+            return cls(f["numbers"], f["positions"], f["offsets"], props, get("charges"), get("bonds"), get("bond_offsets"))
