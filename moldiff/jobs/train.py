@@ -23,12 +23,56 @@ from moldiff.nn.context import Context
 from moldiff.nn.cpu_tuning import tune_cpu_allocator
 from moldiff.sampling.samplers import SAMPLERS
 from moldiff.train.callbacks import AtomicCheckpointIO, LegTimer, SampleAndEvaluate, SaveAtEnd, ShadowEMA
+from moldiff.train.bond_module import BondDiffusionModule, field_loss
 from moldiff.train.module import DiffusionModule, TrainingRecord, lr_factor
+from moldiff.data.elements import vocabulary
+from moldiff.data.state_dataset import BOND_CLASSES, StateDataset
+from moldiff.model.bond_model import BondDiffusionModel
+
+BOND_NETWORKS = ("bond_egnn",)
+
+
+def check_bond_model(model: dict, noise: dict, loss_cfg: dict, features: dict) -> None:
+    """Build the bond model once on uniform class frequencies: a bad key or value fails here."""
+    vocab = vocabulary(features["vocabulary"])
+    uniform = lambda k: [1.0] * k  # noqa: E731
+    marginals = {"atom_type": uniform(len(vocab)), "charge": uniform(len(features.get("charges", (-1, 0, 1)))),
+                 "bond": uniform(len(BOND_CLASSES))}
+    try:
+        model_obj = BondDiffusionModel(model, noise, features, {1: 1}, marginals, ema_decay=0.0)
+    except TypeError as e:  # an unknown keyword of the network or process
+        raise ValueError(f"bond model: {e}") from None
+    field_loss(loss_cfg, model_obj)
+
+
+def load_state_split(spec: str, features: dict, limit: int | None = None, seed: int = 0) -> StateDataset:
+    """A split with bonds and formal charges (perceived once and cached for QM9), as a ``StateDataset``."""
+    from moldiff.chem.bond_labels import labelled_split  # RDKit, only where labels may need perceiving
+
+    mols, info = labelled_split(spec)
+    if info["left_out"]:
+        print(f"{spec}: {len(mols)} molecules with bond labels ({info['source']}); left out: {info['left_out']}")
+    vocab = vocabulary(features["vocabulary"])
+    report = InputReport()
+    mols = mols.checked(vocab, report)
+    if report.n_rejected:
+        print(f"{spec}: {report.n_rejected} molecules rejected: {report.to_dict()['rejected']}")
+    if limit is not None and len(mols) > limit:
+        mols = mols.subset(np.sort(np.random.default_rng(seed).permutation(len(mols))[:limit]))
+    return StateDataset(mols, vocab, features.get("charges", (-1, 0, 1)))
+
+
+def is_bond_model(cfg) -> bool:
+    """Whether the config trains the bond model (positions, types, charges and bonds; issue 29)."""
+    return cfg.model.get("name") in BOND_NETWORKS
 
 
 def check_config(cfg) -> None:
     """Every value is checked here, before data are loaded (Hydra already rejects unknown keys)."""
-    build.check(_plain(cfg.model), _plain(cfg.noise), _plain(cfg.loss), _plain(cfg.dataset.features))
+    if is_bond_model(cfg):
+        check_bond_model(_plain(cfg.model), _plain(cfg.noise), _plain(cfg.loss), _plain(cfg.dataset.features))
+    else:
+        build.check(_plain(cfg.model), _plain(cfg.noise), _plain(cfg.loss), _plain(cfg.dataset.features))
     for key in ("batch_size",):
         if int(cfg[key]) < 1:
             raise ValueError(f"{key} must be >= 1, got {cfg[key]}")
@@ -189,11 +233,20 @@ def run_training(cfg, output_dir: str | Path) -> DiffusionModule:
     prepare(cfg)
     output_dir = Path(output_dir)
     ckpt_dir = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else output_dir / "checkpoints"
-    layout = build.feature_layout(_plain(cfg.dataset.features))
-    target = list(cfg.get("context") or []) or None  # a conditional model needs its properties in the batches
-    train = load_split(cfg.dataset.train, layout, cfg.dataset.get("train_max"), int(cfg.seed), target)
-    val = load_split(cfg.dataset.val, layout, cfg.val_max, int(cfg.seed), target) if cfg.dataset.val else None
-    module = build_module(cfg, train)
+    if is_bond_model(cfg):
+        features = _plain(cfg.dataset.features)
+        train = load_state_split(cfg.dataset.train, features, cfg.dataset.get("train_max"), int(cfg.seed))
+        val = load_state_split(cfg.dataset.val, features, cfg.val_max, int(cfg.seed)) if cfg.dataset.val else None
+        module = BondDiffusionModule(
+            model=_plain(cfg.model), noise=_plain(cfg.noise), loss=_plain(cfg.loss), features=features, optim=_plain(cfg.optim),
+            size_histogram=size_histogram(train), marginals=train.marginals(), ema_decay=float(cfg.ema_decay),
+            seed=int(cfg.seed), dataset=str(cfg.dataset.name))
+    else:
+        layout = build.feature_layout(_plain(cfg.dataset.features))
+        target = list(cfg.get("context") or []) or None  # a conditional model needs its properties in the batches
+        train = load_split(cfg.dataset.train, layout, cfg.dataset.get("train_max"), int(cfg.seed), target)
+        val = load_split(cfg.dataset.val, layout, cfg.val_max, int(cfg.seed), target) if cfg.dataset.val else None
+        module = build_module(cfg, train)
     record = TrainingRecord()
     if cfg.init_from is not None:
         record.history = warm_start(module, SHIPPED if cfg.init_from == "shipped" else Path(cfg.init_from))

@@ -59,6 +59,14 @@ from moldiff.nn.inputs import atom_inputs
 __all__ = ["EGNN"]
 
 
+def _plain_edge_inputs(h, graph, d, d0):
+    """[h_i, h_j, d_ij, d0_ij (, one-hot edge class)] per edge: the unfused reference's edge input."""
+    cols = [h[graph.dst], h[graph.src], d[:, None], d0[:, None]]
+    if getattr(graph, "edge_class", None) is not None:
+        cols.append(torch.nn.functional.one_hot(graph.edge_class.long(), graph.n_classes).to(h.dtype))
+    return torch.cat(cols, dim=1)
+
+
 class GCL(nn.Module):
     """Invariant message passing layer (EDM's ``GCL``)."""
 
@@ -74,11 +82,10 @@ class GCL(nn.Module):
         if fused:
             wo, bo = (att.weight, att.bias) if att is not None else (None, None)
             return edge_mlp(edge_table(l1, h, graph.compute_dtype), d, d0, l2.weight, l2.bias, wo, bo, graph, "att" if att is not None else "sum")
-        src, dst = graph.src, graph.dst
-        m = self.edge_mlp(torch.cat([h[dst], h[src], d[:, None], d0[:, None]], dim=1))
+        m = self.edge_mlp(_plain_edge_inputs(h, graph, d, d0))
         if att is not None:
             m = m * self.att_mlp(m)
-        return h.new_zeros(h.shape).index_add_(0, dst, m)
+        return h.new_zeros(h.shape).index_add_(0, graph.dst, m)
 
     def forward(self, h, graph, d, d0, scale, fused=True):
         agg = self.messages(h, graph, d, d0, fused) * scale
@@ -104,7 +111,7 @@ class EquivariantUpdate(nn.Module):
         if fused:
             phi = edge_mlp(edge_table(l1, h, graph.compute_dtype), d, d0, l2.weight, l2.bias, l3.weight, None, graph, "phi")
         else:
-            phi = self.coord_mlp(torch.cat([h[graph.dst], h[graph.src], d[:, None], d0[:, None]], dim=1))[:, 0]
+            phi = self.coord_mlp(_plain_edge_inputs(h, graph, d, d0))[:, 0]
         if self.tanh:
             phi = torch.tanh(phi) * self.coords_range
         agg = x.new_zeros(x.shape).index_add_(0, graph.dst, unit * phi[:, None])
@@ -158,6 +165,7 @@ class EGNN(nn.Module):
         compile: bool = False,
         out_features: int | None = None,
         context_features: int = 0,
+        edge_classes: int = 0,
     ):
         super().__init__()
         if edges not in ("full", "radius"):
@@ -181,7 +189,11 @@ class EGNN(nn.Module):
         self.normalization_factor = float(normalization_factor)
         # torch.compile (inductor) cannot lower the fused kernels: compiling uses the plain ops
         self.fused = fused and not compile
-        edge_features = 2  # d_ij and the initial d0_ij
+        # d_ij, the initial d0_ij and, for a bond model, the one-hot class of each edge's noisy bond
+        self.edge_classes = int(edge_classes)
+        if self.edge_classes and compile:
+            raise ValueError("edge_classes needs the eager path (compile=False)")
+        edge_features = 2 + self.edge_classes
         self.embedding = nn.Linear(in_features + int(time_conditioning) + self.context_features, hidden)
         self.blocks = nn.ModuleList(
             EquivariantBlock(hidden, edge_features, attention, tanh, float(coords_range) / layers) for _ in range(layers)
@@ -198,20 +210,24 @@ class EGNN(nn.Module):
             return fully_connected_edges(batch, n_mol)
         return radius_graph(x, self.cutoff, batch, max_num_neighbors=self.max_num_neighbors)
 
-    def forward(self, x, h, t, batch, n_mol, edges=None, context=None):
+    def forward(self, x, h, t, batch, n_mol, edges=None, context=None, edge_class=None):
+        """``edge_class`` (E,): each edge's class (a bond model's noisy bond order), aligned with
+        ``edges``, which must then be given; only for a network built with ``edge_classes``."""
+        if (edge_class is None) != (self.edge_classes == 0) or (edge_class is not None and edges is None):
+            raise ValueError(f"this network takes {'edge classes with explicit edges' if self.edge_classes else 'no edge classes'}")
         device = x.device.type
         if torch.is_autocast_enabled(device):
             # mixed precision (Lightning's precision="bf16-mixed", or sampling in bf16): only the
             # per-edge MLPs, nearly all the FLOPs, run in the autocast dtype (fused path); the node
             # MLPs, residual stream and coordinates stay in the input dtype
             with torch.autocast(device, enabled=False):
-                return self._forward(x, h, t, batch, n_mol, edges, context, torch.get_autocast_dtype(device))
-        return self._forward(x, h, t, batch, n_mol, edges, context, None)
+                return self._forward(x, h, t, batch, n_mol, edges, context, torch.get_autocast_dtype(device), edge_class)
+        return self._forward(x, h, t, batch, n_mol, edges, context, None, edge_class)
 
-    def _forward(self, x, h, t, batch, n_mol, edges, context, compute_dtype):
+    def _forward(self, x, h, t, batch, n_mol, edges, context, compute_dtype, edge_class=None):
         batch = batch.long()
         src, dst = self.build_edges(x, batch, n_mol) if edges is None else edges
-        graph = Graph(src.long(), dst.long(), x.shape[0], compute_dtype if self.fused else None)
+        graph = Graph(src.long(), dst.long(), x.shape[0], compute_dtype if self.fused else None, edge_class, self.edge_classes)
         h = atom_inputs(h, t, batch, n_mol, self.time_conditioning, context, self.context_features)
         if self.aggregation == "sum":
             scale = 1.0 / self.normalization_factor

@@ -57,7 +57,8 @@ class Graph:
     """Edges (j -> i as ``src`` -> ``dst``) of one forward pass plus the index tensors the fused
     kernels reuse in every layer."""
 
-    def __init__(self, src: torch.Tensor, dst: torch.Tensor, n_atoms: int, compute_dtype: torch.dtype | None = None):
+    def __init__(self, src: torch.Tensor, dst: torch.Tensor, n_atoms: int, compute_dtype: torch.dtype | None = None,
+                 edge_class: torch.Tensor | None = None, n_classes: int = 0):
         A, E = n_atoms, src.numel()
         device = src.device
         self.src, self.dst, self.n_atoms, self.n_edges = src, dst, A, E
@@ -73,6 +74,11 @@ class Graph:
         self.src_ptr = torch.cumsum(deg_src, 0) - deg_src
         # rows of the table [P; Q; w_d; w_0] that make up each edge's first-layer pre-activation
         self.bag4 = torch.stack([dst, src + A, torch.full_like(dst, 2 * A), torch.full_like(dst, 2 * A + 1)], 1)
+        # categorical edge inputs (a bond model's noisy bond orders): one more table row per edge,
+        # W1's column for the edge's class, so a one-hot edge feature costs a gather, not a GEMM
+        self.edge_class, self.n_classes = edge_class, int(n_classes)
+        if edge_class is not None:
+            self.bag4 = torch.cat([self.bag4, (2 * A + 2 + edge_class.long())[:, None]], 1)
         self.bag2 = torch.cat([self.arange, self.arange])
         self.bag2_ptr = torch.tensor([0, E], device=device)
         self.zero_ptr = torch.zeros(1, dtype=torch.long, device=device)
@@ -97,6 +103,10 @@ class Graph:
         if not self.bags_for_totals:
             return weight @ v
         return F.embedding_bag(self.arange, v, self.zero_ptr, mode="sum", per_sample_weights=weight)[0]
+
+    def class_sums(self, v: torch.Tensor) -> torch.Tensor:
+        """(n_classes, H): sum of ``v_e`` over the edges of each edge class."""
+        return v.new_zeros((self.n_classes, v.shape[1])).index_add_(0, self.edge_class, v)
 
     def totals2(self, v: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
         """(2, H): sums over all edges of ``w1_e * v_e`` and of ``w2_e * v_e``."""
@@ -172,14 +182,11 @@ class EdgeMLP(torch.autograd.Function):
         da = _linear(dz, w2.t())
         del dm, dz
         dg = torch.ops.aten.silu_backward.grad_input(da, g, grad_input=da)
-        we = table[2 * A :]  # (2, H)
-        dtable = torch.cat(
-            [
-                graph.sum_into_dst(dg),
-                graph.sum_into_src(dg),
-                graph.totals2(dg, d, d0),
-            ]
-        )
+        we = table[2 * A : 2 * A + 2]  # (2, H)
+        parts = [graph.sum_into_dst(dg), graph.sum_into_src(dg), graph.totals2(dg, d, d0)]
+        if graph.edge_class is not None:
+            parts.append(graph.class_sums(dg))
+        dtable = torch.cat(parts)
         dd = dd0 = None
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             dd, dd0 = _linear(dg, we).unbind(1)  # one pass over dg for both edge attributes
@@ -192,8 +199,8 @@ def _cast(tensors, dtype):
 
 
 def edge_table(lin: nn.Linear, h: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """[h W1a^T + b1; h W1b^T; w_d; w_0] (2A + 2, H) for the split first layer of an edge MLP,
-    in ``dtype`` (mixed precision) or h's."""
+    """[h W1a^T + b1; h W1b^T; w_d; w_0 (; w_class...)] (2A + 2 [+ classes], H) for the split first
+    layer of an edge MLP, in ``dtype`` (mixed precision) or h's."""
     H = h.shape[1]
     w, b = lin.weight, lin.bias
     if dtype is not None:
@@ -204,7 +211,8 @@ def edge_table(lin: nn.Linear, h: torch.Tensor, dtype: torch.dtype | None = None
 def _first_layer(table, d, d0, graph: Graph) -> torch.Tensor:
     """(E, H) pre-activations P_dst + Q_src + d w_d + d0 w_0: one embedding_bag, four rows per edge."""
     one = torch.ones_like(d)
-    psw = torch.stack([one, one, d, d0], 1).detach()
+    cols = [one, one, d, d0] + ([one] if graph.edge_class is not None else [])
+    psw = torch.stack(cols, 1).detach()
     # detached: with a grad-requiring weight embedding_bag takes a much slower path
     return F.embedding_bag(graph.bag4, table.detach(), mode="sum", per_sample_weights=psw)
 

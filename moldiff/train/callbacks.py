@@ -13,6 +13,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from moldiff.chem.edm_protocol import edm_bond_graph, edm_stability
 from moldiff.io.writers import atomic_write
+from moldiff.model.bond_model import BondDiffusionModel
 from moldiff.sampling.generate import generate
 
 
@@ -48,14 +49,30 @@ class SampleAndEvaluate(pl.Callback):
             return
         was_training = module.training
         module.eval()
+        model = getattr(module, "model", None)
         try:
-            mols = generate(module, self.n, sampler=self.sampler, steps=self.steps, seed=self.seed, device=module.device, progress=False,
-                            **self._conditions(trainer, module))
+            if isinstance(model, BondDiffusionModel):  # its own sampler; the written graph is judged too
+                mols = model.sample(self.n, steps=self.steps, seed=self.seed, sampler=self.sampler)
+            else:
+                mols = generate(module, self.n, sampler=self.sampler, steps=self.steps, seed=self.seed, device=module.device,
+                                progress=False, **self._conditions(trainer, module))
         finally:
             module.train(was_training)
-        metrics = quick_metrics(mols, module.layout.vocab)
+        if isinstance(model, BondDiffusionModel):
+            metrics = {**quick_metrics(mols, model.vocab), **written_graph_metrics(mols)}
+        else:
+            metrics = quick_metrics(mols, module.layout.vocab)
         for k, v in metrics.items():
             module.log(f"eval/{k}", v, rank_zero_only=True)
+
+
+def written_graph_metrics(mols) -> dict[str, float]:
+    """Validity and stability of the bond model's own graphs (``graph/...``), where RDKit is installed."""
+    try:
+        from moldiff.metrics.graph import graph_metrics
+    except ImportError:
+        return {}
+    return {f"graph_{k}": float(v) for k, v in graph_metrics(mols).items() if k != "n"}
 
 
 def quick_metrics(mols, vocab) -> dict[str, float]:

@@ -22,6 +22,7 @@ import torch
 from moldiff.data.loader import MoleculeBatch
 from moldiff.model import build
 from moldiff.model.diffusion import DiffusionModel
+from moldiff.state import MolState
 
 
 
@@ -89,6 +90,11 @@ class DiffusionModule(pl.LightningModule):
         return self.model.load_state_dict(state_dict, strict=strict, assign=assign)
 
     # --- training -------------------------------------------------------------------------------
+    def batch_loss(self, batch: MoleculeBatch, ema: bool, generator) -> torch.Tensor:
+        """(M,) loss of a batch with the training (``ema=False``) or EMA network."""
+        values, _ = self.objective(self.model.batch_eps_fn(ema, batch.y), batch.x, batch.h, batch.batch, batch.n_mol, generator)
+        return values
+
     def _generator(self, device) -> torch.Generator:
         key = (self.hparams.seed * 1_000_003 + self.global_step) * 64 + self.global_rank
         return torch.Generator(device=device).manual_seed(key % (2**63))
@@ -99,9 +105,7 @@ class DiffusionModule(pl.LightningModule):
         loader = self.trainer.train_dataloader
         if hasattr(loader, "mark_trained"):
             loader.mark_trained(self.current_epoch, batch_idx + 1)
-        eps = self.model.batch_eps_fn(False, batch.y)
-        values, _ = self.objective(eps, batch.x, batch.h, batch.batch, batch.n_mol, self._generator(batch.x.device))
-        loss = values.mean()
+        loss = self.batch_loss(batch, False, self._generator(batch.batch.device)).mean()
         finite = bool(torch.isfinite(loss))
         if self.trainer.world_size > 1:  # under DDP all ranks skip together, or the gradient all-reduce would hang
             finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
@@ -135,10 +139,10 @@ class DiffusionModule(pl.LightningModule):
             self.log("train/molecules_per_s", world * batch.n_mol / (time.perf_counter() - self._tic), batch_size=batch.n_mol)
 
     def validation_step(self, batch: MoleculeBatch, batch_idx: int):
-        g = torch.Generator(device=batch.x.device).manual_seed(10_000 + batch_idx)  # same noise every time
+        g = torch.Generator(device=batch.batch.device).manual_seed(10_000 + batch_idx)  # same noise every time
         # always in float32, also under precision=bf16-mixed: runs of either precision compare on one scale
-        with torch.autocast(batch.x.device.type, enabled=False):
-            values, _ = self.objective(self.model.batch_eps_fn(True, batch.y), batch.x, batch.h, batch.batch, batch.n_mol, g)
+        with torch.autocast(batch.batch.device.type, enabled=False):
+            values = self.batch_loss(batch, True, g)
         self.log("val/loss", values.mean(), prog_bar=True, batch_size=batch.n_mol, sync_dist=True)
 
     def configure_optimizers(self):
@@ -153,7 +157,9 @@ class DiffusionModule(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, factor), "interval": "step"}}
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
-        return batch.to(device) if isinstance(batch, MoleculeBatch) else super().transfer_batch_to_device(batch, device, dataloader_idx)
+        if isinstance(batch, (MoleculeBatch, MolState)):
+            return batch.to(device)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
 
 def lr_factor(kind: str, steps: int, final: float):

@@ -1,0 +1,134 @@
+"""``BondDiffusionModel``: a model that generates positions, atom types, formal charges and bonds
+together (issue 29), as one object like ``DiffusionModel``.
+
+It holds the network (``BondEGNN``) and its EMA copy, the positions' VP process, one
+``CategoricalProcess`` per categorical field (with the training data's class frequencies as
+prior), the class vocabularies and the training atom-count histogram, all rebuilt from the plain
+``config`` dict a checkpoint stores (safe-loaded: nothing in a file is run).
+
+    model = BondDiffusionModel.load("path/to/bond_model.ckpt")
+    mols = model.sample(100, seed=0)          # MoleculeSet with .bonds and .charges
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from moldiff.data.elements import vocabulary
+from moldiff.data.molecules import MoleculeSet
+from moldiff.data.state_dataset import BOND_CLASSES
+from moldiff.model import build
+from moldiff.model.checkpoint import read_checkpoint, write_checkpoint
+from moldiff.nn.bond_egnn import BondEGNN
+from moldiff.noise.categorical import CategoricalProcess
+from moldiff.sampling.base import sample_sizes
+from moldiff.sampling.fields import sample_fields
+from moldiff.state import MolState
+
+KIND = "bonds"  # checkpoints say which model class reads them (``hyper_parameters["kind"]``)
+DEFAULT_NU = {"atom_type": 1.0, "charge": 1.0, "bond": 1.5}
+
+
+class BondDiffusionModel(nn.Module):
+    def __init__(self, model: dict[str, Any], noise: dict[str, Any], features: dict[str, Any], size_histogram: dict[int, int],
+                 marginals: dict[str, list[float]], ema_decay: float = 0.999, **extra):
+        super().__init__()
+        self.config = {"kind": KIND, "model": model, "noise": noise, "features": features,
+                       "size_histogram": {int(k): int(v) for k, v in size_histogram.items()},
+                       "marginals": {k: [float(x) for x in v] for k, v in marginals.items()}, "ema_decay": float(ema_decay),
+                       **{k: v for k, v in extra.items() if k != "kind"}}
+        self.vocab = vocabulary(features["vocabulary"])
+        self.charge_values = tuple(int(c) for c in features.get("charges", (-1, 0, 1)))
+        nus = {**DEFAULT_NU, **(noise.get("nu") or {})}
+        self.processes = {name: CategoricalProcess(marginals[name], nus[name]) for name in ("atom_type", "charge", "bond")}
+        sizes = {"atom_type": len(self.vocab), "charge": len(self.charge_values), "bond": len(BOND_CLASSES)}
+        for name, process in self.processes.items():
+            if process.n_classes != sizes[name]:
+                raise ValueError(f"marginals[{name!r}] has {process.n_classes} classes, the model {sizes[name]}")
+        self.sde = build.sde({k: v for k, v in noise.items() if k != "nu"})
+        self.net = BondEGNN(len(self.vocab), len(self.charge_values), len(BOND_CLASSES),
+                            **{k: v for k, v in model.items() if k != "name"})
+        self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True) if ema_decay > 0 else None
+        if self.ema is not None:
+            self.ema.requires_grad_(False)
+
+    @property
+    def size_histogram(self) -> dict[int, int]:
+        return dict(self.config["size_histogram"])
+
+    def network(self, ema: bool = True) -> nn.Module:
+        return self.ema.module if (ema and self.ema is not None) else self.net
+
+    def update_ema(self) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(self.net)
+
+    def denoise_fn(self, ema: bool = True):
+        """``denoise(state_t, t) -> {field: clean estimate}``: what the loss and samplers call."""
+        return self.network(ema)
+
+    # --- sampling -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n: int, steps: int = 100, seed: int = 0, sizes=None, batch_size: int = 250, sampler: str = "ancestral",
+               callback=None, ema: bool = True, **options) -> MoleculeSet:
+        """``n`` molecules with the model's own bonds and formal charges; batch k draws from a
+        generator seeded by (seed, k), so the same seed and batch size give the same molecules."""
+        device = next(self.parameters()).device
+        if sizes is None:
+            sizes = sample_sizes(self.size_histogram, n, torch.Generator().manual_seed(seed))
+        sizes = torch.as_tensor(sizes, dtype=torch.long).reshape(-1)
+        if sizes.numel() == 1 and n > 1:
+            sizes = sizes.expand(n)
+        if len(sizes) != n or (sizes < 1).any():
+            raise ValueError(f"need {n} positive atom counts, got {len(sizes)}")
+        was_training = self.training
+        self.eval()
+        parts = []
+        try:
+            for k, chunk in enumerate(torch.split(sizes, batch_size)):
+                g = torch.Generator(device=device).manual_seed(int(seed) * 100_003 + k)
+                state = sample_fields(sampler, self.denoise_fn(ema), self.sde, self.processes, chunk.to(device), steps=steps,
+                                      generator=g, device=device, callback=callback, **options)
+                parts.append(self.decode(state))
+        finally:
+            self.train(was_training)
+        return MoleculeSet.concatenate(parts)
+
+    def decode(self, state: MolState) -> MoleculeSet:
+        """A ``MoleculeSet`` with elements, positions, formal charges and bonds from a sampled state."""
+        counts = state.n_atoms.cpu().numpy()
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        numbers = self.vocab.numbers[state.atom_type.cpu().numpy()]
+        charges = np.asarray(self.charge_values, np.int8)[state.charge.cpu().numpy()]
+        bond = state.bond.cpu().numpy()
+        present = bond > 0
+        pairs = state.pairs.cpu().numpy()[present]
+        mol = state.pair_batch.cpu().numpy()[present]
+        rows = np.stack([pairs[:, 0] - offsets[mol], pairs[:, 1] - offsets[mol], bond[present]], 1)  # class k = order k
+        bond_offsets = np.concatenate([[0], np.cumsum(np.bincount(mol, minlength=state.n_mol))])
+        return MoleculeSet(numbers, state.pos.float().cpu().numpy(), offsets, {}, charges, rows, bond_offsets)
+
+    # --- files --------------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict) -> "BondDiffusionModel":
+        hp = dict(ckpt["hyper_parameters"])
+        if hp.get("kind") != KIND:
+            raise ValueError("this checkpoint holds a coordinates-only model: load it with DiffusionModel.load")
+        model = cls(**hp)
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+        model.record = list(ckpt.get("moldiff_record", []))
+        return model
+
+    @classmethod
+    def load(cls, path: str | Path, device="cpu") -> "BondDiffusionModel":
+        return cls.from_checkpoint(read_checkpoint(path)).to(device).eval()
+
+    def save(self, path: str | Path, record: list | None = None) -> Path:
+        return write_checkpoint(path, {"state_dict": self.state_dict(), "hyper_parameters": self.config,
+                                       "moldiff_record": list(record if record is not None else getattr(self, "record", []))})
