@@ -15,7 +15,7 @@ python benchmarks/campaign_leg.py [--run outputs/train/campaign] [--seeds 0,1] [
 * ``--ship``: copy the export to ``moldiff/checkpoints/qm9_egnn.ckpt`` only if its mean EDM
   molecule stability over the seeds beats the entry marked as shipped;
 * ``--branch``: the run is a learning-rate cooldown branched off the campaign's trunk (how shipped
-  models are made since the recipe study; docs/training.md); its entry is marked as a branch.
+  models are made since the recipe study; docs/training.md, docs/history.md); its entry is marked as a branch.
 
 Run it with the campaign stopped: the sampling time goes into the record.
 """

@@ -17,7 +17,7 @@ molecules:
 * unstable molecules by how many unstable atoms they have; RDKit's reasons for invalid ones;
   fragments; molecule stability by size.
 
-Why (docs/training.md, "What the invalid molecules get wrong"): validity stayed at ~70 % from 42 to
+Why (docs/history.md, "What the curve says"): validity stayed at ~70 % from 42 to
 56 epochs while stability rose; this says whether the errors are small geometric misses, which
 more denoising precision fixes, or wrong atom types and counts, which it does not.
 """

@@ -11,7 +11,7 @@ exact-posterior sampling of ``campaign_leg.py`` and ``0.5:0.5`` exactly ``sample
 at a fraction of the cost of sampling each from scratch (the tails cost in proportion to the steps
 after the split; ``--split 1`` leaves no shared head).
 Evaluated under both protocols. Why: the invalid molecules miss EDM's bond thresholds by a few
-picometres (``failure_modes.py``, docs/training.md).
+picometres (``failure_modes.py``, docs/history.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The equal-budget recipe study (issue 13, docs/training.md).
+"""The equal-budget recipe study (issue 13; outcome in docs/history.md, knobs in docs/training.md).
 
 Every variant continues the campaign's committed resume state (``campaign_resume.ckpt``: weights,
 EMA, AdamW moments, loader position) for the same number of steps, so all of them see the same
@@ -8,7 +8,7 @@ under both protocols, ancestral sampling at 100 and 300 network evaluations.
 
     python benchmarks/recipe_study.py train b            # continue the start with variant b's recipe
     python benchmarks/recipe_study.py evaluate b --nfe 100,300 --seeds 0,1
-    python benchmarks/recipe_study.py table              # the markdown table of docs/training.md
+    python benchmarks/recipe_study.py table              # the markdown table of recipe_study.json
 
 Results go into ``benchmarks/recipe_study.json`` one (variant, evaluation) at a time, and an
 evaluation already there is not repeated, so an interrupted study loses nothing finished. Variant e

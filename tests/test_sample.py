@@ -171,7 +171,7 @@ def test_bf16_sampling_follows_the_float32_trajectory(tiny_ckpt):
 
 def test_sample_py_runs_the_recommended_sampler_options_and_they_can_be_undone(tiny_ckpt, tmp_path, monkeypatch):
     """sample.py and DiffusionModel.sample run ancestral sampling with half the injected noise for
-    t <= 0.5 (docs/training.md); options={late_noise:1} gives EDM's exact posterior, which
+    t <= 0.5 (docs/history.md); options={late_noise:1} gives EDM's exact posterior, which
     is what the low-level generate() keeps by default."""
     from moldiff.io.writers import write_xyz
     from moldiff.sampling.generate import generate

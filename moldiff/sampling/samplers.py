@@ -34,10 +34,10 @@ SAMPLERS: dict[str, Callable] = {
 DEFAULT_GRID = {"ode_dpm2": "logsnr", "karras": "karras"}
 # What a sampler runs with for users (``scripts/sample.py``, ``DiffusionModel.sample``) unless told
 # otherwise; ``sample`` and ``generate`` below keep each sampler's exact form, so benchmarks and the
-# campaign's learning curve stay comparable. Ancestral: half the injected noise for t <= 0.5, the
-# best of two sweeps on the shipped models, 2 seeds x 1000 each (+11 points of EDM molecule
-# stability and +8 of validity over the exact posterior; docs/training.md, "How much noise the
-# last steps should inject").
+# campaign's learning curve stay comparable. Ancestral: half the injected noise for t <= 0.5. Less
+# late noise lowers the sampling temperature where bond lengths settle, and the samples fail by
+# bonds a few picometres off; a colder or wider setting shifts the distribution away from the
+# data's (figures: docs/history.md, benchmarks/results_late_noise_sweep.json).
 RECOMMENDED_OPTIONS = {"ancestral": {"late_noise": 0.5, "late_t": 0.5}}
 
 

@@ -11,8 +11,8 @@ docs/training.md): only the EMA weights, the ones every sampler and likelihood u
 matrices stored in float16 (vectors such as biases stay float32), about a quarter of the full
 export. ``read_checkpoint`` casts them back to float32 and gives the network the EMA weights too,
 so a compact file loads and warm-starts like a full one; a warm start from it continues from the
-EMA weights, not the raw ones. What float16 storage costs in samples is
-measured in docs/training.md. A model trained without EMA (the property models) keeps all its
+EMA weights, not the raw ones. What float16 costs: benchmarks/results_compact_checkpoint.json.
+A model trained without EMA (the property models) keeps all its
 weights, the same way (half the full export); ``load_state_dict`` casts them back to float32 when
 it loads (what that costs in MAE: docs/guidance.md).
 """
