@@ -2,7 +2,8 @@
 samplers all see it, one named field each.
 
 Per atom: ``pos`` (A, 3) positions (zero centre of mass per molecule), ``atom_type`` (A,) and
-``charge`` (A,) class indices, ``fixed`` (A,) bool (atoms a sampler must leave as they are, for
+``charge`` (A,) class indices (the Gaussian model keeps its continuous features, EDM's scaled
+one-hot types and charge channel, as ``atom_type`` (A, F)), ``fixed`` (A,) bool (atoms a sampler must leave as they are, for
 substructure-constrained design). Per unordered atom pair of a molecule (i < j, the full graph):
 ``bond`` (P,) class indices, 0 meaning no bond. The layout: ``batch`` (A,) molecule index,
 ``n_mol``, and ``pairs`` (P, 2) global atom indices with ``pair_batch`` (P,). ``context`` (M, K)
@@ -63,12 +64,20 @@ class MolState:
     bond: torch.Tensor | None = None
     fixed: torch.Tensor | None = None
     context: torch.Tensor | None = None
-    pairs: torch.Tensor | None = None
-    pair_batch: torch.Tensor | None = None
+    pairs_: torch.Tensor | None = None  # the pair layout, computed on first use (``pairs``)
+    pair_batch_: torch.Tensor | None = None
 
-    def __post_init__(self) -> None:
-        if self.pairs is None:
-            self.pairs, self.pair_batch = pair_layout(self.batch.long(), self.n_mol)
+    @property
+    def pairs(self) -> torch.Tensor:
+        """(P, 2) global atom indices i < j of every unordered pair, molecule by molecule."""
+        if self.pairs_ is None:
+            self.pairs_, self.pair_batch_ = pair_layout(self.batch.long(), self.n_mol)
+        return self.pairs_
+
+    @property
+    def pair_batch(self) -> torch.Tensor:
+        self.pairs
+        return self.pair_batch_
 
     # --- layout -------------------------------------------------------------------------------
     @property

@@ -66,3 +66,22 @@ def test_shipped_property_models_predict_the_six_properties_as_documented():
     mae = (pred - batch.y.view(batch.n_mol, -1)).abs().mean(0)
     for prop in QM9_TARGETS:
         assert float(mae[evaluator.column(prop)]) == pytest.approx(EVALUATOR_MAE_1000[prop], rel=1e-3), prop
+
+
+def test_same_molecules_at_the_same_seed_as_before_the_molecule_state():
+    """The shipped model through every sampler gives, at the same seed, the molecules it gave
+    before the samplers took the molecule state and the per-step hook (commit bbe4e4e; written by
+    DiffusionModel.load("shipped").sample(3, sampler=..., steps=4, seed=7, sizes=[9, 12, 15]))."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from moldiff.model.diffusion import DiffusionModel
+
+    golden = json.loads((Path(__file__).parent / "data" / "shipped_samples_bbe4e4e.json").read_text())
+    model = DiffusionModel.load("shipped")
+    for sampler, ref in golden.items():
+        mols = model.sample(3, sampler=sampler, steps=4, seed=7, sizes=[9, 12, 15])
+        assert mols.numbers.tolist() == ref["numbers"], sampler
+        assert np.abs(mols.positions - np.array(ref["positions"])).max() < 2e-5, sampler

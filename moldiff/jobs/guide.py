@@ -139,6 +139,8 @@ def run_guidance(cfg, output_dir) -> dict:
             energy.target = batch_targets
 
     t0 = time.perf_counter()
+    # Deliberately the sampler's exact form, not sample.py's recommended options: every guidance
+    # figure was measured so (docs/guidance.md); options={late_noise:0.5,late_t:0.5} opts in.
     mols = generate(module, n, sampler=cfg.sampler, steps=int(cfg.steps), batch_size=int(cfg.batch_size), seed=int(cfg.seed), device=device,
                     sizes=sizes, eps_fn=eps_fn, before_batch=before_batch, progress=sys.stderr.isatty(), **batch_bounds(cfg),
                     **check_options(cfg))

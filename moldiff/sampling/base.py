@@ -10,6 +10,7 @@ import torch
 
 from moldiff.geometry import remove_mean
 from moldiff.noise.vp_sde import VPSDE
+from moldiff.state import MolState
 
 EpsFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
@@ -64,8 +65,20 @@ def denoise(eps_fn: EpsFn, sde: VPSDE, x, h, t, batch, n):
     return remove_mean(x0, batch, n), h0
 
 
-def walk(step, eps_fn, sde, x, h, grid, batch, n, generator, **options):
+def after_step(callback, i: int, t: float, s: float, x, h, batch, n):
+    """The per-step hook every sampler calls after step i (t -> s), as k-diffusion's samplers do:
+    ``callback(i, t, s, state, prediction)`` sees the state as a ``MolState`` (positions, and the
+    Gaussian model's continuous features as ``atom_type``; prediction None) and may return a state
+    to continue from (inpainting puts fixed atoms back this way), or None to leave it."""
+    if callback is None:
+        return x, h
+    out = callback(i, t, s, MolState(batch, n, pos=x, atom_type=h), None)
+    return (x, h) if out is None else (out.pos, out.atom_type)
+
+
+def walk(step, eps_fn, sde, x, h, grid, batch, n, generator, callback=None, **options):
     """Apply ``step(eps_fn, sde, x, h, t, s, batch, n, generator)`` along consecutive grid times."""
-    for t, s in zip(grid[:-1], grid[1:]):
+    for i, (t, s) in enumerate(zip(grid[:-1], grid[1:])):
         x, h = step(eps_fn, sde, x, h, float(t), float(s), batch, n, generator, **options)
+        x, h = after_step(callback, i, float(t), float(s), x, h, batch, n)
     return x, h

@@ -44,6 +44,7 @@ def generate(
     precision: str = "32",
     batch_atoms: int | None = None,
     batch_edges: int | None = None,
+    callback=None,
     **options,
 ) -> MoleculeSet:
     """``n`` molecules. ``on_batch(k, MoleculeSet)`` is called after each finished batch;
@@ -54,7 +55,10 @@ def generate(
     custom ``eps_fn``, build it on a ``ContextSlot`` and set the slot in ``before_batch``).
     ``precision``: "32", or "bf16-mixed" to run the network's per-edge MLPs in bfloat16 (as in
     training with Lightning's precision flag); the sampler's arithmetic stays in float32.
-    ``batch_atoms`` / ``batch_edges``: bound each batch by atoms / edges instead of ``batch_size``."""
+    ``batch_atoms`` / ``batch_edges``: bound each batch by atoms / edges instead of ``batch_size``.
+    ``callback``: the samplers' per-step hook (``sampling.base.after_step``), batch by batch.
+    The sampler runs in its exact form with ``options`` as given: user-facing entry points add
+    ``RECOMMENDED_OPTIONS`` themselves (``DiffusionModel.sample``, ``scripts/sample.py``)."""
     if str(precision) not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     if sizes is None:
@@ -94,7 +98,8 @@ def generate(
                 if before_batch is not None:
                     before_batch(k, int(starts[k]), int(starts[k + 1]))
                 g = torch.Generator(device=device).manual_seed(int(seed) * 100_003 + k)
-                x, h, batch = sample(sampler, eps_fn, module.sde, chunk.to(device), layout.dim, steps=steps, generator=g, **options)
+                x, h, batch = sample(sampler, eps_fn, module.sde, chunk.to(device), layout.dim, steps=steps, generator=g,
+                                     callback=callback, **options)
                 parts.append(_decode(x, h, chunk, layout))
                 if on_batch is not None:
                     on_batch(k, parts[-1])

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from moldiff.sampling.base import molecule_times
+from moldiff.sampling.base import after_step, molecule_times
 
 
 def _eps(eps_fn, sde, xt, ht, s, batch, n):
@@ -27,14 +27,15 @@ def _eps(eps_fn, sde, xt, ht, s, batch, n):
 
 
 def karras(eps_fn, sde, x, h, grid, batch, n, generator=None, churn: float = 0.0, s_noise: float = 1.0,
-           s_tmin: float = 0.0, s_tmax: float = float("inf"), heun: bool = True):
+           s_tmin: float = 0.0, s_tmax: float = float("inf"), heun: bool = True, callback=None):
     sch = sde.schedule
     g64 = grid.to(torch.float64)
     levels = (sch.sigma(g64) / sch.alpha(g64)).tolist()  # s_t along the grid
     steps = len(levels) - 1
     a0 = float(sch.alpha(g64[0]))
     xt, ht = x / a0, h / a0
-    for s_cur, s_next in zip(levels[:-1], levels[1:]):
+    alphas = sch.alpha(g64).tolist()
+    for i, (s_cur, s_next) in enumerate(zip(levels[:-1], levels[1:])):
         gamma = min(churn / steps, math.sqrt(2) - 1) if s_tmin <= s_cur <= s_tmax else 0.0
         s_hat = s_cur * (1 + gamma)
         if gamma > 0:
@@ -48,5 +49,11 @@ def karras(eps_fn, sde, x, h, grid, batch, n, generator=None, churn: float = 0.0
             x_next = xt + (s_next - s_hat) * 0.5 * (ex + ex2)
             h_next = ht + (s_next - s_hat) * 0.5 * (eh + eh2)
         xt, ht = x_next, h_next
+        if callback is not None:  # the hook sees z = alpha x~ at the step's end time, as every sampler's does
+            a = alphas[i + 1]
+            zx, zh = a * xt, a * ht
+            nx, nh = after_step(callback, i, float(g64[i]), float(g64[i + 1]), zx, zh, batch, n)
+            if nx is not zx or nh is not zh:  # only a returned state moves x~ (no round trip through alpha)
+                xt, ht = nx / a, nh / a
     a_end = float(sch.alpha(g64[-1]))
     return a_end * xt, a_end * ht

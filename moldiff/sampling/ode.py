@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from moldiff.geometry import remove_mean
-from moldiff.sampling.base import molecule_times
+from moldiff.sampling.base import after_step, molecule_times
 
 
 def pf_drift(eps_fn, sde, x, h, t, batch, n):
@@ -43,8 +43,16 @@ def dpm2_step(eps_fn, sde, x, h, t, s, batch, n, generator=None):
     return a_st * x - sg_s * torch.expm1(kk) * ex, a_st * h - sg_s * torch.expm1(kk) * eh
 
 
-def solve_adaptive(eps_fn, sde, x, h, grid, batch, n, generator=None, rtol: float = 1e-5, atol: float = 1e-5, method: str = "dopri5"):
-    """Integrate from grid[0] to grid[-1] with torchdiffeq (only the ends of ``grid`` matter)."""
+def solve_adaptive(eps_fn, sde, x, h, grid, batch, n, generator=None, rtol: float = 1e-5, atol: float = 1e-5, method: str = "dopri5",
+                   callback=None):
+    """Integrate from grid[0] to grid[-1] with torchdiffeq (only the ends of ``grid`` matter).
+    With a ``callback``, the solve restarts at each grid time after calling it (the hook needs a
+    state between steps; without one the solution is a single adaptive solve, as before)."""
+    if callback is not None:
+        for i, (t, s) in enumerate(zip(grid[:-1], grid[1:])):
+            x, h = solve_adaptive(eps_fn, sde, x, h, grid[i : i + 2], batch, n, generator, rtol, atol, method)
+            x, h = after_step(callback, i, float(t), float(s), x, h, batch, n)
+        return x, h
     from torchdiffeq import odeint
 
     nx = x.numel()

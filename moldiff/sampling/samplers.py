@@ -61,6 +61,7 @@ def sample(
     dtype=torch.float32,
     x_init=None,
     h_init=None,
+    callback=None,
     **options,
 ):
     """Samples of molecules with the given atom counts: (x (A, 3), h (A, F), batch (A,)).
@@ -70,6 +71,7 @@ def sample(
     draw (the ODE encodes data this way and back). ``grid``: ``uniform`` or ``logsnr`` time
     steps; by default log-SNR for DPM-Solver-2, Karras's rho-spaced grid for ``karras``, uniform for the rest. ``t_max``: where sampling
     starts from N(0, I) (below 1 for a model refined as a bridge over a shorter horizon).
+    ``callback(i, t, s, state, prediction)``: the per-step hook (``base.after_step``), for every sampler.
     """
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; use one of {sorted(SAMPLERS)}")
@@ -79,6 +81,6 @@ def sample(
     else:
         x, h = remove_mean(x_init.to(dtype), batch, n), h_init.to(dtype)
     times = time_grid(steps, t_min, t_max, kind=grid or DEFAULT_GRID.get(name, "uniform"), schedule=sde.schedule)
-    x, h = SAMPLERS[name](eps_fn, sde, x, h, times, batch, n, generator, **options)
+    x, h = SAMPLERS[name](eps_fn, sde, x, h, times, batch, n, generator, callback=callback, **options)
     x, h = denoise(eps_fn, sde, x, h, times[-1], batch, n)
     return x, h, batch

@@ -54,6 +54,8 @@ class SampleAndEvaluate(pl.Callback):
             if isinstance(model, BondDiffusionModel):  # its own sampler; the written graph is judged too
                 mols = model.sample(self.n, steps=self.steps, seed=self.seed, sampler=self.sampler)
             else:
+                # deliberately the sampler's exact form (not sample.py's recommended options), so the
+                # learning curve stays comparable across the campaign's legs
                 mols = generate(module, self.n, sampler=self.sampler, steps=self.steps, seed=self.seed, device=module.device,
                                 progress=False, **self._conditions(trainer, module))
         finally:
