@@ -132,6 +132,11 @@ def geom_atom_is_stable(z: int, charge: int, n_aromatic: int, valence: int) -> b
     return (n_aromatic, valence) in geom_valency_table().get((z, charge), ())
 
 
+def mol_stability(mol: Chem.Mol, valences: str = "kekule") -> np.ndarray:
+    """(n,) whether each atom of a sanitised molecule is stable under ``valences`` (the rules above)."""
+    return _stability(mol, valences)
+
+
 def _stability(mol: Chem.Mol, valences: str) -> np.ndarray:
     kek = Chem.Mol(mol)
     Chem.Kekulize(kek, clearAromaticFlags=True)

@@ -5,7 +5,10 @@ a molecule RDKit finds chemically odd is still read: judging chemistry is the me
 goes through ASE. Unreadable records are counted in the ``InputReport`` and skipped; the rest is read.
 
 Each molecule's total charge is kept as the ``charge`` property: the sum of an SDF record's formal
-charges when any atom carries one, NaN (not given) otherwise. A record without a charged atom may
+charges when any atom carries one, NaN (not given) otherwise. When every record is an SDF record,
+the set also carries each record's bonds (single, double, triple, aromatic) and per-atom formal
+charges as written (``MoleculeSet.bonds``, ``.charges``): the metrics of the written graph read
+them; a record with another bond type (dative, query) is counted as unreadable. A record without a charged atom may
 be neutral or come from a writer that drops charges (EDM-style bond tables, ``samples.sdf``), and
 XYZ has no charges, so for those the evaluation searches the charge, neutral first.
 """
@@ -22,6 +25,7 @@ from moldiff.data.elements import GEOM_VOCAB, QM9_VOCAB, Vocabulary, symbol_to_n
 from moldiff.data.molecules import MoleculeSet
 
 SUFFIXES = (".sdf", ".sd", ".mol", ".xyz", ".extxyz")
+_BOND_CODES: dict = {}  # RDKit bond type -> MoleculeSet order code, filled on first read (RDKit is imported lazily)
 
 
 def _sdf_records(path: Path):
@@ -46,6 +50,8 @@ def _read_sdf(path: Path, report: R.InputReport):
     from rdkit import Chem, RDLogger
 
     RDLogger.DisableLog("rdApp.*")
+    if not _BOND_CODES:
+        _BOND_CODES.update({Chem.BondType.SINGLE: 1, Chem.BondType.DOUBLE: 2, Chem.BondType.TRIPLE: 3, Chem.BondType.AROMATIC: 4})
     for k, block in enumerate(_sdf_records(path)):
         report.n_records += 1
         where = f"{path.name}#{k}"
@@ -59,10 +65,21 @@ def _read_sdf(path: Path, report: R.InputReport):
             else:
                 report.reject(R.UNREADABLE, where, "no coordinates")
             continue
-        numbers = np.array([a.GetAtomicNum() for a in mol.GetAtoms()], np.int64)
-        name = mol.GetProp("_Name") if mol.HasProp("_Name") and mol.GetProp("_Name") else where
-        charges = [a.GetFormalCharge() for a in mol.GetAtoms()]
-        yield name, numbers, mol.GetConformer().GetPositions(), float(sum(charges)) if any(charges) else np.nan
+        bonds = []
+        for bond in mol.GetBonds():
+            code = _BOND_CODES.get(bond.GetBondType())
+            if code is None:
+                break
+            i, j = sorted((bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()))
+            bonds.append((i, j, code))
+        else:
+            numbers = np.array([a.GetAtomicNum() for a in mol.GetAtoms()], np.int64)
+            name = mol.GetProp("_Name") if mol.HasProp("_Name") and mol.GetProp("_Name") else where
+            charges = [a.GetFormalCharge() for a in mol.GetAtoms()]
+            yield (name, numbers, mol.GetConformer().GetPositions(), float(sum(charges)) if any(charges) else np.nan,
+                   (np.array(sorted(bonds), np.int32).reshape(-1, 3), np.array(charges, np.int8)))
+            continue
+        report.reject(R.UNREADABLE, where, f"unsupported bond type {bond.GetBondType()}")
 
 
 def _read_xyz(path: Path, report: R.InputReport):
@@ -122,17 +139,24 @@ def read_molecules(path, report: R.InputReport | None = None) -> tuple[MoleculeS
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in SUFFIXES) if path.is_dir() else [path]
     if path.is_dir() and not files:
         raise ValueError(f"{path} holds no {', '.join(SUFFIXES)} files")
-    names, molecules, charges = [], [], []
+    names, molecules, charges, graphs = [], [], [], []
     for f in files:
         suffix = f.suffix.lower()
         if suffix not in SUFFIXES:
             raise ValueError(f"{f}: unsupported format {suffix!r}; use one of {', '.join(SUFFIXES)}")
         reader = _read_xyz if suffix in (".xyz", ".extxyz") else _read_sdf
-        for name, numbers, positions, charge in reader(f, report):
+        for name, numbers, positions, charge, *graph in reader(f, report):
             names.append(name)
             molecules.append((numbers, positions))
             charges.append(charge)
-    return MoleculeSet.from_list(molecules, charge=np.array(charges, np.float64)), names
+            graphs.append(graph[0] if graph else None)
+    mols = MoleculeSet.from_list(molecules, charge=np.array(charges, np.float64))
+    if graphs and all(g is not None for g in graphs):  # bonds as written, only when every record has them
+        mols.charges = np.concatenate([q for _, q in graphs])
+        mols.bonds = np.concatenate([b for b, _ in graphs])
+        mols.bond_offsets = np.concatenate([[0], np.cumsum([len(b) for b, _ in graphs])])
+        mols.__post_init__()
+    return mols, names
 
 
 def user_dataset(path, vocab=None, report: R.InputReport | None = None, save_to=None) -> tuple[MoleculeSet, list[str], R.InputReport]:

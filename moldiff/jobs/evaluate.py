@@ -98,6 +98,14 @@ def format_table(result: dict) -> str:
         lines.append(f"atom type TV {_number(d['atom_type_tv'], '.4f')} | atom count TV {_number(d['atom_count_tv'], '.4f')} | "
                      f"bond length W1 {_number(d['bond_length_w1']['weighted_mean'], '.4f', unit=' Å')} | "
                      f"bond angle W1 {_number(d['bond_angle_w1']['weighted_mean'], '.3f', unit='°')}")
+    g = result.get("written_graph")
+    if g:
+        lines.append("")
+        lines.append(f"written graph (the file's own bonds and charges): valid {_number(g['valid'], '.2f', 100, ' %')} | "
+                     f"valid and one piece {_number(g['valid_connected'], '.2f', 100, ' %')} | "
+                     f"molecules stable {_number(g['molecule_stable'], '.2f', 100, ' %')} | "
+                     f"atoms stable {_number(g['atom_stable'], '.2f', 100, ' %')} | unique {_number(g['unique'], '.2f', 100, ' %')} | "
+                     f"geometry gives the same graph {_number(g.get('geometry_agrees'), '.2f', 100, ' %')}")
     pb = result.get("posebusters")
     if pb:
         lines.append("")

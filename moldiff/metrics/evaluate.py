@@ -7,6 +7,9 @@ Uniqueness and novelty follow EDM: unique / valid and novel / unique. A rate wit
 by (uniqueness with no valid molecule, atom stability with no atom evaluated) is None, not 0.
 The corrected protocol takes each molecule's total charge from the input where it is given (SDF
 formal charges) and searches it otherwise; ``result["corrected"]["charge"]`` counts both.
+Both protocols read only elements and coordinates. Records that carry their own bonds (an SDF)
+are also judged as written (``result["written_graph"]``: validity, one piece, stability with
+formal charges, uniqueness, and agreement with the bonds perceived from the coordinates).
 """
 
 from __future__ import annotations
@@ -81,6 +84,12 @@ def evaluate(
         outcomes[name] = run_edm(mols, vocab) if name == "edm" else run_corrected(mols, workers, valences=valence_rule(vocab))
         timings[name] = time.perf_counter() - t
         result[name] = summarize(outcomes[name], n_total, (train_smiles or {}).get(name))
+    if mols.has_bonds and len(mols):  # the records' own graphs, as written (metrics/graph.py)
+        from moldiff.metrics.graph import graph_metrics
+
+        t = time.perf_counter()
+        result["written_graph"] = graph_metrics(mols, geometry=True, valences=valence_rule(vocab), n_total=n_total)
+        timings["written_graph"] = time.perf_counter() - t
     if reference is not None and len(mols):
         t = time.perf_counter()
         bonds = (outcomes.get("corrected") or run_corrected(mols, workers, valences=valence_rule(vocab))).bonds

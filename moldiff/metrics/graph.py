@@ -4,8 +4,10 @@ SDF's records): the written graph is judged as written, nothing is re-derived fr
 * valid: RDKit sanitises the graph as written (bonds, orders, formal charges, explicit H only);
   ``connected``: valid and in one piece (the field's "validity and connectivity").
 * atom / molecule stability: every atom's (element, formal charge, valence) is allowed by the
-  corrected protocol's Kekulé table (``determine_bonds.ALLOWED_VALENCES``; aromatic bonds count
-  1.5, so an atom with aromatic bonds is judged after RDKit kekulises a valid molecule).
+  corrected protocol's Kekulé table (``determine_bonds.ALLOWED_VALENCES``), or for GEOM-Drugs
+  (``valences="geom"``) by "GEOM-Drugs Revisited"'s aromatic-aware table. A valid molecule is
+  judged on RDKit's sanitised graph (aromatic bonds kekulised for the Kekulé rule); an invalid one
+  on its bonds as written, aromatic counting 1.5.
 * unique: distinct canonical SMILES among the valid ones.
 * geometry agrees: the written graph equals the corrected protocol's bonds perceived from the
   coordinates (connectivity and orders, Kekulé-invariant via canonical SMILES), i.e. whether the
@@ -17,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from rdkit import Chem
 
-from moldiff.chem.determine_bonds import atom_is_stable, perceive
+from moldiff.chem.determine_bonds import atom_is_stable, mol_stability, perceive
 from moldiff.chem.rdkit_mol import make_mol, quiet_rdkit
 from moldiff.data.molecules import MoleculeSet
 
@@ -55,38 +57,36 @@ def atom_stability(mol: Chem.Mol, numbers, charges) -> np.ndarray:
     return np.array([atom_is_stable(int(z), int(q), int(round(v))) for z, q, v in zip(numbers, charges, valence)], bool)
 
 
-def graph_metrics(mols: MoleculeSet, geometry: bool = False) -> dict:
-    """Figures over the written graphs (fractions; ``n`` molecules). ``geometry``: also how often
-    the corrected protocol, from the coordinates alone, perceives the same molecule."""
+def graph_metrics(mols: MoleculeSet, geometry: bool = False, valences: str = "kekule", n_total: int | None = None) -> dict:
+    """Rates over the written graphs. Molecule-level rates divide by ``n_total`` (every record
+    read, rejected ones counting as failures; default ``len(mols)``), atom stability by the atoms
+    judged, uniqueness by the valid molecules. ``geometry``: also how often the corrected
+    protocol, from the coordinates alone, perceives the same molecule."""
     if not mols.has_bonds:
         raise ValueError("these molecules carry no bonds: graph metrics need the written bonds (MoleculeSet.bonds)")
     n = len(mols)
-    valid = np.zeros(n, bool)
-    connected = np.zeros(n, bool)
-    stable = np.zeros(n, bool)
-    agrees = np.zeros(n, bool)
+    n_total = n if n_total is None else int(n_total)
+    counts = {"valid": 0, "valid_connected": 0, "molecule_stable": 0, "geometry_agrees": 0}
     atoms_ok = atoms = 0
     smiles = []
     for i in range(n):
         numbers, positions = mols[i]
         raw = written_mol(mols, i)
-        ok = atom_stability(raw, numbers, mols.charges_of(i))
+        mol = _sanitized(raw)
+        ok = mol_stability(mol, valences) if mol is not None else atom_stability(raw, numbers, mols.charges_of(i))
         atoms_ok += int(ok.sum())
         atoms += len(ok)
-        stable[i] = bool(ok.all())
-        mol = _sanitized(raw)
+        counts["molecule_stable"] += bool(ok.all())
         if mol is None:
             continue
-        valid[i] = True
-        connected[i] = len(Chem.GetMolFrags(mol)) == 1
+        counts["valid"] += 1
+        counts["valid_connected"] += len(Chem.GetMolFrags(mol)) == 1
         smi = Chem.MolToSmiles(mol)
         smiles.append(smi)
         if geometry:
-            p = perceive(numbers, positions, int(mols.charges_of(i).sum()))
-            agrees[i] = p.smiles is not None and p.smiles == smi
-    out = {"n": n, "valid": float(valid.mean()) if n else 0.0, "valid_connected": float(connected.mean()) if n else 0.0,
-           "atom_stable": atoms_ok / max(atoms, 1), "molecule_stable": float(stable.mean()) if n else 0.0,
-           "unique": len(set(smiles)) / max(len(smiles), 1)}
-    if geometry:
-        out["geometry_agrees"] = float(agrees.mean()) if n else 0.0
+            p = perceive(numbers, positions, int(mols.charges_of(i).sum()), valences)
+            counts["geometry_agrees"] += p.smiles is not None and p.smiles == smi
+    rate = lambda c, d: c / d if d else None  # noqa: E731  undefined, not 0, with nothing to divide by
+    out = {k: rate(v, n_total) for k, v in counts.items() if geometry or k != "geometry_agrees"}
+    out.update(atom_stable=rate(atoms_ok, atoms), unique=rate(len(set(smiles)), len(smiles)), n=n_total, n_judged=n)
     return out
