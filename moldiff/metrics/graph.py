@@ -90,3 +90,12 @@ def graph_metrics(mols: MoleculeSet, geometry: bool = False, valences: str = "ke
     out = {k: rate(v, n_total) for k, v in counts.items() if geometry or k != "geometry_agrees"}
     out.update(atom_stable=rate(atoms_ok, atoms), unique=rate(len(set(smiles)), len(smiles)), n=n_total, n_judged=n)
     return out
+
+
+def written_pairs(mols: MoleculeSet) -> tuple[np.ndarray, np.ndarray]:
+    """(i, j) global atom indices of every written bond, for the distribution distances."""
+    if not mols.has_bonds:
+        raise ValueError("these molecules carry no bonds")
+    mol = np.repeat(np.arange(len(mols)), np.diff(mols.bond_offsets))
+    start = mols.offsets[:-1][mol]
+    return mols.bonds[:, 0].astype(np.int64) + start, mols.bonds[:, 1].astype(np.int64) + start

@@ -35,6 +35,12 @@ KIND = "bonds"  # checkpoints say which model class reads them (``hyper_paramete
 DEFAULT_NU = {"atom_type": 1.0, "charge": 1.0, "bond": 1.5}
 
 
+def is_bond_checkpoint(ckpt: dict) -> bool:
+    """Whether a loaded checkpoint holds a bond model (exported ones say so; training ones carry its marginals)."""
+    hp = ckpt.get("hyper_parameters", {})
+    return hp.get("kind") == KIND or "marginals" in hp
+
+
 class BondDiffusionModel(nn.Module):
     def __init__(self, model: dict[str, Any], noise: dict[str, Any], features: dict[str, Any], size_histogram: dict[int, int],
                  marginals: dict[str, list[float]], ema_decay: float = 0.999, **extra):
@@ -118,7 +124,7 @@ class BondDiffusionModel(nn.Module):
     @classmethod
     def from_checkpoint(cls, ckpt: dict) -> "BondDiffusionModel":
         hp = dict(ckpt["hyper_parameters"])
-        if hp.get("kind") != KIND:
+        if not is_bond_checkpoint(ckpt):
             raise ValueError("this checkpoint holds a coordinates-only model: load it with DiffusionModel.load")
         model = cls(**hp)
         model.load_state_dict(ckpt["state_dict"], strict=True)
