@@ -36,6 +36,7 @@ class MoleculeSet:
     charges: np.ndarray | None = None  # (A,) int8 formal charges
     bonds: np.ndarray | None = None  # (B, 3) int32 (i, j, order), local atom indices, i < j
     bond_offsets: np.ndarray | None = None  # (M + 1,) int64
+    fixed: np.ndarray | None = None  # (A,) bool: atoms a constrained sampler kept as given (a fragment's)
 
     def __post_init__(self) -> None:
         self.numbers = np.asarray(self.numbers)
@@ -50,6 +51,10 @@ class MoleculeSet:
             self.charges = np.asarray(self.charges, dtype=np.int8).reshape(-1)
             if len(self.charges) != len(self.numbers):
                 raise ValueError(f"MoleculeSet: {len(self.charges)} formal charges for {len(self.numbers)} atoms")
+        if self.fixed is not None:
+            self.fixed = np.asarray(self.fixed, dtype=bool).reshape(-1)
+            if len(self.fixed) != len(self.numbers):
+                raise ValueError(f"MoleculeSet: {len(self.fixed)} fixed-atom flags for {len(self.numbers)} atoms")
         if (self.bonds is None) != (self.bond_offsets is None):
             raise ValueError("MoleculeSet: bonds and bond_offsets come together")
         if self.bonds is not None:
@@ -89,12 +94,13 @@ class MoleculeSet:
         if sets and all(s.bonds is not None for s in sets):
             bonds = np.concatenate([s.bonds for s in sets])
             offsets = np.concatenate([[0], np.cumsum(np.concatenate([np.diff(s.bond_offsets) for s in sets]))])
+        fixed = np.concatenate([s.fixed for s in sets]) if sets and all(s.fixed is not None for s in sets) else None
         return cls(
             np.concatenate([s.numbers for s in sets]),
             np.concatenate([s.positions for s in sets]),
             np.concatenate([[0], np.cumsum(counts)]),
             {k: np.concatenate([s.properties[k] for s in sets]) for k in keys},
-            charges, bonds, offsets,
+            charges, bonds, offsets, fixed,
         )
 
     # --- access -------------------------------------------------------------------------------
@@ -156,7 +162,7 @@ class MoleculeSet:
             new_offsets,
             {k: v[index] for k, v in self.properties.items()},
             None if self.charges is None else self.charges[atom_index],
-            bonds, bond_offsets,
+            bonds, bond_offsets, None if self.fixed is None else self.fixed[atom_index],
         )
 
     def select_atoms(self, mask: np.ndarray) -> "MoleculeSet":
@@ -177,6 +183,7 @@ class MoleculeSet:
         return MoleculeSet(
             self.numbers[mask], self.positions[mask], offsets, dict(self.properties),
             None if self.charges is None else self.charges[mask], bonds, bond_offsets,
+            None if self.fixed is None else self.fixed[mask],
         )
 
     def centered(self) -> "MoleculeSet":
@@ -186,7 +193,8 @@ class MoleculeSet:
         com = np.zeros((len(self), 3), np.float64)
         np.add.at(com, mol, self.positions.astype(np.float64))
         pos = self.positions - (com / n)[mol].astype(np.float32)
-        return MoleculeSet(self.numbers, pos, self.offsets, dict(self.properties), self.charges, self.bonds, self.bond_offsets)
+        return MoleculeSet(self.numbers, pos, self.offsets, dict(self.properties), self.charges, self.bonds, self.bond_offsets,
+                           self.fixed)
 
     # --- checking ---------------------------------------------------------------------------
     def checked(self, vocab: Vocabulary | None, report: R.InputReport, names: Sequence[str] | None = None, return_index: bool = False):
@@ -227,6 +235,8 @@ class MoleculeSet:
             arrays["charges"] = self.charges
         if self.bonds is not None:
             arrays.update(bonds=self.bonds, bond_offsets=self.bond_offsets)
+        if self.fixed is not None:
+            arrays["fixed"] = self.fixed
         arrays.update({f"prop.{k}": v for k, v in self.properties.items()})
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
         try:
@@ -243,4 +253,5 @@ class MoleculeSet:
         with np.load(path, allow_pickle=False) as f:
             props = {k[5:]: f[k] for k in f.files if k.startswith("prop.")}
             get = lambda key: f[key] if key in f.files else None  # noqa: E731
-            return cls(f["numbers"], f["positions"], f["offsets"], props, get("charges"), get("bonds"), get("bond_offsets"))
+            return cls(f["numbers"], f["positions"], f["offsets"], props, get("charges"), get("bonds"), get("bond_offsets"),
+                       get("fixed"))

@@ -27,8 +27,10 @@ from moldiff.model import build
 from moldiff.model.checkpoint import read_checkpoint, write_checkpoint
 from moldiff.nn.bond_egnn import BondEGNN
 from moldiff.noise.categorical import CategoricalProcess
-from moldiff.sampling.base import sample_sizes
+from moldiff.data.fragment import load_fragment
 from moldiff.sampling.fields import sample_fields
+from moldiff.sampling.generate import sizes_for
+from moldiff.sampling.inpaint import check_fragment, fragment_inpaint
 from moldiff.state import MolState
 
 KIND = "bonds"  # checkpoints say which model class reads them (``hyper_parameters["kind"]``)
@@ -82,12 +84,21 @@ class BondDiffusionModel(nn.Module):
     # --- sampling -----------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, n: int, steps: int = 100, seed: int = 0, sizes=None, batch_size: int = 250, sampler: str = "ancestral",
-               callback=None, ema: bool = True, **options) -> MoleculeSet:
+               callback=None, ema: bool = True, fragment=None, n_atoms=None, **options) -> MoleculeSet:
         """``n`` molecules with the model's own bonds and formal charges; batch k draws from a
-        generator seeded by (seed, k), so the same seed and batch size give the same molecules."""
+        generator seeded by (seed, k), so the same seed and batch size give the same molecules.
+        ``fragment`` (an SDF path or a one-molecule ``MoleculeSet`` with bonds) is kept exactly in
+        every molecule, elements, charges, positions and bonds (issue 30); ``n_atoms`` a count or a
+        range "a-b"."""
         device = next(self.parameters()).device
+        if fragment is not None and not isinstance(fragment, MoleculeSet):
+            fragment = load_fragment(fragment, self.vocab)
+        k = check_fragment(fragment, sampler, callback)
+        fields = self.fragment_fields(fragment) if fragment is not None else None
+        if sizes is not None and n_atoms is not None:
+            raise ValueError("give sizes or n_atoms, not both")
         if sizes is None:
-            sizes = sample_sizes(self.size_histogram, n, torch.Generator().manual_seed(seed))
+            sizes = sizes_for(n_atoms, n, self.size_histogram, seed, k)
         sizes = torch.as_tensor(sizes, dtype=torch.long).reshape(-1)
         if sizes.numel() == 1 and n > 1:
             sizes = sizes.expand(n)
@@ -97,10 +108,14 @@ class BondDiffusionModel(nn.Module):
         self.eval()
         parts = []
         try:
-            for k, chunk in enumerate(torch.split(sizes, batch_size)):
-                g = torch.Generator(device=device).manual_seed(int(seed) * 100_003 + k)
+            for b, chunk in enumerate(torch.split(sizes, batch_size)):
+                g = torch.Generator(device=device).manual_seed(int(seed) * 100_003 + b)
+                inpaint = None if fields is None else fragment_inpaint(self.sde, fragment, chunk.to(device), g, fields=fields,
+                                                                         processes=self.processes)
                 state = sample_fields(sampler, self.denoise_fn(ema), self.sde, self.processes, chunk.to(device), steps=steps,
-                                      generator=g, device=device, callback=callback, **options)
+                                      generator=g, device=device, callback=inpaint or callback, **options)
+                if inpaint is not None:
+                    state = inpaint.finish(state)
                 parts.append(self.decode(state))
         finally:
             self.train(was_training)
@@ -118,7 +133,25 @@ class BondDiffusionModel(nn.Module):
         mol = state.pair_batch.cpu().numpy()[present]
         rows = np.stack([pairs[:, 0] - offsets[mol], pairs[:, 1] - offsets[mol], bond[present]], 1)  # class k = order k
         bond_offsets = np.concatenate([[0], np.cumsum(np.bincount(mol, minlength=state.n_mol))])
-        return MoleculeSet(numbers, state.pos.float().cpu().numpy(), offsets, {}, charges, rows, bond_offsets)
+        fixed = None if state.fixed is None else state.fixed.cpu().numpy()
+        return MoleculeSet(numbers, state.pos.float().cpu().numpy(), offsets, {}, charges, rows, bond_offsets, fixed)
+
+    def fragment_fields(self, fragment: MoleculeSet) -> dict[str, torch.Tensor]:
+        """The fragment's clean classes: atom types, formal charges and the (k, k) bond classes."""
+        if not fragment.has_bonds or fragment.charges is None:
+            raise ValueError("fragment: the bond model keeps the fragment's bonds; give an SDF with bonds (an XYZ has none)")
+        numbers, _ = fragment[0]
+        types = self.vocab.encode(numbers)
+        lookup = {c: i for i, c in enumerate(self.charge_values)}
+        bad = sorted(set(fragment.charges.tolist()) - set(lookup))
+        if (types < 0).any() or bad:
+            raise ValueError(f"fragment: elements or formal charges {bad or ''} outside the model's classes")
+        k = len(numbers)
+        bond = torch.zeros(k, k, dtype=torch.long)
+        i, j, order = (torch.as_tensor(c.astype(np.int64)) for c in fragment.bonds_of(0).T)
+        bond[i, j] = bond[j, i] = order  # a class index is its order code
+        return {"atom_type": torch.as_tensor(types.astype(np.int64)),
+                "charge": torch.as_tensor([lookup[int(q)] for q in fragment.charges_of(0)], dtype=torch.long), "bond": bond}
 
     # --- files --------------------------------------------------------------------------------
     @classmethod

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from moldiff.data.fragment import load_fragment
 from moldiff.data.molecules import MoleculeSet
 from moldiff.model import build
 from moldiff.model.checkpoint import read_checkpoint, write_checkpoint
@@ -115,17 +116,22 @@ class DiffusionModel(nn.Module):
     # --- sampling for Python users -------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, n: int, sampler: str = "ancestral", steps: int = 300, seed: int = 0, sizes=None, batch_size: int = 500,
-               context=None, precision: str = "32", progress: bool = False, **options) -> MoleculeSet:
+               context=None, precision: str = "32", progress: bool = False, fragment=None, n_atoms=None, **options) -> MoleculeSet:
         """``n`` molecules (atom counts from the training histogram unless ``sizes`` is given);
         the defaults and settings of ``scripts/sample.py`` give its molecules. ``options`` go to the
         sampler on top of its recommended ones (``RECOMMENDED_OPTIONS``; ancestral:
-        ``late_noise=1`` for EDM's exact posterior)."""
+        ``late_noise=1`` for EDM's exact posterior). ``fragment``: an SDF/XYZ path or a one-molecule
+        ``MoleculeSet`` kept exactly in every molecule (its atoms first, marked in ``fixed``);
+        ``n_atoms``: the total atom count, a count or a range "a-b" (issue 30, docs/design.md)."""
         device = next(self.parameters()).device
         was_training = self.training
         self.eval()
         try:
+            if fragment is not None and not isinstance(fragment, MoleculeSet):
+                fragment = load_fragment(fragment, self.layout.vocab)
             return generate(self, n, sampler=sampler, steps=steps, batch_size=batch_size, seed=seed, device=device, sizes=sizes,
-                            context=context, precision=precision, progress=progress, **with_recommended(sampler, options))
+                            context=context, precision=precision, progress=progress, fragment=fragment, n_atoms=n_atoms,
+                            **with_recommended(sampler, options))
         finally:
             self.train(was_training)
 

@@ -16,11 +16,14 @@ import warnings
 import numpy as np
 import torch
 
+from moldiff.data.fragment import parse_n_atoms
 from moldiff.data.loader import pack_batches
 from moldiff.data.molecules import MoleculeSet
 from moldiff.sampling.base import sample_sizes
 from moldiff.sampling.samplers import sample
 from moldiff.nn.context import ContextSlot
+from moldiff.sampling.inpaint import check_fragment, fragment_inpaint
+from moldiff.state import MolState
 
 PRECISIONS = ("32", "bf16-mixed")
 
@@ -45,6 +48,8 @@ def generate(
     batch_atoms: int | None = None,
     batch_edges: int | None = None,
     callback=None,
+    n_atoms=None,
+    fragment: MoleculeSet | None = None,
     **options,
 ) -> MoleculeSet:
     """``n`` molecules. ``on_batch(k, MoleculeSet)`` is called after each finished batch;
@@ -58,11 +63,18 @@ def generate(
     ``batch_atoms`` / ``batch_edges``: bound each batch by atoms / edges instead of ``batch_size``.
     ``callback``: the samplers' per-step hook (``sampling.base.after_step``), batch by batch.
     The sampler runs in its exact form with ``options`` as given: user-facing entry points add
-    ``RECOMMENDED_OPTIONS`` themselves (``DiffusionModel.sample``, ``scripts/sample.py``)."""
+    ``RECOMMENDED_OPTIONS`` themselves (``DiffusionModel.sample``, ``scripts/sample.py``).
+    ``n_atoms``: a count or a range "a-b" (``sizes_for``), instead of ``sizes``.
+    ``fragment``: a one-molecule ``MoleculeSet`` (``moldiff.data.fragment.load_fragment``) whose
+    atoms every molecule keeps exactly, in the file's frame, as its first atoms (``sampling.inpaint``;
+    stochastic samplers only); the result's ``fixed`` marks them."""
     if str(precision) not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    k = check_fragment(fragment, sampler, callback)
+    if sizes is not None and n_atoms is not None:
+        raise ValueError("give sizes or n_atoms, not both")
     if sizes is None:
-        sizes = sample_sizes(module.size_histogram, n, torch.Generator().manual_seed(seed))
+        sizes = sizes_for(n_atoms, n, module.size_histogram, seed, k)
     else:
         warn_untrained_sizes(sizes, module.size_histogram)
     sizes = torch.as_tensor(sizes, dtype=torch.long)
@@ -98,9 +110,15 @@ def generate(
                 if before_batch is not None:
                     before_batch(k, int(starts[k]), int(starts[k + 1]))
                 g = torch.Generator(device=device).manual_seed(int(seed) * 100_003 + k)
+                inpaint = None
+                if fragment is not None:
+                    inpaint = fragment_inpaint(module.sde, fragment, chunk.to(device), g, features=layout.encode_numbers(fragment.numbers))
                 x, h, batch = sample(sampler, eps_fn, module.sde, chunk.to(device), layout.dim, steps=steps, generator=g,
-                                     callback=callback, **options)
-                parts.append(_decode(x, h, chunk, layout))
+                                     callback=inpaint or callback, **options)
+                if inpaint is not None:
+                    done_state = inpaint.finish(MolState(batch, len(chunk), pos=x, atom_type=h))
+                    x, h = done_state.pos, done_state.atom_type
+                parts.append(_decode(x, h, chunk, layout, None if inpaint is None else inpaint.fixed))
                 if on_batch is not None:
                     on_batch(k, parts[-1])
             if bar is not None:
@@ -108,6 +126,26 @@ def generate(
     if bar is not None:
         bar.close()
     return MoleculeSet.concatenate(parts)
+
+
+def sizes_for(n_atoms, n: int, histogram: dict[int, int], seed: int = 0, fragment_atoms: int = 0) -> torch.Tensor:
+    """(n,) atom counts: ``n_atoms`` a count K or a range "a-b" (drawn from the training histogram
+    restricted to it, uniformly where it has none there), or None (the histogram; with a fragment of
+    k atoms, its sizes above k). A fragment larger than the count asked for is an error; counts
+    the model never trained on are a warning with their number (``warn_untrained_sizes``)."""
+    g = torch.Generator().manual_seed(int(seed))
+    if n_atoms is None:
+        if not fragment_atoms:
+            return sample_sizes(histogram, n, g)
+        lo, hi = fragment_atoms + 1, max(max(histogram), fragment_atoms + 1)
+    else:
+        lo, hi = parse_n_atoms(n_atoms)
+        if fragment_atoms > lo:
+            raise ValueError(f"n_atoms={n_atoms}: the fragment has {fragment_atoms} atoms, more than {lo}")
+    restricted = {k: v for k, v in histogram.items() if lo <= int(k) <= hi and v > 0} or {k: 1 for k in range(lo, hi + 1)}
+    sizes = sample_sizes(restricted, n, g)
+    warn_untrained_sizes(sizes, histogram)
+    return sizes
 
 
 def warn_untrained_sizes(sizes, histogram: dict[int, int]) -> None:
@@ -130,10 +168,10 @@ def warn_untrained_sizes(sizes, histogram: dict[int, int]) -> None:
     )
 
 
-def _decode(x, h, sizes, layout) -> MoleculeSet:
+def _decode(x, h, sizes, layout, fixed=None) -> MoleculeSet:
     numbers = layout.decode_numbers(h)
     offsets = np.concatenate([[0], np.cumsum(sizes.cpu().numpy())])
-    return MoleculeSet(numbers, x.float().cpu().numpy(), offsets)
+    return MoleculeSet(numbers, x.float().cpu().numpy(), offsets, fixed=None if fixed is None else fixed.cpu().numpy())
 
 
 def _progress(batches, n, enabled):

@@ -1,0 +1,176 @@
+"""Substructure-constrained sampling (issue 30): fixed atoms put back through the samplers'
+per-step callback (RePaint), for the Gaussian model and the bond model alike.
+
+The model lives on zero-centre-of-mass positions, the fragment in its file's frame. What the file
+fixes is the fragment's *shape*, its atoms' positions relative to each other; where the fragment
+sits relative to the atoms still to be made is as unknown as those atoms are. Per axis, the
+zero-CoM space of a molecule splits orthogonally into
+
+    S_F: vectors on the fixed atoms that sum to zero over them (the fragment's shape, k - 1 dims),
+    S_R: everything else with zero total (the free atoms relative to the fragment's centroid),
+
+and isotropic noise in the zero-CoM space is independent across the two. After each step t -> s
+the callback replaces the state's S_F component with a fresh draw of q(z_s | shape) =
+alpha_s (y_F - mean y_F) + sigma_s (eps_F - mean eps_F) and leaves its S_R component (the
+fragment's centroid c and the free atoms) as the sampler made it, so the total stays zero. At the
+end the exact shape is put back the same way and the whole molecule is translated so that the
+fixed atoms sit exactly at the file's coordinates. Categorical fields of fixed atoms (types,
+charges) and pairs between two fixed atoms (bonds) are replaced by draws of q(x_s | x_0), their
+clean values at the end. docs/methods.md derives why this is the right conditional; the test
+against the closed form of Gaussian point clouds (tests/test_inpaint.py) shows that putting the
+fragment back in its file frame and re-centring instead is measurably wrong.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from moldiff.geometry import segment_sum
+from moldiff.state import MolState
+
+
+def _centroid(values: torch.Tensor, mask: torch.Tensor, batch: torch.Tensor, n: int) -> torch.Tensor:
+    """(M, D) mean of ``values`` over each molecule's masked atoms (zero where none is masked)."""
+    w = mask.to(values.dtype)[:, None]
+    count = segment_sum(w, batch, n).clamp_min(1.0)
+    return segment_sum(values * w, batch, n) / count
+
+
+class Inpaint:
+    """The RePaint callback. ``fixed`` (A,) bool; ``pos`` (A, 3) the fixed atoms' file coordinates
+    (other rows ignored); ``features`` (A, F) the Gaussian model's clean features of the fixed
+    atoms, or ``fields`` {name: (N,) clean classes} with ``processes`` for the bond model (pairs
+    between two fixed atoms for ``bond``)."""
+
+    def __init__(self, sde, fixed: torch.Tensor, pos: torch.Tensor, batch: torch.Tensor, n: int, generator=None,
+                 features: torch.Tensor | None = None, fields: dict | None = None, processes: dict | None = None):
+        self.sde, self.fixed, self.batch, self.n, self.generator = sde, fixed.bool(), batch, n, generator
+        self.file_pos = pos
+        self.file_centroid = _centroid(pos, self.fixed, batch, n)  # (M, 3): where the fragment sits in its file
+        self.shape = torch.where(self.fixed[:, None], pos - self.file_centroid[batch], torch.zeros_like(pos))
+        self.features, self.fields, self.processes = features, fields or {}, processes or {}
+        self.pair_fixed = None
+
+    # --- positions ------------------------------------------------------------------------------
+    def replace_positions(self, pos: torch.Tensor, s: float | None) -> torch.Tensor:
+        """The state's fragment shape replaced by q(z_s | shape) (``s`` None: the exact shape),
+        the fragment's centroid and the free atoms kept."""
+        b, f = self.batch, self.fixed
+        c = _centroid(pos, f, b, self.n)[b]
+        if s is None:
+            shape = self.shape
+        else:
+            tt = torch.full((self.n,), float(s), dtype=pos.dtype, device=pos.device)
+            eps = torch.randn(pos.shape, generator=self.generator, dtype=pos.dtype, device=pos.device)
+            eps = eps - _centroid(eps, f, b, self.n)[b]  # noise within the shape subspace S_F
+            shape = self.sde.alpha(tt, b) * self.shape.to(pos.dtype) + self.sde.sigma(tt, b) * eps
+        return torch.where(f[:, None], c + shape, pos)
+
+    def to_file_frame(self, pos: torch.Tensor) -> torch.Tensor:
+        """The final molecule translated so that its fixed atoms sit exactly at the file's coordinates."""
+        pos = self.replace_positions(pos, None)
+        shift = self.file_centroid - _centroid(pos, self.fixed, self.batch, self.n)
+        out = pos + shift[self.batch].to(pos.dtype)
+        return torch.where(self.fixed[:, None], self.file_pos.to(pos.dtype), out)  # exact, not up to rounding
+
+    # --- other fields -------------------------------------------------------------------------------
+    def _noised_features(self, h: torch.Tensor, s: float | None) -> torch.Tensor:
+        if s is None:
+            clean = self.features.to(h.dtype)
+        else:
+            tt = torch.full((self.n,), float(s), dtype=h.dtype, device=h.device)
+            z = torch.randn(h.shape, generator=self.generator, dtype=h.dtype, device=h.device)
+            clean = self.sde.alpha(tt, self.batch) * self.features.to(h.dtype) + self.sde.sigma(tt, self.batch) * z
+        return torch.where(self.fixed[:, None], clean, h)
+
+    def _replace_fields(self, state: MolState, s: float | None) -> dict:
+        changes = {}
+        for name, clean in self.fields.items():
+            if name == "bond":
+                mask = self.fixed[state.pairs[:, 0]] & self.fixed[state.pairs[:, 1]]
+            else:
+                mask = self.fixed
+            value = clean
+            if s is not None:
+                tt = torch.full((len(clean),), float(s), dtype=torch.float64, device=clean.device)
+                value = self.processes[name].perturb(clean, tt, self.generator)
+            changes[name] = torch.where(mask, value, getattr(state, name))
+        return changes
+
+    # --- the callback -------------------------------------------------------------------------------
+    def __call__(self, i: int, t: float, s: float, state: MolState, prediction=None) -> MolState:
+        changes = {"pos": self.replace_positions(state.pos, s)}
+        if self.features is not None:
+            changes["atom_type"] = self._noised_features(state.atom_type, s)
+        changes.update(self._replace_fields(state, s))
+        return state.replace(**changes)
+
+    def finish(self, state: MolState) -> MolState:
+        """The sampler's final molecule with the fragment exactly as given, in the file's frame."""
+        changes = {"pos": self.to_file_frame(state.pos), "fixed": self.fixed}
+        if self.features is not None:
+            changes["atom_type"] = self._noised_features(state.atom_type, None)
+        changes.update(self._replace_fields(state, None))
+        return state.replace(**changes)
+
+
+
+# Replacement draws the fixed atoms afresh at each noise level; a probability-flow ODE is
+# deterministic given its start, and replacing part of its state makes no consistent conditional.
+STOCHASTIC = ("ancestral", "euler_maruyama", "pc")
+
+
+def check_fragment(fragment, sampler: str, callback=None) -> int:
+    """The fragment's atom count (0 without one); a sampler that cannot take it, or a second
+    callback beside it, is an error."""
+    if fragment is None:
+        return 0
+    if len(fragment) != 1:
+        raise ValueError(f"fragment: one molecule (two disconnected pieces in it mean linking), got {len(fragment)}")
+    if sampler not in STOCHASTIC:
+        raise ValueError(f"fragment: sampler {sampler!r} is deterministic or cannot redraw fixed atoms; "
+                         f"substructure-constrained sampling uses one of {STOCHASTIC}")
+    if callback is not None:
+        raise ValueError("fragment: the sampler's callback is the fragment's replacement; give one or the other")
+    return len(fragment.numbers)
+
+
+def fragment_layout(fragment, sizes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For molecules of ``sizes`` atoms whose first k atoms are the fragment's: (A,) fixed flags,
+    (A, 3) the fragment's file coordinates on those rows (zeros elsewhere), and (A,) the molecule
+    index; float64 coordinates (the file's, exactly)."""
+    k = len(fragment.numbers)
+    device = sizes.device
+    batch = torch.repeat_interleave(torch.arange(len(sizes), device=device), sizes)
+    starts = torch.cumsum(sizes, 0) - sizes
+    local = torch.arange(len(batch), device=device) - starts[batch]
+    fixed = local < k
+    pos = torch.zeros(len(batch), 3, dtype=torch.float64, device=device)
+    pos[fixed] = torch.as_tensor(np.asarray(fragment.positions, np.float64), device=device).repeat(len(sizes), 1)
+    return fixed, pos, batch
+
+
+def fragment_inpaint(sde, fragment, sizes: torch.Tensor, generator=None, features=None, fields=None, processes=None) -> Inpaint:
+    """The ``Inpaint`` callback for one batch of molecules built around ``fragment``. ``features``
+    (k, F) or ``fields`` {name: (k,) atom classes, or "bond": (k, k) pair classes} are the fragment's
+    clean values; other atoms' rows are filled with zeros and never read."""
+    fixed, pos, batch = fragment_layout(fragment, sizes)
+    k, n = len(fragment.numbers), len(sizes)
+    full = None
+    if features is not None:
+        full = torch.zeros(len(batch), features.shape[1], dtype=features.dtype, device=pos.device)
+        full[fixed] = features.to(pos.device).repeat(n, 1)
+    tiled = {}
+    for name, clean in (fields or {}).items():
+        if name == "bond":
+            state = MolState(batch, n)
+            i, j = state.pairs[:, 0], state.pairs[:, 1]
+            starts = (torch.cumsum(sizes, 0) - sizes)[state.pair_batch]
+            li, lj = (i - starts).clamp_max(k - 1), (j - starts).clamp_max(k - 1)
+            tiled[name] = clean.to(pos.device)[li, lj]  # read only where both atoms are fixed
+        else:
+            full_f = torch.zeros(len(batch), dtype=torch.long, device=pos.device)
+            full_f[fixed] = clean.to(pos.device).repeat(n)
+            tiled[name] = full_f
+    return Inpaint(sde, fixed, pos, batch, n, generator, features=full, fields=tiled, processes=processes)

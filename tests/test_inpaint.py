@@ -1,0 +1,174 @@
+"""Substructure-constrained sampling against the closed form (issue 30).
+
+Gaussian point clouds (``moldiff.analytic``): per axis a, a molecule is N(0, d_a^2 P) on the
+zero-CoM subspace, i.e. N atoms drawn independently around an unknown centre. Given k fixed atoms
+at file coordinates y_F, each free atom j, in the file's frame, is Gaussian with
+
+    mean  = mean(y_F)                  (per axis)
+    var   = d_a^2 (1 + 1/k),           cov(free j, free l) = d_a^2 / k,
+
+(the centre's posterior given the fragment is N(mean y_F, d_a^2 / k)). The sampler with the RePaint
+callback must reproduce this; a callback that puts the fragment back at its file coordinates and
+re-centres the molecule (the naive treatment of the centre of mass) must not.
+"""
+
+import torch
+
+from moldiff.analytic import GaussianPointClouds
+from moldiff.geometry import remove_mean
+from moldiff.noise import VPSDE, get_schedule
+from moldiff.sampling import sample
+from moldiff.sampling.base import sizes_to_batch
+from moldiff.sampling.inpaint import Inpaint
+from moldiff.state import MolState
+
+N, K, M = 5, 2, 2000
+Y_F = torch.tensor([[3.0, -2.0, 4.0], [4.0, -1.0, 2.0]], dtype=torch.float64)  # far from the origin on purpose
+
+
+class NaiveInpaint(Inpaint):
+    """The wrong treatment: fixed atoms noised around their file coordinates, then the molecule re-centred."""
+
+    def replace_positions(self, pos, s):
+        if s is None:
+            return torch.where(self.fixed[:, None], self.file_pos.to(pos.dtype), pos)
+        tt = torch.full((self.n,), float(s), dtype=pos.dtype)
+        noised = self.sde.alpha(tt, self.batch) * self.file_pos + self.sde.sigma(tt, self.batch) * torch.randn(pos.shape, generator=self.generator, dtype=pos.dtype)
+        return remove_mean(torch.where(self.fixed[:, None], noised, pos), self.batch, self.n)
+
+
+def _run(cls, steps=300, seed=0):
+    sde = VPSDE(get_schedule("polynomial"))
+    data = GaussianPointClouds(sde)
+    batch, n = sizes_to_batch([N] * M)
+    fixed = (torch.arange(N * M) % N) < K
+    pos = torch.zeros(N * M, 3, dtype=torch.float64)
+    pos[fixed] = Y_F.repeat(M, 1)
+    features = torch.zeros(N * M, data.feat_dim, dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    inpaint = cls(sde, fixed, pos, batch, n, g, features=features)
+    x, h, _ = sample("ancestral", data.eps, sde, [N] * M, data.feat_dim, steps, generator=g, dtype=torch.float64, callback=inpaint)
+    final = inpaint.finish(MolState(batch, n, pos=x, atom_type=h))
+    return final, fixed, data
+
+
+def _free_stats(final, fixed):
+    free = final.pos[~fixed].view(M, N - K, 3)
+    mean = free.mean((0, 1))
+    centred = free - free.mean(0)
+    var = centred.square().mean((0, 1))
+    cov = (centred[:, 0] * centred[:, 1]).mean(0)  # two different free atoms
+    return mean, var, cov
+
+
+def test_fixed_atoms_are_kept_exactly_in_the_file_frame():
+    final, fixed, _ = _run(Inpaint, steps=5)
+    assert (final.pos[fixed] - Y_F.repeat(M, 1)).abs().max() < 1e-12
+    assert final.atom_type[fixed].abs().max() == 0  # clean features of the fixed atoms
+
+
+def test_free_atoms_follow_the_closed_form_conditional_and_the_naive_centre_does_not():
+    target_mean = Y_F.mean(0)
+    final, fixed, data = _run(Inpaint)
+    d2 = data.axis_std**2
+    mean, var, cov = _free_stats(final, fixed)
+    se_mean = (d2 * (1 + 1 / K) / M).sqrt() * 2  # free atoms of one molecule share the centre: inflate
+    assert ((mean - target_mean).abs() < 4 * se_mean).all(), (mean, target_mean)
+    # 300 ancestral steps leave the variances ~3 % low (the sampler's own bias, test_samplers.py)
+    assert torch.allclose(var, d2 * (1 + 1 / K), rtol=0.1), (var, d2 * (1 + 1 / K))
+    assert torch.allclose(cov, d2 / K, rtol=0.2, atol=0.02), (cov, d2 / K)
+    naive, fixed, _ = _run(NaiveInpaint, steps=100)
+    nmean, nvar, _ = _free_stats(naive, fixed)
+    assert ((nmean - target_mean).abs() > 10 * se_mean).any(), (nmean, target_mean)
+
+
+# --- fragments through the models -------------------------------------------------------------------
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from moldiff.data.fragment import load_fragment, parse_n_atoms  # noqa: E402
+from moldiff.data.molecules import MoleculeSet  # noqa: E402
+
+
+def _write_sdf(path, numbers, positions, bonds=(), charges=None):
+    from rdkit import Chem
+
+    from moldiff.chem.rdkit_mol import make_mol
+
+    mol = make_mol(numbers, positions, tuple(zip(*bonds)) if bonds else None, explicit_h_only=True)
+    for atom, q in zip(mol.GetAtoms(), charges or [0] * len(numbers)):
+        atom.SetFormalCharge(int(q))
+    Chem.MolToMolFile(mol, str(path), kekulize=False)
+    return path
+
+
+# formaldehyde-like fragment C=O with one H, coordinates away from the origin
+FRAG_Z = [6, 8, 1]
+FRAG_X = np.array([[2.0, 1.0, -1.0], [3.2, 1.0, -1.0], [1.4, 1.9, -1.0]])
+FRAG_BONDS = [(0, 1, 2), (0, 2, 1)]
+
+
+def test_gaussian_model_keeps_a_fragment_file_exactly(tmp_path):
+    from moldiff.model.diffusion import DiffusionModel
+
+    sdf = _write_sdf(tmp_path / "frag.sdf", FRAG_Z, FRAG_X, FRAG_BONDS)
+    mols = DiffusionModel.load("shipped").sample(6, steps=10, seed=0, fragment=sdf, n_atoms="7-9")
+    assert set(mols.n_atoms.tolist()) <= {7, 8, 9} and mols.fixed is not None
+    for i in range(len(mols)):
+        z, x = mols[i]
+        fixed = mols.fixed[mols.offsets[i] : mols.offsets[i + 1]]
+        assert fixed.tolist() == [True] * 3 + [False] * (len(z) - 3)
+        assert z[:3].tolist() == FRAG_Z and np.abs(x[:3] - FRAG_X).max() < 1e-4
+    with pytest.raises(ValueError, match="deterministic"):
+        DiffusionModel.load("shipped").sample(2, sampler="ode_heun", steps=2, fragment=sdf, n_atoms=8)
+    with pytest.raises(ValueError, match="more than 2"):
+        DiffusionModel.load("shipped").sample(2, steps=2, fragment=sdf, n_atoms=2)
+
+
+def test_bond_model_keeps_elements_charges_positions_and_bonds(tmp_path):
+    from test_bond_model import _model
+
+    sdf = _write_sdf(tmp_path / "frag.sdf", FRAG_Z, FRAG_X, FRAG_BONDS, charges=[0, 0, 0])
+    mols = _model().sample(5, steps=4, seed=1, fragment=sdf, n_atoms=6)
+    for i in range(len(mols)):
+        z, x = mols[i]
+        assert z[:3].tolist() == FRAG_Z and np.abs(x[:3] - FRAG_X).max() < 1e-4
+        assert mols.charges_of(i)[:3].tolist() == [0, 0, 0]
+        b = mols.bonds_of(i)
+        among_fixed = sorted(tuple(r) for r in b.tolist() if r[1] < 3)
+        assert among_fixed == sorted(FRAG_BONDS)
+    xyz = tmp_path / "frag.xyz"
+    xyz.write_text("3\n\n" + "".join(f"{s} {a} {b} {c}\n" for s, (a, b, c) in zip("COH", FRAG_X)))
+    with pytest.raises(ValueError, match="an XYZ has none"):
+        _model().sample(2, steps=2, fragment=xyz, n_atoms=5)
+
+
+def test_bad_fragments_get_one_line_each(tmp_path):
+    from moldiff.data.elements import QM9_VOCAB
+
+    flat = _write_sdf(tmp_path / "flat.sdf", FRAG_Z, FRAG_X * [1, 1, 0])
+    close = _write_sdf(tmp_path / "close.sdf", FRAG_Z, np.array([[0, 0, 0.0], [0.2, 0, 0.1], [1, 1, 1]]))
+    sulfur = _write_sdf(tmp_path / "s.sdf", [16, 1, 1], FRAG_X)
+    junk = tmp_path / "junk.sdf"
+    junk.write_text("not a molfile\n\n\n  x  y\nM  END\n$$$$\n")
+    cases = [(flat, "2D drawing"), (close, "overlap"), (sulfur, "outside the model's vocabulary"), (junk, "could not be read"),
+             (tmp_path / "missing.sdf", "no file")]
+    for path, message in cases:
+        with pytest.raises(ValueError, match=message) as err:
+            load_fragment(path, QM9_VOCAB)
+        assert "\n" not in str(err.value)
+    assert parse_n_atoms("12-15") == (12, 15) and parse_n_atoms(9) == (9, 9)
+    for bad in ("15-12", "a", "0", "1-2-3"):
+        with pytest.raises(ValueError, match="n_atoms"):
+            parse_n_atoms(bad)
+
+
+def test_n_atoms_without_a_fragment_and_the_untrained_warning():
+    from moldiff.model.diffusion import DiffusionModel
+
+    model = DiffusionModel.load("shipped")
+    assert model.sample(3, steps=2, n_atoms=19).n_atoms.tolist() == [19, 19, 19]
+    with pytest.warns(UserWarning, match="3 of 3 requested atom counts are outside"):
+        model.sample(3, steps=2, n_atoms="40-41")
+    assert isinstance(model.sample(1, steps=2, n_atoms=5), MoleculeSet)
