@@ -74,7 +74,8 @@ def written_graph_metrics(mols) -> dict[str, float]:
         from moldiff.metrics.graph import graph_metrics
     except ImportError:
         return {}
-    return {f"graph_{k}": float(v) for k, v in graph_metrics(mols).items() if k != "n"}
+    # an undefined rate (uniqueness with nothing valid) is left out, not logged as 0
+    return {f"graph_{k}": float(v) for k, v in graph_metrics(mols).items() if k not in ("n", "n_judged") and v is not None}
 
 
 def quick_metrics(mols, vocab) -> dict[str, float]:
