@@ -39,7 +39,6 @@ import math
 import multiprocessing as mp
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
@@ -52,6 +51,7 @@ from moldiff.data.elements import GEOM_VOCAB, SYMBOLS
 from moldiff.data.geom import cache_dtypes, smiles_path
 from moldiff.data.npz_writer import NpzStreamWriter
 from moldiff.data.paths import cache_dir
+from moldiff.files import AtomicFile, atomic_write
 
 # Molecule-level reasons (a record is one SMILES row).
 UNPARSABLE = "unparsable_smiles"
@@ -301,18 +301,6 @@ def _report_from_dict(d: dict) -> R.InputReport:
     return rep
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def shard_path(parts: Path, chunk: int) -> Path:
     return parts / f"chunk_{chunk:05d}.npz"
 
@@ -341,7 +329,8 @@ def build_chunk(task: tuple) -> dict:
         "weight": np.concatenate([m.weights for m in built] or [np.zeros(0)]),
         "meta": np.frombuffer(json.dumps(meta).encode(), np.uint8),  # JSON as bytes: no pickle
     }
-    _atomic_write(shard_path(Path(parts), chunk), lambda f: np.savez(f, **arrays))
+    with atomic_write(shard_path(Path(parts), chunk), "wb") as f:
+        np.savez(f, **arrays)
     return {"chunk": chunk, "molecules": len(built), "conformers": int(arrays["n_conformers"].sum())}
 
 
@@ -372,8 +361,8 @@ class _CacheOut:
         self.path = path
         self.writer = NpzStreamWriter(path, cache_dtypes(charges=True), {"positions": 3})
         self.smiles_out = smiles_path(path)
-        self.smiles_tmp = self.smiles_out.with_name(self.smiles_out.name + ".tmp")
-        self.smiles = open(self.smiles_tmp, "w", encoding="utf-8")  # noqa: SIM115 - open until finish()
+        self.smiles_file = AtomicFile(self.smiles_out, "w", encoding="utf-8")  # open until finish() / close()
+        self.smiles = self.smiles_file.file
         self.writer.append("offsets", np.zeros(1))
         self.n_atoms = self.n_molecules = self.n_conformers = 0
 
@@ -395,15 +384,12 @@ class _CacheOut:
         self.n_conformers += c
 
     def finish(self) -> None:
-        self.smiles.close()
-        os.chmod(self.smiles_tmp, 0o644)
-        os.replace(self.smiles_tmp, self.smiles_out)
+        self.smiles_file.commit()
         self.writer.finish()
 
     def close(self) -> None:
-        self.smiles.close()
+        self.smiles_file.discard()
         self.writer.close()
-        self.smiles_tmp.unlink(missing_ok=True)
 
 
 def default_output(name: str, settings: ConformerSettings) -> Path:
@@ -483,7 +469,8 @@ def build_conformer_dataset(
         shutil.rmtree(parts)
     parts.mkdir(parents=True, exist_ok=True)
     if not manifest.is_file():
-        _atomic_write(manifest, lambda f: f.write(json.dumps(shards, indent=1).encode()))
+        with atomic_write(manifest) as f:
+            f.write(json.dumps(shards, indent=1))
     for stale in parts.glob("*.tmp"):  # a shard a killed worker was writing
         stale.unlink()
 
@@ -512,7 +499,8 @@ def build_conformer_dataset(
     summary = _merge(parts, n_chunks, smiles, outputs, val_rows(len(smiles), val_fraction, split_seed))
     summary.update(input=str(source), identity=identity, split_settings=split, chunk=chunk, workers=workers,
                    seconds=round(time.perf_counter() - t, 1), chunks_resumed=n_chunks - len(pending))
-    _atomic_write(rep_path, lambda f: f.write((json.dumps(summary, indent=1) + "\n").encode()))
+    with atomic_write(rep_path) as f:
+        f.write(json.dumps(summary, indent=1) + "\n")
     shutil.rmtree(parts)
     return summary
 
