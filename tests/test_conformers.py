@@ -151,11 +151,11 @@ def test_xtb_polish(tmp_path, monkeypatch):
     path = tmp_path / "x.smi"
     path.write_text("C[NH3+]\n")
     settings = C.ConformerSettings(conformers=1, xtb=True)
-    monkeypatch.setitem(sys.modules, "tblite.ase", None)  # as if tblite were not installed
+    monkeypatch.setitem(sys.modules, "tblite.interface", None)  # as if tblite were not installed
     with pytest.raises(ImportError, match="pip install tblite"):
         C.build_conformer_dataset(path, tmp_path / "x.npz", settings, workers=1, val_fraction=0)
     monkeypatch.undo()
-    pytest.importorskip("tblite.ase")
+    pytest.importorskip("tblite.interface")
     s = C.build_conformer_dataset(path, tmp_path / "x.npz", settings, workers=1, val_fraction=0)
     assert s["conformers"]["rejected"] == {} and s["conformers_written"] == 1
     mols = load_geom(tmp_path / "x.npz")

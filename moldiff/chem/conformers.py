@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from moldiff.chem.xtb import relax, require_tblite, single_thread_worker
 from moldiff.data import report as R
 from moldiff.data.elements import GEOM_VOCAB, SYMBOLS
 from moldiff.data.geom import cache_dtypes, smiles_path
@@ -101,15 +102,6 @@ def molecule_seed(seed: int, row: int) -> int:
     """ETKDG's seed for the molecule on ``row``: a hash of (seed, row), so builds with nearby
     seeds do not share streams shifted by one row."""
     return int(np.random.SeedSequence([seed, row]).generate_state(1)[0]) & 0x7FFFFFFF
-
-
-def require_xtb() -> None:
-    """ImportError with the fix when the xTB polish is asked for without tblite."""
-    try:
-        import ase  # noqa: F401
-        import tblite.ase  # noqa: F401
-    except ImportError as err:
-        raise ImportError("the xTB polish needs tblite and ase: `pip install tblite ase`") from err
 
 
 # --- input -------------------------------------------------------------------------------------
@@ -197,19 +189,6 @@ def _embed(mol, settings: ConformerSettings, row: int) -> tuple[list[int], bool]
     return list(rdDistGeom.EmbedMultipleConfs(mol, settings.conformers, params)), True
 
 
-def xtb_polish(numbers, positions, charge: int, settings: ConformerSettings) -> tuple[np.ndarray, float, bool]:
-    """GFN2-xTB BFGS relaxation: (positions Å, energy Hartree, reached fmax)."""
-    from ase import Atoms, units
-    from ase.optimize import BFGS
-    from tblite.ase import TBLite
-
-    atoms = Atoms(numbers=np.asarray(numbers, np.int64), positions=np.asarray(positions, np.float64))
-    unpaired = int(np.sum(numbers) - charge) % 2  # closed shell when the electron count allows
-    atoms.calc = TBLite(method="GFN2-xTB", charge=float(charge), multiplicity=unpaired + 1, verbosity=0)
-    converged = bool(BFGS(atoms, logfile=None).run(fmax=settings.xtb_fmax, steps=settings.xtb_steps))
-    return atoms.get_positions(), float(atoms.get_potential_energy() / units.Hartree), converged
-
-
 def boltzmann_weights(energies_hartree: np.ndarray) -> np.ndarray:
     rel = (np.asarray(energies_hartree, np.float64) - np.min(energies_hartree)) * KCAL_PER_HARTREE
     w = np.exp(-rel / KT_KCAL)
@@ -267,7 +246,7 @@ def _molecule_conformers(smiles, row, settings, molecules, conformers, where):
         energy = energy / KCAL_PER_HARTREE
         if settings.xtb:
             try:
-                pos, energy, ok = xtb_polish(numbers, pos, charge, settings)
+                pos, _, energy, ok = relax(numbers, pos, settings.xtb_steps, settings.xtb_fmax, charge)
             except ImportError:
                 raise
             except Exception as exc:  # noqa: BLE001 - SCF failures are per-conformer outcomes
@@ -346,10 +325,6 @@ def _read_shard(path: Path):
                      a["energy"][conf: conf + c], a["weight"][conf: conf + c]))
         atom, conf, row_atom = atom + n, conf + c, row_atom + c * n
     return meta, mols
-
-
-def _worker_init() -> None:
-    os.environ["OMP_NUM_THREADS"] = "1"  # before tblite's OpenMP starts: processes, not threads, share the cores
 
 
 # --- the cache ---------------------------------------------------------------------------------
@@ -444,7 +419,7 @@ def build_conformer_dataset(
     if not source.is_file():
         raise FileNotFoundError(f"no SMILES file {source}")
     if settings.xtb:
-        require_xtb()
+        require_tblite()
     smiles = read_smiles(source)
     # what the output depends on (not workers or chunk size); the shards also depend on the chunk size
     identity = {"format": FORMAT_VERSION, "input_sha256": _sha256(source), "settings": asdict(settings),
@@ -485,7 +460,7 @@ def build_conformer_dataset(
         results = map(build_chunk, tasks)
         pool = None
     else:  # spawned: a forked worker can hang in tblite's OpenMP when the parent started one
-        pool = mp.get_context("spawn").Pool(min(workers, len(tasks)), initializer=_worker_init)
+        pool = mp.get_context("spawn").Pool(min(workers, len(tasks)), initializer=single_thread_worker)
         results = pool.imap_unordered(build_chunk, tasks)
     try:
         for r in results:
