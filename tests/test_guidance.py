@@ -211,6 +211,7 @@ def test_property_models_train_and_load(tmp_path, role):
 
     from hydra import compose, initialize_config_dir
 
+    from moldiff.model.property import PropertyModel
     from moldiff.train.property_module import PropertyModule
     from moldiff.jobs.train_property import run_property_training
 
@@ -224,6 +225,8 @@ def test_property_models_train_and_load(tmp_path, role):
     assert module.net.encoder.time_conditioning == (role == "guide")
     loaded = PropertyModule.load_from_checkpoint(tmp_path / "last.ckpt", weights_only=True)
     assert torch.allclose(loaded.net.mean, module.net.mean) and float(loaded.net.std) > 0
+    plain = PropertyModel.load(tmp_path / "last.ckpt", role=role)  # a training checkpoint, without Lightning
+    assert plain.targets == ["gap"] and all(torch.equal(v, loaded.state_dict()[k]) for k, v in plain.state_dict().items())
     with pytest.raises(ValueError, match="unknown"):
         run_property_training(bad, tmp_path)
 
