@@ -233,3 +233,38 @@ def test_bad_refinement_options_fail_up_front(tiny_base, tmp_path):
     for override, message in [("horizon=1.5", "horizon"), ("steps=0", "steps"), ("ckpt=/nope.ckpt", "no checkpoint")]:
         with pytest.raises((ValueError, FileNotFoundError), match=message):
             run_refinement(_refine_cfg(tiny_base, tmp_path, override), tmp_path)
+
+
+def test_bridge_uses_the_model_layers_ema_and_state_dict_layout(tiny_base):
+    """The backward process is a DiffusionModel (net + EMA from the model layer); the refined model is
+    one too, its network holding the EMA weights; a run saved under the old names still resumes."""
+    from moldiff.bridge.module import BridgeModule
+    from moldiff.jobs.refine_bridge import base_weights
+    from moldiff.model.checkpoint import read_checkpoint
+    from moldiff.model.diffusion import DiffusionModel
+
+    base = read_checkpoint(tiny_base)
+    module = BridgeModule(base=dict(base["hyper_parameters"]), horizon=0.7, ema_decay=0.9)
+    module.start_from(base_weights(base))
+    shipped_layout = DiffusionModel.from_checkpoint(base)
+    assert isinstance(module.backward_model, DiffusionModel) and module.forward_ema is not None
+    module.backward_model.update_ema()  # the first update copies the network
+    for p in module.backward_net.parameters():  # a step of training, then an EMA update
+        p.data.add_(0.01)
+    module.backward_model.update_ema()
+    refined = module.refined_model()
+    assert refined.horizon == 0.7 and refined.state_dict().keys() == shipped_layout.state_dict().keys()
+    ema = module.backward_model.ema.module.state_dict()
+    for k, v in refined.net.state_dict().items():
+        assert torch.equal(v, ema[k]) and torch.equal(refined.ema.module.state_dict()[k], ema[k]), k
+    assert not all(torch.equal(v, module.backward_net.state_dict()[k]) for k, v in ema.items())  # EMA, not the raw weights
+
+    # a checkpoint of the old layout (backward_net.*, backward_ema.*) is read into the new one
+    state = module.state_dict()
+    old = {k.replace("backward_model.net.", "backward_net.").replace("backward_model.ema.", "backward_ema."): v.clone()
+           for k, v in state.items()}
+    checkpoint = {"state_dict": old}
+    fresh = BridgeModule(base=dict(base["hyper_parameters"]), horizon=0.7, ema_decay=0.9)
+    fresh.on_load_checkpoint(checkpoint)
+    fresh.load_state_dict(checkpoint["state_dict"], strict=True)
+    assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in state.items())
