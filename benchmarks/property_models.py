@@ -19,8 +19,7 @@ import torch
 
 from moldiff.data.loader import MoleculeDataset
 from moldiff.data.qm9 import QM9_TARGETS, load_qm9
-from moldiff.model.checkpoint import property_checkpoint_path
-from moldiff.train.property_module import PropertyModule
+from moldiff.model.property import PropertyModel
 
 # EDM's evaluator errors (Hoogeboom et al. 2022, table 3, "QM9*" row), in our units (eV for orbital energies)
 EDM_EVALUATOR = {"alpha": 0.10, "gap": 0.064, "homo": 0.039, "lumo": 0.036, "mu": 0.043, "Cv": 0.040}
@@ -51,8 +50,8 @@ def _cell(value, factor) -> str:
     return "–" if value is None else f"{value * factor:.0f}" if value * factor >= 100 else f"{value * factor:.3g}"
 
 
-def load(path: str, role: str) -> PropertyModule:
-    return PropertyModule.load_from_checkpoint(property_checkpoint_path(path, role), map_location="cpu", weights_only=True).eval()
+def load(path: str, role: str) -> PropertyModel:
+    return PropertyModel.load(path, role=role)
 
 
 def main():

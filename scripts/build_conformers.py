@@ -3,14 +3,16 @@
 Without a file it builds the geom_1k demo set (the 1000 GEOM-Drugs test SMILES in
 ``datasets/geom_1k/``) into ``datasets/geom_1k/cache/geom_1k_k5.npz`` plus its train/val split,
 which ``python scripts/train.py dataset=geom_1k`` reads. Rerun the same command after an
-interruption to finish the build. See ``moldiff.chem.conformers`` and docs/data.md.
+interruption to finish the build. See ``moldiff.jobs.build_conformers`` (the build),
+``moldiff.chem.conformers`` (one molecule's conformers) and docs/data.md.
 """
 
 import argparse
 import sys
 from pathlib import Path
 
-from moldiff.chem.conformers import ConformerSettings, build_conformer_dataset, default_output, report_path, summary_text
+from moldiff.chem.conformers import ConformerSettings
+from moldiff.jobs.build_conformers import build_conformer_dataset, default_output, report_path, summary_text
 from moldiff.jobs.cli import user_errors
 
 GEOM_1K = Path(__file__).resolve().parents[1] / "datasets" / "geom_1k" / "geom_drugs_test_1000_smiles.csv"

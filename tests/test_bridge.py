@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from equivariance import assert_equivariant
 from moldiff.analytic import GaussianPointClouds
 from moldiff.bridge.imf import (backward_loss, closed_form_coupling_covariance, forward_loss, simulate_backward, simulate_forward)
 from moldiff.bridge.reference import bridge_sample, forward_step, pinned_gaussian
@@ -90,18 +91,20 @@ def test_forward_step_is_equivariant_and_keeps_com_zero():
     batch, n = sizes_to_batch([3, 5])
     x = remove_mean(torch.randn(8, 3, dtype=torch.float64), batch, n)
     h = torch.randn(8, 2, dtype=torch.float64)
-    q, _ = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64))
     t, u, TT = (torch.full((n,), v, dtype=torch.float64) for v in (0.1, 0.2, T))
     from moldiff.bridge.imf import endpoint_fn
 
     fn = endpoint_fn(net, SDE, T)
-    a = forward_step(fn, SDE, x, h, t, u, TT, batch, n, torch.Generator().manual_seed(1))
-    b = forward_step(fn, SDE, x @ q.T, h, t, u, TT, batch, n, torch.Generator().manual_seed(1))
     noise = SDE.noise(batch, n, 2, x, torch.Generator().manual_seed(1))[0]  # the step's own draw (same seed)
     std = (SDE.sigma(u, batch) ** 2 - (SDE.alpha(u, batch) / SDE.alpha(t, batch) * SDE.sigma(t, batch)) ** 2).sqrt()
-    # the deterministic part rotates with the input; the noise draw is the same in both runs
-    assert torch.allclose((a[0] - std * noise) @ q.T, b[0] - std * noise, atol=1e-10)
-    assert torch.allclose(a[1], b[1], atol=1e-10)
+
+    def deterministic_part(xi, hi, bi):  # the noise draw is the same in every run: it does not rotate
+        x_next, h_next = forward_step(fn, SDE, xi, hi, t, u, TT, bi, n, torch.Generator().manual_seed(1))
+        return x_next - std * noise, h_next
+
+    # zero-CoM positions in and out: no translation; tolerances as torch.allclose(atol=1e-10)'s
+    assert_equivariant(deterministic_part, x, h, batch, n, atol=1e-10, rtol=1e-5, shift=None)
+    a = forward_step(fn, SDE, x, h, t, u, TT, batch, n, torch.Generator().manual_seed(1))
     assert max_com(a[0], batch, n) < 1e-12
 
 
@@ -230,3 +233,38 @@ def test_bad_refinement_options_fail_up_front(tiny_base, tmp_path):
     for override, message in [("horizon=1.5", "horizon"), ("steps=0", "steps"), ("ckpt=/nope.ckpt", "no checkpoint")]:
         with pytest.raises((ValueError, FileNotFoundError), match=message):
             run_refinement(_refine_cfg(tiny_base, tmp_path, override), tmp_path)
+
+
+def test_bridge_uses_the_model_layers_ema_and_state_dict_layout(tiny_base):
+    """The backward process is a DiffusionModel (net + EMA from the model layer); the refined model is
+    one too, its network holding the EMA weights; a run saved under the old names still resumes."""
+    from moldiff.bridge.module import BridgeModule
+    from moldiff.jobs.refine_bridge import base_weights
+    from moldiff.model.checkpoint import read_checkpoint
+    from moldiff.model.diffusion import DiffusionModel
+
+    base = read_checkpoint(tiny_base)
+    module = BridgeModule(base=dict(base["hyper_parameters"]), horizon=0.7, ema_decay=0.9)
+    module.start_from(base_weights(base))
+    shipped_layout = DiffusionModel.from_checkpoint(base)
+    assert isinstance(module.backward_model, DiffusionModel) and module.forward_ema is not None
+    module.backward_model.update_ema()  # the first update copies the network
+    for p in module.backward_net.parameters():  # a step of training, then an EMA update
+        p.data.add_(0.01)
+    module.backward_model.update_ema()
+    refined = module.refined_model()
+    assert refined.horizon == 0.7 and refined.state_dict().keys() == shipped_layout.state_dict().keys()
+    ema = module.backward_model.ema.module.state_dict()
+    for k, v in refined.net.state_dict().items():
+        assert torch.equal(v, ema[k]) and torch.equal(refined.ema.module.state_dict()[k], ema[k]), k
+    assert not all(torch.equal(v, module.backward_net.state_dict()[k]) for k, v in ema.items())  # EMA, not the raw weights
+
+    # a checkpoint of the old layout (backward_net.*, backward_ema.*) is read into the new one
+    state = module.state_dict()
+    old = {k.replace("backward_model.net.", "backward_net.").replace("backward_model.ema.", "backward_ema."): v.clone()
+           for k, v in state.items()}
+    checkpoint = {"state_dict": old}
+    fresh = BridgeModule(base=dict(base["hyper_parameters"]), horizon=0.7, ema_decay=0.9)
+    fresh.on_load_checkpoint(checkpoint)
+    fresh.load_state_dict(checkpoint["state_dict"], strict=True)
+    assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in state.items())

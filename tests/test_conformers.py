@@ -1,6 +1,6 @@
-"""Conformer datasets from SMILES (moldiff.chem.conformers, scripts/build_conformers.py): bad input
-counted by reason, GEOM's cache format with charges, resume after an interruption gives the same
-bytes, conformers fixed by the seed."""
+"""Conformer datasets from SMILES (moldiff.chem.conformers, moldiff.jobs.build_conformers,
+scripts/build_conformers.py): bad input counted by reason, GEOM's cache format with charges, resume
+after an interruption gives the same bytes, conformers fixed by the seed."""
 
 import json
 import sys
@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from moldiff.chem import conformers as C
+from moldiff.jobs import build_conformers as B
 from moldiff.data import MoleculeSet
 from moldiff.data.geom import cache_dtypes, load_geom, load_geom_formal_charges, load_geom_smiles
 from moldiff.data.sources import load_source
@@ -30,7 +31,7 @@ def smiles_file(tmp_path):
 def _build(src, out, **kw):
     settings = C.ConformerSettings(conformers=K, seed=kw.pop("seed", 0))
     # split seed 1 puts rows {0, 2, 4} in val: ethanol (row 0) there, methylammonium (row 1) in train
-    return C.build_conformer_dataset(src, out, settings, **{"workers": 1, "chunk": 2, "val_fraction": 0.5, "split_seed": 1, **kw})
+    return B.build_conformer_dataset(src, out, settings, **{"workers": 1, "chunk": 2, "val_fraction": 0.5, "split_seed": 1, **kw})
 
 
 def _files(out: Path) -> dict:
@@ -45,7 +46,7 @@ def test_tiny_build_counts_by_reason_and_loads(smiles_file, tmp_path):
     assert s["molecules"]["n_records"] == 6
     assert s["molecules"]["rejected"] == {C.UNPARSABLE: 1, C.UNKNOWN_ELEMENT: 1, C.FRAGMENTS: 1, C.UNSUPPORTED_CHARGE: 1}
     assert s["conformers"]["n_records"] == 2 * K and s["conformers"]["rejected"] == {}
-    assert json.loads(C.report_path(out).read_text()) == s
+    assert json.loads(B.report_path(out).read_text()) == s
     assert not out.with_name(out.name + ".parts").exists()  # shards are gone once merged
 
     # GEOM's cache format, with the charge fields, loaded by the GEOM reader and the geom: source
@@ -70,8 +71,8 @@ def test_tiny_build_counts_by_reason_and_loads(smiles_file, tmp_path):
     assert load_geom_formal_charges(old) is None and set(load_geom(old).properties) == {"mol_id"}
 
     # the split: by molecule (input row), each side a cache of its own
-    assert C.val_rows(6, 0.5, 1) == {0, 2, 4}
-    train, val = (C.split_paths(out)[k] for k in ("train", "val"))
+    assert B.val_rows(6, 0.5, 1) == {0, 2, 4}
+    train, val = (B.split_paths(out)[k] for k in ("train", "val"))
     assert load_geom_smiles(train) == ["C[NH3+]"] and load_geom_smiles(val) == ["CCO"]
     np.testing.assert_array_equal(load_geom(train).properties["charge"], [1, 1])
     np.testing.assert_array_equal(load_geom(val).positions, mols.positions[:18])
@@ -83,25 +84,25 @@ def test_resume_after_interruption_is_bit_identical(smiles_file, tmp_path, monke
     _build(smiles_file, whole)
 
     out = tmp_path / "cut" / "mols.npz"
-    real, calls = C.build_chunk, []
+    real, calls = B.build_chunk, []
 
     def interrupted(task):
         if task[0] == 1:
             raise KeyboardInterrupt  # as a ^C in the middle of the build
         return real(task)
 
-    monkeypatch.setattr(C, "build_chunk", interrupted)
+    monkeypatch.setattr(B, "build_chunk", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _build(smiles_file, out)
     parts = out.with_name(out.name + ".parts")
     assert not out.exists() and sorted(p.name for p in parts.glob("chunk_*")) == ["chunk_00000.npz"]
     (parts / "chunk_00001.npz.abc.tmp").write_bytes(b"half a shard")  # a worker killed while writing
 
-    monkeypatch.setattr(C, "build_chunk", lambda task: calls.append(task[0]) or real(task))
+    monkeypatch.setattr(B, "build_chunk", lambda task: calls.append(task[0]) or real(task))
     s = _build(smiles_file, out, overwrite=True)  # overwrite too resumes an unfinished build of the same settings
     assert calls == [1, 2] and s["chunks_resumed"] == 1  # chunk 0 was not built again
     assert _files(out) == _files(whole)
-    assert s["molecules"] == json.loads(C.report_path(whole).read_text())["molecules"]
+    assert s["molecules"] == json.loads(B.report_path(whole).read_text())["molecules"]
 
     # finished: the same command again does nothing; other settings over a half-built folder refuse
     calls.clear()
@@ -131,7 +132,7 @@ def test_bad_values_and_script(smiles_file, tmp_path, capsys):
         _build(tmp_path / "missing.smi", tmp_path / "x.npz")
     csv = tmp_path / "mols.csv"
     csv.write_text("name,SMILES\na,CCO\nb,\n")
-    assert C.read_smiles(csv) == ["CCO", ""]
+    assert B.read_smiles(csv) == ["CCO", ""]
 
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
@@ -151,12 +152,12 @@ def test_xtb_polish(tmp_path, monkeypatch):
     path = tmp_path / "x.smi"
     path.write_text("C[NH3+]\n")
     settings = C.ConformerSettings(conformers=1, xtb=True)
-    monkeypatch.setitem(sys.modules, "tblite.ase", None)  # as if tblite were not installed
+    monkeypatch.setitem(sys.modules, "tblite.interface", None)  # as if tblite were not installed
     with pytest.raises(ImportError, match="pip install tblite"):
-        C.build_conformer_dataset(path, tmp_path / "x.npz", settings, workers=1, val_fraction=0)
+        B.build_conformer_dataset(path, tmp_path / "x.npz", settings, workers=1, val_fraction=0)
     monkeypatch.undo()
-    pytest.importorskip("tblite.ase")
-    s = C.build_conformer_dataset(path, tmp_path / "x.npz", settings, workers=1, val_fraction=0)
+    pytest.importorskip("tblite.interface")
+    s = B.build_conformer_dataset(path, tmp_path / "x.npz", settings, workers=1, val_fraction=0)
     assert s["conformers"]["rejected"] == {} and s["conformers_written"] == 1
     mols = load_geom(tmp_path / "x.npz")
     # GFN2-xTB total energy of CH3NH3+ (Hartree; MMFF's would be near 0), with the charge of +1:

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from equivariance import assert_equivariant
 from moldiff.geometry import max_com
 from moldiff.nn.e3nn_net import E3NNNet, _molecule_edges
 
@@ -20,16 +21,6 @@ def _batch(sizes=SIZES, seed=0, dtype=torch.float64):
     h = torch.randn(len(batch), F, generator=g, dtype=dtype)
     t = torch.rand(len(sizes), generator=g, dtype=dtype)
     return x, h, t, batch, len(sizes)
-
-
-def _orthogonal(seed, det):
-    g = torch.Generator().manual_seed(seed)
-    q, r = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=torch.float64))
-    q = q * torch.sign(torch.diagonal(r))
-    if torch.det(q) * det < 0:
-        q[:, 0] = -q[:, 0]
-    assert abs(float(torch.det(q)) - det) < 1e-12
-    return q
 
 
 @pytest.fixture(scope="module")
@@ -71,21 +62,14 @@ def test_shapes_dtype_nonzero_and_zero_com(net):
 @pytest.mark.parametrize("det", [1.0, -1.0])
 def test_rotation_reflection_translation(net, det):
     x, h, t, batch, m = _batch(seed=1)
-    eps_x, eps_h = net(x, h, t, batch, m)
-    q = _orthogonal(seed=2 if det > 0 else 3, det=det)
-    shift = torch.tensor([0.7, -2.0, 5.0], dtype=torch.float64)
-    ex2, eh2 = net(x @ q.T + shift, h, t, batch, m)
-    assert _max_err(ex2, eps_x @ q.T) < TOL
-    assert _max_err(eh2, eps_h) < TOL
+    assert_equivariant(lambda xi, hi, bi: net(xi, hi, t, bi, m), x, h, batch, m, atol=TOL, seed=2 if det > 0 else 3, det=det)
 
 
 def test_reflection_flips_sign_of_inversion(net):
     # a pure inversion x -> -x: a 1o vector output flips sign, scalars are unchanged
     x, h, t, batch, m = _batch(seed=4)
-    eps_x, eps_h = net(x, h, t, batch, m)
-    ex2, eh2 = net(-x, h, t, batch, m)
-    assert _max_err(ex2, -eps_x) < TOL
-    assert _max_err(eh2, eps_h) < TOL
+    inversion = -torch.eye(3, dtype=torch.float64)
+    assert_equivariant(lambda xi, hi, bi: net(xi, hi, t, bi, m), x, h, batch, m, atol=TOL, q=inversion, shift=None)
 
 
 def test_permutation_equivariance(net):
@@ -130,9 +114,7 @@ def test_cutoff_variant_equivariant():
     x, h, t, batch, m = _batch(seed=9)
     eps_x, eps_h = net(x, h, t, batch, m)
     assert _amax(eps_x) > 1e-6 and max_com(eps_x.detach(), batch, m) < 1e-6
-    q = _orthogonal(seed=10, det=-1.0)
-    ex2, eh2 = net(x @ q.T - 1.0, h, t, batch, m)
-    assert _max_err(ex2, eps_x @ q.T) < TOL and _max_err(eh2, eps_h) < TOL
+    assert_equivariant(lambda xi, hi, bi: net(xi, hi, t, bi, m), x, h, batch, m, atol=TOL, seed=10, reference=(eps_x, eps_h))
 
 
 def test_float32_and_gradient_step():
@@ -164,9 +146,8 @@ def test_precomputed_edges_same_result_and_equivariant(net):
     # int32 edges work too; and the fully connected graph stays valid for moved positions
     ex, eh = net(x, h, t, batch, m, edges=tuple(e.int() for e in edges))
     assert torch.equal(ex, eps_x) and torch.equal(eh, eps_h)
-    q = _orthogonal(seed=13, det=-1.0)
-    ex2, eh2 = net(x @ q.T + 2.0, h, t, batch, m, edges=edges)
-    assert _max_err(ex2, eps_x @ q.T) < TOL and _max_err(eh2, eps_h) < TOL
+    assert_equivariant(lambda xi, hi, bi: net(xi, hi, t, bi, m, edges=edges), x, h, batch, m, atol=TOL, seed=13,
+                       reference=(eps_x, eps_h))
     # a graph with fewer edges changes the output: the argument is used, not rebuilt
     keep = edges[0] != 0
     ex3, _ = net(x, h, t, batch, m, edges=(edges[0][keep], edges[1][keep]))
@@ -182,6 +163,6 @@ def test_precomputed_edges_with_cutoff():
     eps_x, eps_h = net(x, h, t, batch, m)
     ex, eh = net(x, h, t, batch, m, edges=edges)
     assert torch.equal(ex, eps_x) and torch.equal(eh, eps_h)
-    q = _orthogonal(seed=15, det=1.0)
-    ex2, eh2 = net(x @ q.T, h, t, batch, m, edges=edges)
-    assert _max_err(ex2, eps_x @ q.T) < TOL and _max_err(eh2, eps_h) < TOL
+    # a rotation only: the cutoff graph is the same graph after it
+    assert_equivariant(lambda xi, hi, bi: net(xi, hi, t, bi, m, edges=edges), x, h, batch, m, atol=TOL, seed=15, det=1.0,
+                       shift=None, reference=(eps_x, eps_h))

@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 
+from equivariance import assert_equivariant
 from moldiff.nn.egnn import EGNN
 from moldiff.nn.egnn_kernels import EdgeMLP, Graph
 from moldiff.nn.graph import fully_connected_edges, radius_graph
@@ -29,15 +30,6 @@ def make_model(seed=0, dtype=F64, **kw):
     for block in model.blocks:  # EDM's init (gain 0.001) makes coordinate updates tiny: enlarge them
         block.update.coord_mlp[4].weight.data.normal_(0, 0.5)
     return model
-
-
-def random_orthogonal(seed, det=-1.0):
-    g = torch.Generator().manual_seed(seed)
-    q, r = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=F64))
-    q = q * torch.sign(torch.diagonal(r))
-    if torch.det(q) * det < 0:
-        q[:, 0] = -q[:, 0]
-    return q
 
 
 def brute_radius(x, r, batch, k=None, loop=False):
@@ -127,14 +119,9 @@ def test_e3_equivariance_permutation_and_zero_mean(kw):
     eps_x, eps_h = model(x, h, t, batch, n)
     assert eps_x.abs().max() > 1e-3  # the test is not vacuous
 
-    q = random_orthogonal(3, det=-1.0)  # rotation combined with a reflection
-    shift = torch.randn(n, 3, generator=torch.Generator().manual_seed(4), dtype=F64) * 5
-    perm = torch.randperm(len(batch), generator=torch.Generator().manual_seed(5))
-    x2 = (x @ q.T + shift[batch])[perm]
-    eps_x2, eps_h2 = model(x2, h[perm], t, batch[perm], n)
-    err_x = (eps_x2 - (eps_x @ q.T)[perm]).abs().max().item()
-    err_h = (eps_h2 - eps_h[perm]).abs().max().item()
-    assert err_x < 1e-9 and err_h < 1e-9, (err_x, err_h)
+    # a rotation combined with a reflection, a translation of each molecule, atoms reordered
+    assert_equivariant(lambda xi, hi, bi: model(xi, hi, t, bi, n), x, h, batch, n, atol=1e-9, seed=3, permute=True,
+                       reference=(eps_x, eps_h))
 
     mean = torch.zeros(n, 3, dtype=F64).index_add_(0, batch, eps_x) / torch.bincount(batch)[:, None]
     assert mean.abs().max() < 1e-6
@@ -277,7 +264,6 @@ def test_bf16_autocast_is_close_to_float32_and_equivariant():
     with torch.no_grad():  # the inference path agrees with the autograd path
         ex0, eh0 = bf16(model, x)
     assert rel(ex0, low[0]) < 5e-2 and rel(eh0, low[1]) < 5e-2
-    q = random_orthogonal(3).float()
     with torch.no_grad():
-        ex_r, eh_r = bf16(model, x @ q.T + 2.0)
-    assert rel(ex_r, ex0 @ q.T) < 5e-2 and rel(eh_r, eh0) < 5e-2
+        assert_equivariant(lambda xi, hi, bi: bf16(model, xi), x, h, batch, n, atol=5e-2, relative=True, seed=3,
+                           reference=(ex0, eh0))

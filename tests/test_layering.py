@@ -10,7 +10,7 @@ PACKAGE = ROOT / "moldiff"
 
 # from the ground up; a module may import its own layer or any below
 LAYERS = [
-    ("moldiff.geometry", "moldiff.state", "moldiff.data"),
+    ("moldiff.geometry", "moldiff.state", "moldiff.files", "moldiff.data"),
     ("moldiff.noise", "moldiff.nn", "moldiff.chem", "moldiff.analytic"),
     ("moldiff.loss", "moldiff.io", "moldiff.metrics"),
     ("moldiff.guidance", "moldiff.sampling"),

@@ -211,18 +211,18 @@ def test_xtb_missing_dependency(monkeypatch):
 def test_strain_uses_each_molecules_total_charge(tblite, monkeypatch):
     """An ion is computed at its own charge (the set's ``charge`` property, a triple's third
     field), not at 0: methylammonium at charge 0 would be a radical with an electron too many."""
-    import moldiff.metrics.xtb_energy as xe
+    import moldiff.chem.xtb as xe
     from moldiff.data.elements import vocabulary
     from moldiff.data.molecules import MoleculeSet
     from moldiff.metrics.evaluate import evaluate
 
-    seen, real_init = [], xe._XTB.__init__
+    seen, real_init = [], xe.XTB.__init__
 
     def spy(self, numbers, positions, charge=0, uhf=None, accuracy=1.0):
         seen.append((len(numbers), charge))
         real_init(self, numbers, positions, charge, uhf, accuracy)
 
-    monkeypatch.setattr(xe._XTB, "__init__", spy)
+    monkeypatch.setattr(xe.XTB, "__init__", spy)
     ammonium = atoms_of(embedded("C[NH3+]"))  # 8 atoms, 18 electrons at +1
     mols = MoleculeSet.from_list([ammonium, (WATER_Z, WATER_POS)], charge=[1.0, np.nan])  # NaN: not given
     r = strain_energies(mols, steps=2)
@@ -239,18 +239,18 @@ def test_strain_uses_each_molecules_total_charge(tblite, monkeypatch):
 def test_strain_uses_the_charge_the_corrected_protocol_found(tblite, monkeypatch):
     """Input without charges (XYZ, generated molecules): xTB gets the total charge at which the
     corrected protocol found a valid structure, so methylammonium is computed at +1, not as a radical."""
-    import moldiff.metrics.xtb_energy as xe
+    import moldiff.chem.xtb as xe
     from moldiff.data.elements import vocabulary
     from moldiff.data.molecules import MoleculeSet
     from moldiff.metrics.evaluate import evaluate
 
-    seen, real_init = [], xe._XTB.__init__
+    seen, real_init = [], xe.XTB.__init__
 
     def spy(self, numbers, positions, charge=0, uhf=None, accuracy=1.0):
         seen.append((len(numbers), charge))
         real_init(self, numbers, positions, charge, uhf, accuracy)
 
-    monkeypatch.setattr(xe._XTB, "__init__", spy)
+    monkeypatch.setattr(xe.XTB, "__init__", spy)
     ammonium = atoms_of(embedded("C[NH3+]"))
     mols = MoleculeSet.from_list([ammonium, (WATER_Z, WATER_POS)])  # no charge property
     r = evaluate(mols, vocabulary("geom"), protocols=("corrected",), workers=1, xtb=2)

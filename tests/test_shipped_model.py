@@ -36,7 +36,7 @@ def test_sample_py_uses_the_shipped_model_by_default(tmp_path):
 
 def _shipped_property_model(role):
     from moldiff.model.checkpoint import SHIPPED_PROPERTY
-    from moldiff.train.property_module import PropertyModule
+    from moldiff.model.property import PropertyModel
 
     path = SHIPPED_PROPERTY[role]
     assert path.is_file() and path.stat().st_size < 6e6
@@ -44,7 +44,7 @@ def _shipped_property_model(role):
     assert "optimizer_states" not in ckpt and ckpt["hyper_parameters"]["role"] == role
     assert sum(r["seconds"] for r in ckpt["moldiff_record"]) > 1800  # its training record travels with it
     assert ckpt["moldiff_compact"]["network"] == "weights"  # matrices in float16, vectors in float32
-    return PropertyModule.load_from_checkpoint(path, map_location="cpu", weights_only=True).eval()
+    return PropertyModel.load("shipped", role=role)
 
 
 # The shipped evaluator's MAE on the first 1000 QM9 test molecules (benchmarks/property_models.py
@@ -85,3 +85,41 @@ def test_same_molecules_at_the_same_seed_as_before_the_molecule_state():
         mols = model.sample(3, sampler=sampler, steps=4, seed=7, sizes=[9, 12, 15])
         assert mols.numbers.tolist() == ref["numbers"], sampler
         assert np.abs(mols.positions - np.array(ref["positions"])).max() < 2e-5, sampler
+
+
+@pytest.mark.parametrize("role", ["guide", "evaluator"])
+def test_shipped_property_models_load_the_same_without_lightning(role, qm9_test):
+    """``PropertyModel.load`` (safe loading, no Lightning) and the training module's
+    ``load_from_checkpoint`` read the shipped files into the same weights and predictions."""
+    import numpy as np
+
+    from moldiff.data.loader import MoleculeDataset
+    from moldiff.model.checkpoint import SHIPPED_PROPERTY
+    from moldiff.model.property import PropertyModel
+    from moldiff.train.property_module import PropertyModule
+
+    plain = PropertyModel.load("shipped", role=role)
+    assert not plain.training and plain.role == role
+    lightning = PropertyModule.load_from_checkpoint(SHIPPED_PROPERTY[role], map_location="cpu", weights_only=True).eval()
+    ours, theirs = plain.state_dict(), lightning.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    batch = MoleculeDataset(qm9_test.subset(range(50)), plain.layout)[np.arange(50)]
+    t = torch.full((50,), 0.3 if role == "guide" else 0.0)
+    with torch.no_grad():
+        a = plain.predict(batch.x, batch.h, t, batch.batch, 50)
+        b = lightning.net.predict(batch.x, batch.h, t, batch.batch, 50)
+    assert a.shape == (50, 6) and torch.equal(a, b)
+    with pytest.raises(ValueError, match="role"):
+        PropertyModel.load("shipped")  # one shipped model per role
+    other = "evaluator" if role == "guide" else "guide"
+    with pytest.raises(ValueError, match=f"not a {other}"):
+        PropertyModel.load(SHIPPED_PROPERTY[role], role=other)
+
+
+def test_models_load_with_no_lightning_import():
+    code = ("import sys; from moldiff.model.property import PropertyModel; from moldiff.model.diffusion import DiffusionModel; "
+            "PropertyModel.load('shipped', role='guide'); PropertyModel.load('shipped', role='evaluator'); DiffusionModel.load('shipped'); "
+            "print(sorted(m for m in sys.modules if 'lightning' in m))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.strip() == "[]"

@@ -6,6 +6,10 @@ backward network samples from N(0, I) at the horizon; odd p fits the backward ne
 the forward network makes from training molecules. Couplings are simulated at the start of a
 phase from seeds (seed, p) with the *other*, frozen network, so a resumed run rebuilds exactly the
 coupling it was using; minibatches and noise are seeded by the global step.
+
+The backward process is a ``DiffusionModel`` (the base model's network with its EMA, built by the
+model layer), and the refined model it exports is one too, in the model layer's state-dict layout;
+the forward network's EMA is the model layer's as well (``build.ema``).
 """
 
 from __future__ import annotations
@@ -16,11 +20,11 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from moldiff.bridge.imf import backward_loss, forward_loss, simulate_backward, simulate_forward
-from moldiff.sampling.base import sample_sizes, sizes_to_batch
 from moldiff.model import build
+from moldiff.model.diffusion import DiffusionModel
+from moldiff.sampling.base import sample_sizes, sizes_to_batch
 
 
 class Coupling:
@@ -64,20 +68,34 @@ class BridgeModule(pl.LightningModule):
         if not 0 < horizon <= 1 or not 0 < t_min < horizon:
             raise ValueError(f"need 0 < t_min < horizon <= 1, got t_min={t_min}, horizon={horizon}")
         self.automatic_optimization = False
-        self.layout = build.feature_layout(base["features"])
-        self.sde = build.sde(base["noise"])
-        self.backward_net = build.network(base["model"], self.layout.dim)
+        # the backward process: the base model's network and EMA (the bridge's decay), fitted in place
+        self.backward_model = DiffusionModel(**{**base, "ema_decay": ema_decay})
+        self.layout, self.sde = self.backward_model.layout, self.backward_model.sde
         self.forward_net = Gated(build.network(base["model"], self.layout.dim))
-        avg = get_ema_multi_avg_fn(ema_decay)
-        self.backward_ema = AveragedModel(self.backward_net, multi_avg_fn=avg, use_buffers=True).requires_grad_(False)
-        self.forward_ema = AveragedModel(self.forward_net, multi_avg_fn=avg, use_buffers=True).requires_grad_(False)
+        self.forward_ema = build.ema(self.forward_net, ema_decay)
         self.data = None  # training molecules (a MoleculeDataset), attached by the job; not saved
         self._coupling: tuple[int, Coupling] | None = None
 
+    @property
+    def backward_net(self) -> nn.Module:
+        return self.backward_model.net
+
+    def forward_network(self) -> nn.Module:
+        """The forward process as simulated: its EMA weights (the latest ones with ``ema_decay=0``)."""
+        return self.forward_net if self.forward_ema is None else self.forward_ema.module
+
     def start_from(self, base_state: dict[str, torch.Tensor]) -> None:
         """Iteration 0: the pretrained network (its EMA weights) is the backward process."""
-        self.backward_net.load_state_dict(base_state)
-        self.backward_ema.module.load_state_dict(base_state)
+        self.backward_model.net.load_state_dict(base_state)
+        if self.backward_model.ema is not None:
+            self.backward_model.ema.module.load_state_dict(base_state)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # runs saved before the backward process was a DiffusionModel named it backward_net / backward_ema
+        state = checkpoint["state_dict"]
+        for old, new in (("backward_net.", "backward_model.net."), ("backward_ema.", "backward_model.ema.")):
+            for k in [k for k in state if k.startswith(old)]:
+                state[new + k[len(old):]] = state.pop(k)
 
     # --- phases and couplings ---------------------------------------------------------------------
     def phase(self, step: int | None = None) -> int:
@@ -90,8 +108,8 @@ class BridgeModule(pl.LightningModule):
         if phase % 2 == 0:  # backward samples from the prior, for the forward fit
             sizes = sample_sizes(build_histogram(hp.base), hp.coupling, torch.Generator().manual_seed(hp.seed * 1_000_003 + phase))
             for chunk in torch.split(sizes, hp.sim_batch_size):
-                x0, h0, xT, hT, _ = simulate_backward(self.backward_ema.module, self.sde, chunk.to(self.device), self.layout.dim,
-                                                      hp.steps, hp.t_min, hp.horizon, g)
+                x0, h0, xT, hT, _ = simulate_backward(self.backward_model.network(ema=True), self.sde, chunk.to(self.device),
+                                                      self.layout.dim, hp.steps, hp.t_min, hp.horizon, g)
                 parts.append((x0.cpu(), h0.cpu(), xT.cpu(), hT.cpu(), chunk))
         else:  # forward trajectories from the data, for the backward fit
             if self.data is None:
@@ -100,7 +118,7 @@ class BridgeModule(pl.LightningModule):
             idx = torch.from_numpy(rng.choice(len(self.data), size=hp.coupling, replace=hp.coupling > len(self.data)))
             for chunk in torch.split(idx, hp.sim_batch_size):
                 b = self.data[chunk.numpy()].to(self.device)
-                xT, hT = simulate_forward(self.forward_ema.module, self.sde, b.x, b.h, b.batch, b.n_mol, hp.steps, hp.t_min,
+                xT, hT = simulate_forward(self.forward_network(), self.sde, b.x, b.h, b.batch, b.n_mol, hp.steps, hp.t_min,
                                           hp.horizon, g)
                 parts.append((b.x.cpu(), b.h.cpu(), xT.cpu(), hT.cpu(), torch.bincount(b.batch, minlength=b.n_mol).cpu()))
         return Coupling(*(torch.cat([p[k] for p in parts]) for k in range(5)))
@@ -123,7 +141,7 @@ class BridgeModule(pl.LightningModule):
         g = torch.Generator(device=self.device).manual_seed(key)
         x0, h0, xT, hT, batch, n = (v.to(self.device) if torch.is_tensor(v) else v for v in coupling.batch(idx))
         opt_f, opt_b = self.optimizers()
-        opt, net, ema = (opt_f, self.forward_net, self.forward_ema) if fit_forward else (opt_b, self.backward_net, self.backward_ema)
+        opt, net = (opt_f, self.forward_net) if fit_forward else (opt_b, self.backward_net)
         if fit_forward:
             loss = forward_loss(net, self.sde, x0, h0, xT, hT, batch, n, hp.horizon, g)
         else:
@@ -132,7 +150,10 @@ class BridgeModule(pl.LightningModule):
         self.manual_backward(loss)
         self.clip_gradients(opt, gradient_clip_val=hp.clip, gradient_clip_algorithm="norm")
         opt.step()
-        ema.update_parameters(net)
+        if not fit_forward:
+            self.backward_model.update_ema()
+        elif self.forward_ema is not None:
+            self.forward_ema.update_parameters(self.forward_net)
         self.log("bridge/forward_loss" if fit_forward else "bridge/backward_loss", loss, prog_bar=True, batch_size=n)
         self.log("bridge/phase", float(phase), prog_bar=True, batch_size=n)
         return loss
@@ -141,14 +162,18 @@ class BridgeModule(pl.LightningModule):
         lr = float(self.hparams.lr)
         return [torch.optim.Adam(self.forward_net.parameters(), lr=lr), torch.optim.Adam(self.backward_net.parameters(), lr=lr)]
 
-    # --- the refined model as a diffusion checkpoint -------------------------------------------------
-    def refined_state(self) -> dict[str, torch.Tensor]:
-        """The backward network's EMA weights, as a DiffusionModule state dict (net and EMA)."""
-        weights = self.backward_ema.module.state_dict()
-        state = {f"net.{k}": v.detach().clone() for k, v in weights.items()}
-        state.update({f"ema.module.{k}": v.detach().clone() for k, v in weights.items()})
-        state["ema.n_averaged"] = self.backward_ema.n_averaged.detach().clone()
-        return state
+    # --- the refined model as a diffusion model -------------------------------------------------------
+    def refined_model(self) -> DiffusionModel:
+        """The refined backward process as a ``DiffusionModel`` with the base model's configs and the
+        bridge's horizon; its network holds the EMA weights too, so it samples the same either way."""
+        refined = DiffusionModel(**{**self.hparams.base, "horizon": float(self.hparams.horizon)})
+        weights = self.backward_model.network(ema=True).state_dict()
+        refined.net.load_state_dict(weights)
+        if refined.ema is not None:
+            refined.ema.module.load_state_dict(weights)
+            if self.backward_model.ema is not None:
+                refined.ema.n_averaged.copy_(self.backward_model.ema.n_averaged)
+        return refined
 
 
 def build_histogram(base: dict) -> dict[int, int]:

@@ -1,9 +1,11 @@
-"""A conformer dataset from a SMILES file, built offline, in GEOM-Drugs' cache format.
+"""One molecule's conformers from its SMILES, made as GEOM-Drugs' are; the dataset build around
+them (workers, chunks, resume, the cache) is ``moldiff.jobs.build_conformers``.
 
 Per molecule: RDKit's ETKDGv3 embeds ``k`` conformers (seeded from the build seed and the
 molecule's row, so a molecule's conformers do not depend on chunking, workers or the rest of the
 file), MMFF94 relaxes them, and optionally GFN2-xTB (tblite, GEOM's own level of theory) polishes
-each one with ASE's BFGS. Conformers are ranked by energy (0 = lowest), as GEOM's are.
+each one with ASE's BFGS (``moldiff.chem.xtb``). Conformers are ranked by energy (0 = lowest), as
+GEOM's are.
 
 Bad input is counted, never fatal: a SMILES RDKit cannot parse, several fragments (salts,
 mixtures), an element outside EDM's GEOM vocabulary, an atom charge outside GEOM-Drugs' valency
@@ -12,46 +14,20 @@ per conformer: MMFF or xTB not converged, an xTB failure (SCF). Molecule-level o
 ``InputReport`` (a record is a SMILES row), conformer-level ones to another (a record is an
 embedded conformer).
 
-The build is resumable: rows are cut into chunks, each chunk's result is written atomically as a
-shard under ``<out>.parts/`` by the worker that made it, and only when every shard exists are they
-merged, in row order, into the cache (the full set, plus train/val caches split by molecule). An
-interrupted build rerun with the same settings builds only the missing chunks; the merged files
-are the same bytes as an uninterrupted build's. Shards are .npz written with ``allow_pickle``
-off, so reading one never runs code.
-
-Cache fields (``moldiff.data.geom``): per conformer ``numbers``, ``positions`` (Å, float32) and the
-properties ``mol_id`` (line of ``<out>.smiles.txt``), ``energy`` (Hartree: GFN2-xTB total energy
-with the xTB polish, GEOM's quantity; MMFF94 energy / 627.509 otherwise, meaningful only relative
-to the same molecule's other conformers), ``boltzmann_weight`` (298.15 K over the kept conformers
-of the molecule, not CREST's ensemble weights), ``conformer_rank`` and ``charge`` (total charge),
-plus per-atom ``formal_charges``.
-
-RDKit, tblite and ASE do the chemistry; what is written here is the screening, seeding, chunked
-resumable bookkeeping and the cache layout, which no package provides for GEOM's format.
+RDKit, tblite and ASE do the chemistry; what is written here is the screening, the seeding and
+the ranking.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import json
 import math
-import multiprocessing as mp
-import os
-import shutil
-import tempfile
-import time
-from dataclasses import asdict, dataclass
-from importlib.metadata import version
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 
+from moldiff.chem.xtb import relax
 from moldiff.data import report as R
 from moldiff.data.elements import GEOM_VOCAB, SYMBOLS
-from moldiff.data.geom import cache_dtypes, smiles_path
-from moldiff.data.npz_writer import NpzStreamWriter
-from moldiff.data.paths import cache_dir
 
 # Molecule-level reasons (a record is one SMILES row).
 UNPARSABLE = "unparsable_smiles"
@@ -71,7 +47,6 @@ XTB_NOT_CONVERGED = "xtb_not_converged"
 
 KCAL_PER_HARTREE = 627.509474
 KT_KCAL = 0.0019872043 * 298.15  # R T at 298.15 K, kcal/mol
-FORMAT_VERSION = 1  # of the shards; part of the resume check
 
 
 @dataclass(frozen=True)
@@ -101,46 +76,6 @@ def molecule_seed(seed: int, row: int) -> int:
     """ETKDG's seed for the molecule on ``row``: a hash of (seed, row), so builds with nearby
     seeds do not share streams shifted by one row."""
     return int(np.random.SeedSequence([seed, row]).generate_state(1)[0]) & 0x7FFFFFFF
-
-
-def require_xtb() -> None:
-    """ImportError with the fix when the xTB polish is asked for without tblite."""
-    try:
-        import ase  # noqa: F401
-        import tblite.ase  # noqa: F401
-    except ImportError as err:
-        raise ImportError("the xTB polish needs tblite and ase: `pip install tblite ase`") from err
-
-
-# --- input -------------------------------------------------------------------------------------
-def read_smiles(path: str | os.PathLike) -> list[str]:
-    """SMILES by row: a .csv's ``smiles`` column (any case), else the first word of each
-    non-empty, non-``#`` line (a header word ``smiles`` is skipped)."""
-    path = Path(path)
-    with open(path, newline="", encoding="utf-8") as f:
-        if path.suffix.lower() == ".csv":
-            reader = csv.DictReader(f)
-            column = next((c for c in reader.fieldnames or () if c.strip().lower() == "smiles"), None)
-            if column is None:
-                raise ValueError(f"{path}: no 'smiles' column (columns: {reader.fieldnames})")
-            return [(row[column] or "").strip() for row in reader]
-        rows = [line.split()[0] for line in f if line.strip() and not line.lstrip().startswith("#")]
-    return rows[1:] if rows and rows[0].lower() == "smiles" else rows
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _versions(settings: ConformerSettings) -> dict:
-    """The packages the conformers depend on: another version may give other coordinates."""
-    import rdkit
-
-    return {"rdkit": rdkit.__version__, **({"tblite": version("tblite")} if settings.xtb else {})}
 
 
 def _allowed_charges() -> set[tuple[int, int]]:
@@ -195,19 +130,6 @@ def _embed(mol, settings: ConformerSettings, row: int) -> tuple[list[int], bool]
         return ids, False
     params.useRandomCoords = True  # RDKit's advice when the eigenvector start fails (large, strained molecules)
     return list(rdDistGeom.EmbedMultipleConfs(mol, settings.conformers, params)), True
-
-
-def xtb_polish(numbers, positions, charge: int, settings: ConformerSettings) -> tuple[np.ndarray, float, bool]:
-    """GFN2-xTB BFGS relaxation: (positions Å, energy Hartree, reached fmax)."""
-    from ase import Atoms, units
-    from ase.optimize import BFGS
-    from tblite.ase import TBLite
-
-    atoms = Atoms(numbers=np.asarray(numbers, np.int64), positions=np.asarray(positions, np.float64))
-    unpaired = int(np.sum(numbers) - charge) % 2  # closed shell when the electron count allows
-    atoms.calc = TBLite(method="GFN2-xTB", charge=float(charge), multiplicity=unpaired + 1, verbosity=0)
-    converged = bool(BFGS(atoms, logfile=None).run(fmax=settings.xtb_fmax, steps=settings.xtb_steps))
-    return atoms.get_positions(), float(atoms.get_potential_energy() / units.Hartree), converged
 
 
 def boltzmann_weights(energies_hartree: np.ndarray) -> np.ndarray:
@@ -267,7 +189,7 @@ def _molecule_conformers(smiles, row, settings, molecules, conformers, where):
         energy = energy / KCAL_PER_HARTREE
         if settings.xtb:
             try:
-                pos, energy, ok = xtb_polish(numbers, pos, charge, settings)
+                pos, _, energy, ok = relax(numbers, pos, settings.xtb_steps, settings.xtb_fmax, charge)
             except ImportError:
                 raise
             except Exception as exc:  # noqa: BLE001 - SCF failures are per-conformer outcomes
@@ -289,283 +211,3 @@ def _molecule_conformers(smiles, row, settings, molecules, conformers, where):
     energies = np.array([e for e, _, _ in kept])
     return MoleculeConformers(row, numbers, formal, charge, np.stack([p for _, _, p in kept]).astype(np.float32),
                               energies, boltzmann_weights(energies))
-
-
-# --- chunks (shards) ---------------------------------------------------------------------------
-def _report_from_dict(d: dict) -> R.InputReport:
-    rep = R.InputReport()
-    rep.n_records = d["n_records"]
-    rep.rejected.update(d["rejected"])
-    rep.flagged.update(d["flagged"])
-    rep.examples = list(d["examples"])
-    return rep
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def shard_path(parts: Path, chunk: int) -> Path:
-    return parts / f"chunk_{chunk:05d}.npz"
-
-
-def build_chunk(task: tuple) -> dict:
-    """Build rows ``start .. start + len(smiles)`` and write their shard atomically (pool worker)."""
-    from rdkit import rdBase
-
-    chunk, start, smiles, settings, parts = task
-    settings = ConformerSettings(**settings)
-    t, cpu = time.perf_counter(), time.process_time()
-    molecules, conformers = R.InputReport(), R.InputReport()
-    with rdBase.BlockLogs():  # failures are counted in the reports, not printed
-        built = [m for i, s in enumerate(smiles) if (m := molecule_conformers(s, start + i, settings, molecules, conformers))]
-    meta = {"molecules": molecules.to_dict(), "conformers": conformers.to_dict(), "seconds": time.perf_counter() - t,
-            "cpu_seconds": time.process_time() - cpu}  # CPU time: comparable on a busy machine, wall time is not
-    arrays = {
-        "row": np.array([m.row for m in built], np.int64),
-        "charge": np.array([m.charge for m in built], np.int64),
-        "n_atoms": np.array([len(m.numbers) for m in built], np.int64),
-        "n_conformers": np.array([len(m.energies) for m in built], np.int64),
-        "numbers": np.concatenate([m.numbers for m in built] or [np.zeros(0, np.int16)]),
-        "formal_charges": np.concatenate([m.formal_charges for m in built] or [np.zeros(0, np.int8)]),
-        "positions": np.concatenate([m.positions.reshape(-1, 3) for m in built] or [np.zeros((0, 3), np.float32)]),
-        "energy": np.concatenate([m.energies for m in built] or [np.zeros(0)]),
-        "weight": np.concatenate([m.weights for m in built] or [np.zeros(0)]),
-        "meta": np.frombuffer(json.dumps(meta).encode(), np.uint8),  # JSON as bytes: no pickle
-    }
-    _atomic_write(shard_path(Path(parts), chunk), lambda f: np.savez(f, **arrays))
-    return {"chunk": chunk, "molecules": len(built), "conformers": int(arrays["n_conformers"].sum())}
-
-
-def _read_shard(path: Path):
-    """(meta, molecules) of a shard; molecules as (row, numbers, formal, charge, positions (c, n, 3), energies, weights)."""
-    with np.load(path, allow_pickle=False) as f:
-        a = {k: f[k] for k in f.files}
-    meta = json.loads(a["meta"].tobytes().decode())
-    mols, atom, conf, row_atom = [], 0, 0, 0
-    for row, q, n, c in zip(a["row"], a["charge"], a["n_atoms"], a["n_conformers"]):
-        pos = a["positions"][row_atom: row_atom + c * n].reshape(c, n, 3)
-        mols.append((int(row), a["numbers"][atom: atom + n], a["formal_charges"][atom: atom + n], int(q), pos,
-                     a["energy"][conf: conf + c], a["weight"][conf: conf + c]))
-        atom, conf, row_atom = atom + n, conf + c, row_atom + c * n
-    return meta, mols
-
-
-def _worker_init() -> None:
-    os.environ["OMP_NUM_THREADS"] = "1"  # before tblite's OpenMP starts: processes, not threads, share the cores
-
-
-# --- the cache ---------------------------------------------------------------------------------
-class _CacheOut:
-    """One cache in GEOM's format with the charge fields, written molecule by molecule; the
-    SMILES list and the .npz appear atomically (the .npz last)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.writer = NpzStreamWriter(path, cache_dtypes(charges=True), {"positions": 3})
-        self.smiles_out = smiles_path(path)
-        self.smiles_tmp = self.smiles_out.with_name(self.smiles_out.name + ".tmp")
-        self.smiles = open(self.smiles_tmp, "w", encoding="utf-8")  # noqa: SIM115 - open until finish()
-        self.writer.append("offsets", np.zeros(1))
-        self.n_atoms = self.n_molecules = self.n_conformers = 0
-
-    def add(self, smiles: str, numbers, formal, charge: int, positions, energies, weights) -> None:
-        c, n = positions.shape[:2]
-        w = self.writer
-        w.append("numbers", np.tile(numbers, c))
-        w.append("positions", positions.reshape(-1, 3))
-        w.append("offsets", self.n_atoms + n * np.arange(1, c + 1))
-        w.append("prop.mol_id", np.full(c, self.n_molecules))
-        w.append("prop.energy", energies)
-        w.append("prop.boltzmann_weight", weights)
-        w.append("prop.conformer_rank", np.arange(c))
-        w.append("prop.charge", np.full(c, charge))
-        w.append("formal_charges", np.tile(formal, c))
-        self.smiles.write(smiles + "\n")
-        self.n_atoms += c * n
-        self.n_molecules += 1
-        self.n_conformers += c
-
-    def finish(self) -> None:
-        self.smiles.close()
-        os.chmod(self.smiles_tmp, 0o644)
-        os.replace(self.smiles_tmp, self.smiles_out)
-        self.writer.finish()
-
-    def close(self) -> None:
-        self.smiles.close()
-        self.writer.close()
-        self.smiles_tmp.unlink(missing_ok=True)
-
-
-def default_output(name: str, settings: ConformerSettings) -> Path:
-    """``<data>/<name>/cache/<name>_k<k>[_xtb].npz``."""
-    return cache_dir(name) / f"{name}_k{settings.conformers}{'_xtb' if settings.xtb else ''}.npz"
-
-
-def split_paths(out: Path) -> dict[str, Path]:
-    return {"train": out.with_name(f"{out.stem}_train.npz"), "val": out.with_name(f"{out.stem}_val.npz")}
-
-
-def report_path(out: Path) -> Path:
-    return Path(f"{out}.report.json")
-
-
-def val_rows(n_rows: int, val_fraction: float, seed: int) -> set[int]:
-    """Rows of the validation molecules: the first ``round(val_fraction * n_rows)`` of a seeded
-    permutation of all rows. A function of the input alone, so a molecule that fails to build
-    does not move the others between sides."""
-    return set(np.random.default_rng(seed).permutation(n_rows)[: round(val_fraction * n_rows)].tolist())
-
-
-def build_conformer_dataset(
-    source: str | os.PathLike,
-    out: str | os.PathLike,
-    settings: ConformerSettings = ConformerSettings(),
-    workers: int = 2,
-    chunk: int = 16,
-    val_fraction: float = 0.1,
-    split_seed: int = 0,
-    overwrite: bool = False,
-    log=None,
-) -> dict:
-    """Build (or finish, or find up to date) the conformer cache of a SMILES file; returns the
-    summary written to ``<out>.report.json``.
-
-    ``out`` gets every built molecule; with ``val_fraction > 0`` also ``<stem>_train.npz`` and
-    ``<stem>_val.npz`` (each a full cache with its own SMILES list), split by molecule.
-    ``workers`` processes build ``chunk`` rows at a time. Rerunning after an interruption builds
-    only the missing chunks; rerunning after a finished build with the same settings and input
-    does nothing. ``overwrite`` rebuilds a finished build and discards an unfinished one of other
-    settings (an unfinished one of the same settings is still resumed, so rerunning the same
-    command with ``overwrite`` after an interruption loses nothing).
-    """
-    settings.check()
-    if workers < 1 or chunk < 1:
-        raise ValueError("workers and chunk must be >= 1")
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    log = log or (lambda msg: None)
-    source, out = Path(source), Path(out)
-    if not source.is_file():
-        raise FileNotFoundError(f"no SMILES file {source}")
-    if settings.xtb:
-        require_xtb()
-    smiles = read_smiles(source)
-    # what the output depends on (not workers or chunk size); the shards also depend on the chunk size
-    identity = {"format": FORMAT_VERSION, "input_sha256": _sha256(source), "settings": asdict(settings),
-                "versions": _versions(settings)}
-    split = {"val_fraction": val_fraction, "seed": split_seed}
-    shards = {**identity, "chunk": chunk}
-    outputs = {"all": out, **(split_paths(out) if val_fraction > 0 else {})}
-    rep_path = report_path(out)
-
-    if not overwrite and rep_path.is_file() and all(p.is_file() for p in outputs.values()):
-        old = json.loads(rep_path.read_text())
-        if old.get("identity") == identity and old.get("split_settings") == split:
-            log(f"{out}: up to date (overwrite to rebuild)")
-            return old
-
-    parts = out.with_name(out.name + ".parts")
-    manifest = parts / "build.json"
-    if manifest.is_file() and json.loads(manifest.read_text()) != shards:
-        if not overwrite:
-            raise ValueError(f"{parts} holds an unfinished build of other settings, input, package versions or chunk "
-                             "size; rerun it with those, or pass overwrite to discard it")
-        shutil.rmtree(parts)
-    parts.mkdir(parents=True, exist_ok=True)
-    if not manifest.is_file():
-        _atomic_write(manifest, lambda f: f.write(json.dumps(shards, indent=1).encode()))
-    for stale in parts.glob("*.tmp"):  # a shard a killed worker was writing
-        stale.unlink()
-
-    t = time.perf_counter()
-    n_chunks = math.ceil(len(smiles) / chunk)
-    pending = [c for c in range(n_chunks) if not shard_path(parts, c).is_file()]
-    if n_chunks - len(pending):
-        log(f"resuming: {n_chunks - len(pending)} of {n_chunks} chunks already built")
-    tasks = [(c, c * chunk, smiles[c * chunk: (c + 1) * chunk], asdict(settings), str(parts)) for c in pending]
-    done = n_chunks - len(pending)
-    if workers == 1 or len(tasks) <= 1:
-        results = map(build_chunk, tasks)
-        pool = None
-    else:  # spawned: a forked worker can hang in tblite's OpenMP when the parent started one
-        pool = mp.get_context("spawn").Pool(min(workers, len(tasks)), initializer=_worker_init)
-        results = pool.imap_unordered(build_chunk, tasks)
-    try:
-        for r in results:
-            done += 1
-            log(f"chunk {done}/{n_chunks}: {r['molecules']} molecules, {r['conformers']} conformers")
-    finally:
-        if pool is not None:
-            pool.terminate()  # on an interruption, workers stop; finished shards stay
-            pool.join()
-
-    summary = _merge(parts, n_chunks, smiles, outputs, val_rows(len(smiles), val_fraction, split_seed))
-    summary.update(input=str(source), identity=identity, split_settings=split, chunk=chunk, workers=workers,
-                   seconds=round(time.perf_counter() - t, 1), chunks_resumed=n_chunks - len(pending))
-    _atomic_write(rep_path, lambda f: f.write((json.dumps(summary, indent=1) + "\n").encode()))
-    shutil.rmtree(parts)
-    return summary
-
-
-def _merge(parts: Path, n_chunks: int, smiles: list[str], outputs: dict[str, Path], val: set[int]) -> dict:
-    """Shards in row order into the output caches; the summary of the whole build."""
-    molecules, conformers = R.InputReport(), R.InputReport()
-    wall = cpu = 0.0
-    outs = {}
-    try:
-        outs = {k: _CacheOut(p) for k, p in outputs.items()}
-        for c in range(n_chunks):
-            meta, mols = _read_shard(shard_path(parts, c))
-            molecules.merge(_report_from_dict(meta["molecules"]))
-            conformers.merge(_report_from_dict(meta["conformers"]))
-            wall += meta["seconds"]
-            cpu += meta["cpu_seconds"]
-            for row, numbers, formal, q, pos, energies, weights in mols:
-                targets = ["all"] + ([("val" if row in val else "train")] if "train" in outs else [])
-                for k in targets:
-                    outs[k].add(smiles[row], numbers, formal, q, pos, energies, weights)
-        for o in outs.values():
-            o.finish()
-    except BaseException:
-        for o in outs.values():
-            o.close()
-        raise
-    return {
-        "smiles": len(smiles),
-        "molecules_built": outs["all"].n_molecules,
-        "conformers_written": outs["all"].n_conformers,
-        "molecules": molecules.to_dict(),
-        "conformers": conformers.to_dict(),
-        "outputs": {k: str(p) for k, p in outputs.items()},
-        "split": {k: {"molecules": outs[k].n_molecules, "conformers": outs[k].n_conformers} for k in outs if k != "all"},
-        "worker_seconds": round(wall, 1),
-        "worker_cpu_seconds": round(cpu, 1),
-    }
-
-
-def summary_text(summary: dict) -> str:
-    """A few lines for the terminal."""
-    m, c = summary["molecules"], summary["conformers"]
-    lines = [
-        f"{summary['molecules_built']} of {summary['smiles']} molecules built, {summary['conformers_written']} conformers"
-        f" -> {summary['outputs']['all']}",
-        f"molecules left out: {m['rejected'] or 'none'}" + (f"; flagged: {m['flagged']}" if m["flagged"] else ""),
-        f"conformers left out: {c['rejected'] or 'none'} (of {c['n_records']} embedded)",
-    ]
-    if summary.get("split"):
-        s = summary["split"]
-        lines.append("split by molecule: " + ", ".join(f"{k} {v['molecules']} molecules / {v['conformers']} conformers"
-                                                       for k, v in s.items() if isinstance(v, dict)))
-    lines.append(f"{summary['seconds']} s ({summary['worker_seconds']} s in workers, {summary['worker_cpu_seconds']} s CPU"
-                 + (f", {summary['chunks_resumed']} chunks from an earlier run)" if summary["chunks_resumed"] else ")"))
-    return "\n".join(lines)

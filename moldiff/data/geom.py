@@ -46,6 +46,7 @@ from moldiff.data.geom_parsers import (
 from moldiff.data.molecules import MoleculeSet
 from moldiff.data.npz_writer import NpzStreamWriter
 from moldiff.data.paths import cache_dir
+from moldiff.files import atomic_write
 
 EDM_CONFORMERS_PER_MOLECULE = 30
 
@@ -348,7 +349,6 @@ def build_geom_cache(
         del dtypes["formal_charges"]
     writer = NpzStreamWriter(out, dtypes, {"positions": 3})
     smi_out = smiles_path(out)
-    smi_tmp = smi_out.with_name(smi_out.name + ".tmp")
     try:
         writer.append("offsets", np.zeros(1))
         n_atoms_written = 0
@@ -372,7 +372,7 @@ def build_geom_cache(
                 writer.append("formal_charges", np.concatenate([c[2][5] for c in buf]))
             buf.clear()
 
-        with open(smi_tmp, "w", encoding="utf-8") as smi:
+        with atomic_write(smi_out, "w", encoding="utf-8") as smi:
             for mol_id, kept in enumerate(molecules(source, conformers_per_molecule, report, max_molecules)):
                 smi.write(kept[0][0] + "\n")
                 from_smiles = smiles_charge(kept[0][0]) if kept[0][5] is None else None  # once a molecule
@@ -381,12 +381,9 @@ def build_geom_cache(
                     if len(buf) >= chunk:
                         flush()
             flush()
-        os.chmod(smi_tmp, 0o644)
-        os.replace(smi_tmp, smi_out)
         writer.finish()  # the .npz last: its presence means the SMILES list is complete too
     except BaseException:
         writer.close()
-        smi_tmp.unlink(missing_ok=True)
         raise
     return out, report
 

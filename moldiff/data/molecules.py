@@ -14,15 +14,14 @@ free of renumbering; absent fields (None) mean "not known", not "none".
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
 from moldiff.data import report as R
 from moldiff.data.elements import Vocabulary
+from moldiff.files import atomic_write
 
 BOND_ORDERS = (1, 2, 3, 4)  # single, double, triple, aromatic (0 is "no bond" wherever pairs are dense)
 
@@ -228,8 +227,6 @@ class MoleculeSet:
     # --- storage ------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """Write an uncompressed .npz atomically (temp file + rename: never a half-written cache)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {"numbers": self.numbers, "positions": self.positions, "offsets": self.offsets}
         if self.charges is not None:
             arrays["charges"] = self.charges
@@ -238,15 +235,8 @@ class MoleculeSet:
         if self.fixed is not None:
             arrays["fixed"] = self.fixed
         arrays.update({f"prop.{k}": v for k, v in self.properties.items()})
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        with atomic_write(path, "wb") as f:
+            np.savez(f, **arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "MoleculeSet":

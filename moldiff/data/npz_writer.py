@@ -7,13 +7,14 @@ copying through a memory map. The output appears atomically: complete or not at 
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from moldiff.files import atomic_write
 
 __all__ = ["NpzStreamWriter"]
 
@@ -42,10 +43,8 @@ class NpzStreamWriter:
     def finish(self) -> None:
         for f in self.files.values():
             f.close()
-        fd, tmp = tempfile.mkstemp(dir=self.out.parent, suffix=".tmp.npz")
-        os.close(fd)
         try:
-            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            with atomic_write(self.out, "wb") as out, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
                 for name, f in self.files.items():
                     shape = (self.rows[name],) + ((self.widths[name],) if self.widths.get(name) else ())
                     if self.rows[name]:
@@ -55,11 +54,6 @@ class NpzStreamWriter:
                     with zf.open(name + ".npy", "w", force_zip64=True) as dst:
                         np.lib.format.write_array(dst, arr, allow_pickle=False)
                     del arr
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, self.out)
-        except BaseException:
-            os.unlink(tmp)
-            raise
         finally:
             self.close()
 

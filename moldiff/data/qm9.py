@@ -14,7 +14,6 @@ as Cormorant's tar filter keeps it. The conditional-design halves (EDM's ``qm9_f
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import numpy as np
 from moldiff.data.elements import ATOMIC_NUMBER, QM9_VOCAB
 from moldiff.data.molecules import MoleculeSet
 from moldiff.data.paths import cache_dir
+from moldiff.files import atomic_write
 
 N_MOLECULES = 130_831
 N_TRAIN, N_VALID, N_TEST = 100_000, 17_748, 13_083
@@ -132,9 +132,8 @@ def build_cache(root: Path | None = None) -> dict[str, Path]:
     mols, smiles = parse_qm9pack()
     mols.save(paths["h"])
     mols.select_atoms(mols.numbers != 1).save(paths["noh"])
-    tmp = paths["smiles"].with_suffix(".tmp")
-    tmp.write_text("\n".join(smiles) + "\n")
-    os.replace(tmp, paths["smiles"])
+    with atomic_write(paths["smiles"]) as f:
+        f.write("\n".join(smiles) + "\n")
     return paths
 
 

@@ -1,35 +1,15 @@
-"""SDF and XYZ writers. Every file is written to a temporary name and renamed into place, so an
-interrupted run never leaves a half-written file."""
+"""SDF and XYZ writers. Every file goes through ``moldiff.files.atomic_write``, so an interrupted
+run never leaves a half-written file."""
 
 from __future__ import annotations
 
-import os
-import tempfile
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
 from moldiff.data.elements import SYMBOLS
 from moldiff.data.molecules import MoleculeSet
-
-
-@contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "w"):
-    """Open a temp file beside ``path``; rename it over ``path`` only if the block finishes."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+from moldiff.files import atomic_write  # noqa: F401 - re-exported: moldiff.io.atomic_write
 
 
 def write_xyz(path, mols: MoleculeSet, comments: Sequence[str] | None = None) -> None:

@@ -26,11 +26,11 @@ from moldiff.jobs.evaluate import write_json
 from moldiff.jobs.sample import batch_bounds, check_options, drop_non_finite, write_outputs
 from moldiff.model.checkpoint import checkpoint_path, property_checkpoint_path
 from moldiff.model.diffusion import DiffusionModel
+from moldiff.model.property import PropertyModel
 from moldiff.nn.context import ContextSlot
 from moldiff.data.qm9 import QM9_TARGETS
 from moldiff.sampling.generate import generate
 from moldiff.sampling.samplers import SAMPLERS
-from moldiff.train.property_module import PropertyModule
 
 
 def property_checkpoint(cfg, role: str) -> Path:
@@ -80,15 +80,15 @@ def check_config(cfg) -> None:
 def load_property_net(path: Path, device, prop: str, layout=None):
     """(predictor, its output column for ``prop``); a clear error if the model does not predict it,
     or if it reads atoms in another feature layout than ``layout`` (the base model's)."""
-    module = PropertyModule.load_from_checkpoint(path, map_location=device, weights_only=True)
+    model = PropertyModel.load(path, device=device)
     try:
-        column = module.column(prop)
+        column = model.column(prop)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
-    if layout is not None and module.layout != layout:
-        raise ValueError(f"{path} reads atoms as {module.layout.vocab.symbols} (charges: {module.layout.include_charges}), "
+    if layout is not None and model.layout != layout:
+        raise ValueError(f"{path} reads atoms as {model.layout.vocab.symbols} (charges: {model.layout.include_charges}), "
                          f"the base model as {layout.vocab.symbols} (charges: {layout.include_charges}): they do not fit together")
-    return module.net.eval(), column
+    return model.net, column
 
 
 def base_eps(module, prop: str | None):

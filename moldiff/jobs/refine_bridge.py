@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from moldiff.bridge.module import BridgeModule
 from moldiff.jobs.train import fit, load_split, prepare
 from moldiff.model.checkpoint import checkpoint_path, read_checkpoint, write_checkpoint
+from moldiff.model.diffusion import DiffusionModel
 from moldiff.train.module import TrainingRecord
 
 
@@ -36,17 +37,15 @@ def check_config(cfg) -> None:
 
 def base_weights(ckpt: dict) -> dict[str, torch.Tensor]:
     """The base model's EMA network weights (its raw ones if it has no EMA)."""
-    state = ckpt["state_dict"]
-    prefix = "ema.module." if any(k.startswith("ema.module.") for k in state) else "net."
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return DiffusionModel.from_checkpoint(ckpt).network(ema=True).state_dict()
 
 
 def export_refined(module: BridgeModule, base_ckpt: dict, path: Path, record: list) -> Path:
-    """A diffusion checkpoint (``DiffusionModule.load_from_checkpoint``) with the refined backward
-    network and the horizon it samples from."""
-    hp = dict(base_ckpt["hyper_parameters"], horizon=float(module.hparams.horizon))
+    """A diffusion checkpoint (``DiffusionModel.load``, ``DiffusionModule.load_from_checkpoint``)
+    with the refined backward network and the horizon it samples from."""
+    refined = module.refined_model()
     settings = {k: module.hparams[k] for k in ("horizon", "steps", "t_min", "phase_steps", "coupling", "batch_size", "lr", "ema_decay", "seed")}
-    ckpt = {"state_dict": module.refined_state(), "hyper_parameters": hp, "pytorch-lightning_version": pl.__version__,
+    ckpt = {"state_dict": refined.state_dict(), "hyper_parameters": refined.config, "pytorch-lightning_version": pl.__version__,
             "moldiff_record": list(base_ckpt.get("moldiff_record", [])) + [{"bridge_refinement": settings, "sessions": record,
                                                                             "global_step": int(module.global_step)}]}
     return write_checkpoint(path, ckpt)

@@ -6,11 +6,10 @@ valid (``retrieve_qm9_smiles``); the corrected protocol's is its own perception 
 
 from __future__ import annotations
 
-import os
-
 from moldiff.data.elements import QM9_VOCAB
 from moldiff.data.paths import cache_dir
 from moldiff.data.qm9 import load_qm9
+from moldiff.files import atomic_write
 from moldiff.metrics.protocols import run_corrected, run_edm
 
 
@@ -21,7 +20,6 @@ def training_smiles(protocol: str, split: str = "train", remove_h: bool = False,
     mols = load_qm9(split, remove_h=remove_h)
     outcome = run_edm(mols, QM9_VOCAB) if protocol == "edm" else run_corrected(mols, workers)
     smiles = sorted({s for s in outcome.whole_smiles if s})
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(smiles) + "\n")
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        f.write("\n".join(smiles) + "\n")
     return set(smiles)

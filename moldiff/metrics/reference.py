@@ -6,14 +6,13 @@ bond-length and angle histograms settle well before that, and it keeps the first
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 
 import numpy as np
 
 from moldiff.data.paths import cache_dir
 from moldiff.data.sources import load_source
+from moldiff.files import atomic_write
 from moldiff.metrics.distribution import GeometryStats, geometry_stats
 from moldiff.metrics.protocols import run_corrected
 
@@ -23,11 +22,8 @@ def _save(stats: GeometryStats, path) -> None:
     arrays.update({f"size:{k}": np.array(v) for k, v in stats.size_counts.items()})
     arrays.update({f"len:{k}": v for k, v in stats.bond_lengths.items()})
     arrays.update({f"ang:{k}": v for k, v in stats.bond_angles.items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
-    with os.fdopen(fd, "wb") as f:
+    with atomic_write(path, "wb") as f:
         np.savez(f, **arrays)
-    os.replace(tmp, path)
 
 
 def _load(path) -> GeometryStats:

@@ -1,158 +1,31 @@
-"""Optional GFN2-xTB energies and relaxation strain through ``tblite`` (``pip install moldiff[extra]``).
+"""Optional GFN2-xTB relaxation strain of many molecules (``pip install moldiff[extra]``); the xTB
+calls themselves (single points, the relaxation, units) are ``moldiff.chem.xtb``'s.
 
-Units: positions go in and come out in Å; energies are in Hartree and gradients in Hartree/Bohr unless a name
-says otherwise (``*_kcal_mol``). tblite itself works in Bohr, so every call converts at this boundary.
-
-Speed: tblite runs OpenMP-parallel; for QM9-sized molecules ``OMP_NUM_THREADS=1`` was about 2x faster than two
-threads here, and far faster on a busy machine, so parallelise over molecules (processes) rather than threads.
+Energies are in Hartree unless a name says otherwise (``*_kcal_mol``).
 """
 
 from __future__ import annotations
 
 import math
 import multiprocessing as mp
-import os
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 from ase import units
 
+from moldiff.chem.xtb import relax, single_thread_worker, xtb_energy_gradient, xtb_relax  # noqa: F401 - re-exported
 from moldiff.data.molecules import MoleculeSet
 
 HARTREE_TO_KCAL_MOL = 627.509
 ANGSTROM_TO_BOHR = 1.0 / units.Bohr  # ase.units.Bohr is one Bohr in Å
 
 
-def _require_tblite():
-    try:
-        from tblite.interface import Calculator
-    except ImportError as err:  # optional dependency: fail with the fix, not a bare ModuleNotFoundError
-        raise ImportError(
-            "xTB metrics need tblite: `pip install tblite` (or `pip install moldiff[extra]`)."
-        ) from err
-    return Calculator
-
-
-def _one_thread() -> None:
-    os.environ["OMP_NUM_THREADS"] = "1"  # before tblite's OpenMP runtime starts in this worker
-
-
 def xtb_pool(workers: int):
     """A process pool for xTB work. Spawned, not forked: a worker forked from a process whose
     OpenMP runtime (torch's) is running hangs when tblite starts its own OpenMP work (measured:
-    every worker idle forever); each worker runs tblite single-threaded (see the module note)."""
-    return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_one_thread)
-
-
-def _default_uhf(numbers: np.ndarray, charge: int) -> int:
-    """Unpaired electrons: 0 for an even electron count, 1 (a doublet) for an odd one."""
-    return int(numbers.sum() - charge) % 2
-
-
-def _prepare(numbers, positions, charge: int, uhf: int | None):
-    numbers = np.asarray(numbers, dtype=np.int32).reshape(-1)
-    positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
-    if len(numbers) != len(positions):
-        raise ValueError(f"{len(numbers)} atomic numbers but {len(positions)} positions")
-    if not np.isfinite(positions).all():
-        raise ValueError("non-finite coordinates")
-    uhf = _default_uhf(numbers, charge) if uhf is None else int(uhf)
-    # tblite silently smears an impossible spin state over fractional occupations; refuse it instead.
-    if uhf < 0 or (int(numbers.sum() - charge) - uhf) % 2:
-        raise ValueError(f"uhf={uhf} is incompatible with {int(numbers.sum() - charge)} electrons")
-    return numbers, positions, uhf
-
-
-class _XTB:
-    """One tblite calculator per molecule, reused across geometries so the SCF restarts from the last density."""
-
-    def __init__(self, numbers, positions, charge: int = 0, uhf: int | None = None, accuracy: float = 1.0):
-        calculator_cls = _require_tblite()
-        numbers, positions, uhf = _prepare(numbers, positions, charge, uhf)
-        self.calc = calculator_cls("GFN2-xTB", numbers, positions * ANGSTROM_TO_BOHR, charge=charge, uhf=uhf)
-        self.calc.set("verbosity", 0)  # tblite prints an SCF table per call otherwise
-        self.calc.set("accuracy", accuracy)
-        self.res = None
-
-    def __call__(self, positions_angstrom: np.ndarray) -> tuple[float, np.ndarray]:
-        """Energy (Hartree) and gradient (Hartree/Bohr) at positions in Å."""
-        pos = np.asarray(positions_angstrom, dtype=np.float64).reshape(-1, 3)
-        if not np.isfinite(pos).all():
-            raise ValueError("non-finite coordinates")
-        self.calc.update(positions=pos * ANGSTROM_TO_BOHR)
-        self.res = self.calc.singlepoint(self.res)
-        energy = float(self.res.get("energy"))
-        gradient = np.array(self.res.get("gradient"), dtype=np.float64)
-        if not (math.isfinite(energy) and np.isfinite(gradient).all()):
-            raise FloatingPointError("xTB returned a non-finite energy or gradient")
-        return energy, gradient
-
-
-def xtb_energy_gradient(numbers, positions_angstrom, charge: int = 0, uhf: int | None = None, accuracy: float = 1.0):
-    """GFN2-xTB single point.
-
-    Args:
-        numbers: (N,) atomic numbers.
-        positions_angstrom: (N, 3) coordinates in Å.
-        charge: total charge (e).
-        uhf: number of unpaired electrons; default ``(sum(numbers) - charge) % 2``.
-        accuracy: tblite's SCF accuracy factor (smaller is tighter; 1.0 is tblite's default).
-
-    Returns:
-        ``(energy, gradient)``: energy in Hartree, gradient dE/dx in Hartree/Bohr with shape (N, 3).
-
-    Raises:
-        ImportError without tblite; ValueError for bad input; tblite's RuntimeError when xTB fails
-        (e.g. atoms too close, SCF not converged).
-    """
-    xtb = _XTB(numbers, positions_angstrom, charge, uhf, accuracy)
-    return xtb(positions_angstrom)
-
-
-def _relax(numbers, positions, steps: int, fmax: float, charge: int, uhf: int | None):
-    """BFGS relaxation; returns (positions Å, E_before Ha, E_after Ha, reached_fmax)."""
-    from ase import Atoms
-    from ase.calculators.calculator import Calculator, all_changes
-    from ase.optimize import BFGS
-
-    xtb = _XTB(numbers, positions, charge, uhf)
-
-    class _ASEWrapper(Calculator):
-        # ASE optimisers want eV and eV/Å.
-        implemented_properties = ["energy", "forces"]
-
-        def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-            super().calculate(atoms, properties, system_changes)
-            energy, gradient = xtb(self.atoms.positions)
-            self.results = {
-                "energy": energy * units.Hartree,
-                "forces": -gradient * (units.Hartree / units.Bohr),
-            }
-
-    atoms = Atoms(numbers=np.asarray(numbers).reshape(-1), positions=np.asarray(positions, np.float64).reshape(-1, 3))
-    atoms.calc = _ASEWrapper()
-    e_before = atoms.get_potential_energy() / units.Hartree
-    converged = bool(BFGS(atoms, logfile=None).run(fmax=fmax, steps=steps))
-    e_after = atoms.get_potential_energy() / units.Hartree
-    return atoms.positions.copy(), e_before, e_after, converged
-
-
-def xtb_relax(numbers, positions, steps: int = 50, fmax: float = 0.05, charge: int = 0, uhf: int | None = None):
-    """Short GFN2-xTB relaxation (ASE BFGS) of a geometry, to measure its strain.
-
-    Args:
-        numbers: (N,) atomic numbers.
-        positions: (N, 3) coordinates in Å.
-        steps: maximum BFGS steps; the relaxation may stop before reaching ``fmax``.
-        fmax: force convergence threshold in eV/Å (ASE's convention).
-        charge, uhf: as in :func:`xtb_energy_gradient`.
-
-    Returns:
-        ``(relaxed_positions, energy_before, energy_after)``: positions in Å, energies in Hartree.
-    """
-    pos, e_before, e_after, _ = _relax(numbers, positions, steps, fmax, charge, uhf)
-    return pos, e_before, e_after
+    every worker idle forever); each worker runs tblite single-threaded (see ``moldiff.chem.xtb``)."""
+    return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=single_thread_worker)
 
 
 def _with_charges(molecules):
@@ -208,7 +81,7 @@ def strain_energies(
             if given != int(given):  # 0.5 e is no molecule's charge: a bad property, not a rounding
                 raise ValueError(f"total charge {given} is not a whole number")
             charges[-1] = int(given)
-            _, e_before, e_after, ok = _relax(numbers, positions, steps, fmax, charges[-1], uhf)
+            _, e_before, e_after, ok = relax(numbers, positions, steps, fmax, charges[-1], uhf)
         except ImportError:
             raise  # a missing dependency is the caller's problem, not this molecule's
         except Exception as err:  # noqa: BLE001 - any xTB/ASE failure is a per-molecule outcome to report

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from moldiff.data.elements import vocabulary
 from moldiff.data.features import FeatureLayout
@@ -45,6 +46,15 @@ def network(model: dict[str, Any], in_features: int, context_features: int = 0) 
 
         return E3NNNet(in_features, **kwargs)
     raise ValueError(f"unknown model name {name!r}; use one of {NETWORKS}")
+
+
+def ema(net: nn.Module, decay: float) -> AveragedModel | None:
+    """The exponential moving average of ``net``'s weights (and buffers) at ``decay``, the copy
+    samplers use; None for ``decay <= 0``. Its state-dict keys are ``module.*`` and ``n_averaged``."""
+    if decay <= 0:
+        return None
+    # a copy, not trained (DDP rejects unused trainable parameters)
+    return AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True).requires_grad_(False)
 
 
 def sde(noise: dict[str, Any]) -> VPSDE:

@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from moldiff.data.fragment import load_fragment
 from moldiff.data.molecules import MoleculeSet
@@ -56,9 +55,7 @@ class DiffusionModel(nn.Module):
         self.context = Context.from_dict(context)  # None: unconditional; else EDM-style conditioning
         self.net = build.network(model, self.layout.dim, len(self.context.names) if self.context else 0)
         self.sde = build.sde(noise)
-        self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True) if ema_decay > 0 else None
-        if self.ema is not None:
-            self.ema.requires_grad_(False)  # a copy, not trained (DDP rejects unused trainable parameters)
+        self.ema = build.ema(self.net, ema_decay)
 
     # --- what it knows -------------------------------------------------------------------------------
     @property

@@ -1,4 +1,4 @@
-"""Property regressors on QM9 as LightningModules (EEGSDE's two roles):
+"""The LightningModule that trains a ``PropertyModel`` (``moldiff.model.property``), in EEGSDE's two roles:
 
 * ``role="guide"``: g(z_t, t), time-conditioned, trained on molecules noised by the diffusion's
   own VP process at uniform t (the guidance energy needs predictions on noisy molecules);
@@ -8,7 +8,8 @@
 ``target`` is one property name or a list (one output column each, one shared encoder). The loss
 is the mean squared error in normalised units ((y - mean) / std of the training set), averaged
 over targets; validation reports the MAE in each property's units (clean always; noisy at uniform
-t for a guide).
+t for a guide). The checkpoint's state dict is the ``PropertyModel``'s own (``net.*``), so
+``PropertyModel.load`` reads training checkpoints too.
 """
 
 from __future__ import annotations
@@ -19,30 +20,42 @@ import pytorch_lightning as pl
 import torch
 
 from moldiff.data.loader import MoleculeBatch
-from moldiff.nn.property import PropertyPredictor
-from moldiff.model import build
+from moldiff.model.property import PropertyModel
 
 
 class PropertyModule(pl.LightningModule):
     def __init__(self, target: str | list[str], role: str, model: dict[str, Any], noise: dict[str, Any], features: dict[str, Any],
                  optim: dict[str, Any], mean: float | list[float], std: float | list[float], seed: int = 0):
         super().__init__()
-        if role not in ("guide", "evaluator"):
-            raise ValueError(f"role must be 'guide' or 'evaluator', got {role!r}")
+        self.model = PropertyModel(target, role, model, noise, features, mean, std, optim=optim, seed=seed)  # checks the role
         self.save_hyperparameters()
-        self.layout = build.feature_layout(features)
-        self.net = PropertyPredictor(self.layout.dim, time_conditioning=(role == "guide"), mean=mean, std=std, **model)
-        self.sde = build.sde(noise)
+
+    # the model's parts, under the names the training steps and callbacks use
+    @property
+    def net(self):
+        return self.model.net
+
+    @property
+    def layout(self):
+        return self.model.layout
+
+    @property
+    def sde(self):
+        return self.model.sde
 
     @property
     def targets(self) -> list[str]:
-        t = self.hparams.target
-        return [t] if isinstance(t, str) else list(t)
+        return self.model.targets
 
     def column(self, name: str) -> int:
-        if name not in self.targets:
-            raise ValueError(f"this property model predicts {self.targets}, not {name!r}")
-        return self.targets.index(name)
+        return self.model.column(name)
+
+    # --- the state dict is the PropertyModel's own (net.*): checkpoints of either read alike
+    def state_dict(self, *args, **kwargs):
+        return self.model.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        return self.model.load_state_dict(state_dict, strict=strict, assign=assign)
 
     def _log_mae(self, key: str, pred, y, n: int) -> None:
         mae = (pred - y.view(n, -1)).abs().mean(0)
