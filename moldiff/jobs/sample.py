@@ -32,7 +32,7 @@ from moldiff.jobs.evaluate import run_evaluation, write_json
 from moldiff.model.build import plain as _plain
 from moldiff.model.checkpoint import checkpoint_path
 from moldiff.model.diffusion import DiffusionModel
-from moldiff.nn.cpu_tuning import tune_cpu_allocator
+from moldiff.nn.cpu_tuning import tune_once
 from moldiff.sampling.generate import PRECISIONS, generate
 from moldiff.sampling.samplers import SAMPLERS, with_recommended
 
@@ -125,7 +125,7 @@ def run_sampling(cfg, output_dir: str | Path) -> dict:
     path = checkpoint_path(cfg.ckpt)
     device = torch.device(cfg.device)
     if device.type == "cpu":
-        tune_cpu_allocator()
+        tune_once()
     module = DiffusionModel.load(path, device)
     n = int(cfg.n)
 

@@ -20,7 +20,7 @@ from moldiff.model import build
 from moldiff.model.build import plain as _plain
 from moldiff.model.checkpoint import SHIPPED, read_checkpoint
 from moldiff.nn.context import Context
-from moldiff.nn.cpu_tuning import tune_cpu_allocator
+from moldiff.nn.cpu_tuning import tune_once
 from moldiff.sampling.samplers import SAMPLERS
 from moldiff.train.callbacks import AtomicCheckpointIO, LegTimer, SampleAndEvaluate, SaveAtEnd, ShadowEMA
 from moldiff.train.module import DiffusionModule, TrainingRecord, lr_factor
@@ -118,7 +118,7 @@ def size_histogram(ds: MoleculeDataset) -> dict[int, int]:
 
 def prepare(cfg) -> None:
     if cfg.trainer.accelerator == "cpu":
-        tune_cpu_allocator()  # faster CPU steps (docs/performance.md); process-wide, so only in the job
+        tune_once()  # faster CPU steps (docs/performance.md); process-wide, once
     pl.seed_everything(int(cfg.seed), workers=True)
 
 

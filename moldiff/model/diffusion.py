@@ -27,6 +27,7 @@ from moldiff.data.molecules import MoleculeSet
 from moldiff.model import build
 from moldiff.model.checkpoint import read_checkpoint, write_checkpoint
 from moldiff.nn.context import Context, ContextSlot, conditioned
+from moldiff.nn.cpu_tuning import tune_once
 from moldiff.sampling.generate import generate
 from moldiff.sampling.samplers import with_recommended
 
@@ -121,6 +122,8 @@ class DiffusionModel(nn.Module):
         sampler on top of its recommended ones (``RECOMMENDED_OPTIONS``; ancestral:
         ``late_noise=1`` for EDM's exact posterior)."""
         device = next(self.parameters()).device
+        if device.type == "cpu":
+            tune_once()  # the scripts' allocator settings, once per process (moldiff.nn.cpu_tuning)
         was_training = self.training
         self.eval()
         try:
@@ -142,6 +145,8 @@ class DiffusionModel(nn.Module):
     @classmethod
     def load(cls, path: str | Path = "shipped", device="cpu") -> "DiffusionModel":
         """``"shipped"`` (the QM9 model in the package) or a checkpoint path; in eval mode on ``device``."""
+        if torch.device(device).type == "cpu":
+            tune_once()  # before the first tensors: the scripts' allocator settings (moldiff.nn.cpu_tuning)
         return cls.from_checkpoint(read_checkpoint(path)).to(device).eval()
 
     def save(self, path: str | Path, record: list | None = None) -> Path:
