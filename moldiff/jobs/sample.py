@@ -1,5 +1,6 @@
 """The sampling job behind ``scripts/sample.py``: load a checkpoint (the shipped one by default),
-sample, write ``samples.sdf``, ``samples.xyz``, ``samples.png`` and ``metrics.json``.
+sample, write ``samples.sdf`` and ``samples_valid.sdf`` (``moldiff.io.sample_sdf``), ``samples.xyz``,
+``samples.png`` and ``metrics.json``.
 
 ``metrics.json`` is computed by the evaluation job on the written ``samples.sdf`` itself, so it is
 exactly what ``scripts/evaluate.py input=samples.sdf`` reports. Finished batches are kept in
@@ -19,14 +20,13 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from moldiff.chem.edm_protocol import edm_bond_graph
-from moldiff.chem.edm_rdkit import edm_rdkit_mols
 from moldiff.data.loader import checked_batch_bounds
 from moldiff.data.molecules import MoleculeSet
 from moldiff.data.report import InputReport
 from moldiff.io.depict import write_grid_png
 from moldiff.io.partial import PartialResults, run_key
-from moldiff.io.writers import write_sdf, write_xyz
+from moldiff.io.sample_sdf import write_sample_sdfs
+from moldiff.io.writers import write_xyz
 from moldiff.jobs.evaluate import check_config as check_evaluation
 from moldiff.jobs.evaluate import run_evaluation, write_json
 from moldiff.model.build import plain as _plain
@@ -178,12 +178,12 @@ def sampler_options(cfg) -> dict:
 
 
 def write_files(mols: MoleculeSet, module, out: Path, names: list[str]) -> None:
-    vocab = module.layout.vocab
     write_xyz(out / "samples.xyz", mols, names)
-    rd = edm_rdkit_mols(mols, edm_bond_graph(mols, vocab))
-    write_sdf(out / "samples.sdf", rd, names)
-    write_grid_png(out / "samples.png", rd)
-    print(f"wrote {out / 'samples.sdf'}, {out / 'samples.xyz'}, {out / 'samples.png'}")
+    records = write_sample_sdfs(out, mols, module.layout.vocab, names)
+    write_grid_png(out / "samples.png", records.mols)
+    n_valid = sum(mol is not None for mol in records.valid)
+    print(f"wrote {out / 'samples.sdf'}, {out / 'samples_valid.sdf'} ({n_valid} of {len(mols)} molecules: corrected-valid), "
+          f"{out / 'samples.xyz'}, {out / 'samples.png'}")
 
 
 def evaluate_outputs(out: Path, cfg) -> dict:
