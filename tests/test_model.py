@@ -127,3 +127,10 @@ def test_loading_a_model_tunes_the_cpu_allocator_once_like_the_scripts():
                                                              "print(c.tuned())")],
                          env={**env, "MOLDIFF_CPU_TUNING": "0"}, capture_output=True, text=True, timeout=300)
     assert off.stdout.split() == ["False"]
+
+
+def test_sample_takes_one_atom_count_for_all_like_the_command_line(tiny_diffusion):
+    """Issue 32: model.sample(4, sizes=12) raised "len() of a 0-d tensor"."""
+    model = DiffusionModel.load(tiny_diffusion)
+    mols = model.sample(3, steps=2, sizes=12, progress=False)
+    assert list(mols.n_atoms) == [12, 12, 12]

@@ -117,7 +117,7 @@ class DiffusionModel(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, sampler: str = "ancestral", steps: int = 300, seed: int = 0, sizes=None, batch_size: int = 500,
                context=None, precision: str = "32", progress: bool = False, **options) -> MoleculeSet:
-        """``n`` molecules (atom counts from the training histogram unless ``sizes`` is given);
+        """``n`` molecules (atom counts from the training histogram unless ``sizes`` gives one for all or n of them);
         the defaults and settings of ``scripts/sample.py`` give its molecules. ``options`` go to the
         sampler on top of its recommended ones (``RECOMMENDED_OPTIONS``; ancestral:
         ``late_noise=1`` for EDM's exact posterior)."""

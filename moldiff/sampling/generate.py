@@ -57,6 +57,8 @@ def generate(
     ``batch_atoms`` / ``batch_edges``: bound each batch by atoms / edges instead of ``batch_size``."""
     if str(precision) not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    if isinstance(sizes, (int, np.integer)) and not isinstance(sizes, bool):
+        sizes = [int(sizes)] * n  # one atom count for all, as scripts/sample.py takes sizes=12
     if sizes is None:
         sizes = sample_sizes(module.size_histogram, n, torch.Generator().manual_seed(seed))
     else:
