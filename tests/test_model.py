@@ -134,3 +134,14 @@ def test_sample_takes_one_atom_count_for_all_like_the_command_line(tiny_diffusio
     model = DiffusionModel.load(tiny_diffusion)
     mols = model.sample(3, steps=2, sizes=12, progress=False)
     assert list(mols.n_atoms) == [12, 12, 12]
+
+
+def test_sample_says_what_it_is_doing_in_one_line_unless_asked_otherwise(tiny_diffusion, capsys):
+    """Issue 32: the Python API ran ~5 minutes without a word."""
+    model = DiffusionModel.load(tiny_diffusion)
+    model.sample(2, steps=2, sizes=[5, 6])
+    err = capsys.readouterr().err
+    assert err.startswith("sampling 2 molecules (ancestral, 2 steps, cpu; progress=True for a bar) ... ") and err.endswith(" s\n")
+    assert err.count("\n") == 1
+    model.sample(2, steps=2, sizes=[5, 6], progress=False)
+    assert capsys.readouterr().err == ""

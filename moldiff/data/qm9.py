@@ -15,6 +15,7 @@ as Cormorant's tar filter keeps it. The conditional-design halves (EDM's ``qm9_f
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -147,6 +148,7 @@ def load_qm9(split: str = "all", remove_h: bool = False, root: Path | None = Non
     paths = cache_paths(root)
     key = "noh" if remove_h else "h"
     if not paths[key].exists():
+        print(f"building the QM9 cache in {paths[key].parent} (once, ~10 s)", file=sys.stderr, flush=True)
         build_cache(root)
     mols = MoleculeSet.load(paths[key])
     return select_split(mols, split)

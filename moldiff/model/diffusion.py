@@ -16,6 +16,8 @@ module's own (``net.*``, ``ema.*``), the same as the training checkpoints'.
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -116,21 +118,27 @@ class DiffusionModel(nn.Module):
     # --- sampling for Python users -------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, n: int, sampler: str = "ancestral", steps: int = 300, seed: int = 0, sizes=None, batch_size: int = 500,
-               context=None, precision: str = "32", progress: bool = False, **options) -> MoleculeSet:
+               context=None, precision: str = "32", progress: bool | None = None, **options) -> MoleculeSet:
         """``n`` molecules (atom counts from the training histogram unless ``sizes`` gives one for all or n of them);
         the defaults and settings of ``scripts/sample.py`` give its molecules. ``options`` go to the
         sampler on top of its recommended ones (``RECOMMENDED_OPTIONS``; ancestral:
-        ``late_noise=1`` for EDM's exact posterior)."""
+        ``late_noise=1`` for EDM's exact posterior). ``progress``: None (default) one line on stderr,
+        what is being sampled and then how long it took; True a progress bar; False silence."""
         device = next(self.parameters()).device
         if device.type == "cpu":
             tune_once()  # the scripts' allocator settings, once per process (moldiff.nn.cpu_tuning)
         was_training = self.training
         self.eval()
+        if progress is None:  # minutes of silence otherwise (issue 32)
+            print(f"sampling {n} molecules ({sampler}, {steps} steps, {device}; progress=True for a bar) ...", end="", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
         try:
             return generate(self, n, sampler=sampler, steps=steps, batch_size=batch_size, seed=seed, device=device, sizes=sizes,
-                            context=context, precision=precision, progress=progress, **with_recommended(sampler, options))
+                            context=context, precision=precision, progress=bool(progress), **with_recommended(sampler, options))
         finally:
             self.train(was_training)
+            if progress is None:
+                print(f" {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
 
     # --- files ---------------------------------------------------------------------------------------
     @classmethod
