@@ -213,3 +213,24 @@ def test_samples_sdf_records_carry_perceived_bonds_and_samples_valid_opens_in_rd
         if p["bonds"] == "perceived":
             assert Chem.MolFromMolBlock(Chem.MolToMolBlock(records[k])) is not None
     assert [m.GetProp("_Name") for m in valid] == [r.GetProp("_Name") for r, p in zip(records, props) if p["corrected_valid"]]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("evaluation.posebusters=2", "error: posebusters=2 needs posebusters, which is not installed: `pip install posebusters` "
+                                 "(or `pip install moldiff[extra]`)"),
+    ("evaluation.xtb=3", "error: xtb=3 needs tblite, which is not installed: `pip install tblite` (or `pip install moldiff[extra]`)"),
+])
+def test_a_missing_optional_package_fails_before_sampling(tmp_path, monkeypatch, capsys, override, message):
+    """Issue 32: without PoseBusters, evaluation.posebusters=2 sampled first, then died in a
+    33-line traceback with exit 1 and no metrics.json."""
+    import importlib.util
+
+    from moldiff.jobs.cli import user_errors
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("posebusters", "tblite") else real(name, *a))
+    monkeypatch.setattr(sample_run, "generate", lambda *a, **k: pytest.fail("sampled before checking the optional package"))
+    with pytest.raises(SystemExit) as stop, user_errors():
+        sample_run.run_sampling(sample_cfg("n=1", "steps=1", override, f"output={tmp_path / 'out'}"), tmp_path)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [message]

@@ -24,6 +24,14 @@ def user_errors():
         raise SystemExit(2) from None
 
 
+def require_package(package: str, why: str) -> None:
+    """An optional package a setting needs, checked before any work (not after sampling)."""
+    import importlib.util
+
+    if importlib.util.find_spec(package) is None:
+        raise ValueError(f"{why} needs {package}, which is not installed: `pip install {package}` (or `pip install moldiff[extra]`)")
+
+
 def refuse_additions(overrides: list[str], config: str = "the job's config") -> None:
     """Refuse ``+key=value`` overrides outside ``OPEN_KEYS`` (``++key``, Hydra's explicit
     add-or-override, is left alone)."""

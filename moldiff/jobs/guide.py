@@ -22,6 +22,7 @@ import torch
 from moldiff.guidance.baselines import atoms_baseline, evaluator_bounds, predict, protocol_pairs
 from moldiff.guidance.guided import GuidanceReport, Scale, check_clip, guided
 from moldiff.guidance.property_energy import PropertyEnergy
+from moldiff.jobs.cli import require_package
 from moldiff.jobs.evaluate import write_json
 from moldiff.jobs.sample import batch_bounds, check_options, drop_non_finite, write_outputs
 from moldiff.model.checkpoint import checkpoint_path, property_checkpoint_path
@@ -66,6 +67,8 @@ def check_config(cfg) -> None:
         raise ValueError("mode=protocol needs a property")
     if float(cfg.scale) < 0 or float(cfg.xtb.scale) < 0:
         raise ValueError("guidance scales must be >= 0")
+    if float(cfg.xtb.scale) > 0:
+        require_package("tblite", f"xtb.scale={cfg.xtb.scale}")
     Scale(cfg.scale, cfg.t_min, cfg.t_max, cfg.scale_kind)
     check_clip(cfg.get("clip"))
     if cfg.sampler not in SAMPLERS:
