@@ -25,7 +25,7 @@ from moldiff.guidance.property_energy import PropertyEnergy
 from moldiff.jobs.cli import require_package
 from moldiff.jobs.evaluate import write_json
 from moldiff.jobs.sample import batch_bounds, check_options, drop_non_finite, write_outputs
-from moldiff.model.checkpoint import checkpoint_path, property_checkpoint_path
+from moldiff.model.checkpoint import checkpoint_path, load_file, property_checkpoint_path
 from moldiff.model.diffusion import DiffusionModel
 from moldiff.nn.context import ContextSlot
 from moldiff.data.qm9 import QM9_TARGETS
@@ -83,6 +83,7 @@ def check_config(cfg) -> None:
 def load_property_net(path: Path, device, prop: str, layout=None):
     """(predictor, its output column for ``prop``); a clear error if the model does not predict it,
     or if it reads atoms in another feature layout than ``layout`` (the base model's)."""
+    load_file(path)  # one line for a file that is no checkpoint, or carries code, before Lightning reads it
     module = PropertyModule.load_from_checkpoint(path, map_location=device, weights_only=True)
     try:
         column = module.column(prop)

@@ -18,7 +18,7 @@ from moldiff.data.report import InputReport
 from moldiff.data.sources import load_source
 from moldiff.model import build
 from moldiff.model.build import plain as _plain
-from moldiff.model.checkpoint import SHIPPED, read_checkpoint
+from moldiff.model.checkpoint import SHIPPED, load_file, read_checkpoint
 from moldiff.nn.context import Context
 from moldiff.nn.cpu_tuning import tune_once
 from moldiff.sampling.samplers import SAMPLERS
@@ -151,6 +151,7 @@ def resume_path(cfg, ckpt_dir: Path) -> str | None:
     elif cfg.checkpoint.resume:
         resume = str(cfg.checkpoint.resume)
     if resume:
+        load_file(resume)  # a file that is no checkpoint, or carries code, fails here in one line, not in Lightning
         print(f"resuming from {resume}")
     return resume
 
