@@ -130,7 +130,28 @@ def _batch_bounds(cfg, ds: MoleculeDataset) -> dict:
     return {"sizes": ds.mols.n_atoms, "max_atoms": bounds.get("batch_atoms"), "max_edges": bounds.get("batch_edges")}
 
 
+def world_size(trainer: dict) -> int:
+    """Processes a run trains on (devices x nodes); 1 where the config leaves it to Lightning ("auto")."""
+    devices = trainer.get("devices", 1)
+    n = len(devices) if isinstance(devices, (list, tuple)) else devices if isinstance(devices, int) and devices > 0 else 1
+    return n * int(trainer.get("num_nodes") or 1)
+
+
+def check_one_batch(cfg, n_train: int) -> None:
+    """Full batches only are trained on (the remainder waits for the next epoch's shuffle): a set
+    smaller than one batch per process would train nothing and still exit 0."""
+    if cfg.get("batch_atoms") is not None or cfg.get("batch_edges") is not None:
+        return  # bounded batches take every molecule
+    world = world_size(_plain(cfg.trainer))
+    if n_train // world < int(cfg.batch_size):
+        most = n_train // world
+        per = f" per process ({world} processes)" if world > 1 else ""
+        raise ValueError(f"dataset.train: {n_train} usable molecules, fewer than batch_size={cfg.batch_size}{per}: no full batch "
+                         f"to train on; " + (f"set batch_size={most} or less" if most else "add molecules"))
+
+
 def make_loaders(cfg, train: MoleculeDataset, val: MoleculeDataset | None):
+    check_one_batch(cfg, len(train))
     sampler = EpochBatchSampler(len(train), int(cfg.batch_size), seed=int(cfg.seed), **_batch_bounds(cfg, train))
     if sampler.oversized:  # never dropped: each trains in a batch of its own
         print(f"batch_atoms={cfg.get('batch_atoms')}, batch_edges={cfg.get('batch_edges')}: {sampler.oversized} training "
