@@ -34,6 +34,11 @@ ROWS = [
 ]
 
 
+# An SDF's bonds are not what is judged: both protocols derive bonds from the coordinates (docs/evaluation.md)
+SDF_NOTE = ("input bonds: not read; each protocol derives bonds from the coordinates (EDM's from distances, the corrected "
+            "one by RDKit perception); the records' formal charges give each molecule's total charge")
+
+
 def strict_json(obj):
     """``obj`` as strict JSON values: a non-finite number (an undefined rate, a W1 without data)
     becomes None (``null``), never a bare ``NaN`` that strict parsers reject."""
@@ -142,6 +147,8 @@ def run_evaluation(cfg, output_dir: str | Path) -> dict:
     )
     result["source"] = cfg.input
     print(format_table(result))
+    if Path(str(cfg.input)).suffix.lower() in (".sdf", ".sd", ".mol"):
+        print(SDF_NOTE)
     out = Path(cfg.output) if cfg.output else Path(output_dir) / "metrics.json"
     write_json(out, result)
     print(f"\nwrote {out}")
