@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from contextlib import contextmanager
 
@@ -26,8 +27,6 @@ def user_errors():
 
 def require_package(package: str, why: str) -> None:
     """An optional package a setting needs, checked before any work (not after sampling)."""
-    import importlib.util
-
     if importlib.util.find_spec(package) is None:
         raise ValueError(f"{why} needs {package}, which is not installed: `pip install {package}` (or `pip install moldiff[extra]`)")
 
