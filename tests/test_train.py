@@ -413,3 +413,19 @@ def test_a_training_set_smaller_than_one_batch_is_an_error(tmp_path):
         check_one_batch(tiny_cfg(tmp_path, "trainer=ddp_cpu", "batch_size=8"), 12)
     check_one_batch(tiny_cfg(tmp_path, "batch_size=8"), 8)
     check_one_batch(tiny_cfg(tmp_path, "batch_size=8", "batch_atoms=100"), 3)  # bounded batches take every molecule
+
+
+def test_training_output_has_no_advertisement_or_known_harmless_warnings(tmp_path):
+    """Issue 32: training printed Lightning's litlogger advertisement, torch's LeafSpec deprecation
+    and the model summary's bf16 warning."""
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "experiment=tiny", "trainer.max_steps=2",
+                        "trainer.precision=bf16-mixed", "logs=[]", f"checkpoint.dir={tmp_path / 'ckpt'}", f"hydra.run.dir={tmp_path}"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    out = p.stdout + p.stderr
+    assert "Trainable params" in out  # Lightning still speaks
+    for noise in ("💡", "litlogger", "LeafSpec", "not supported by the model summary"):
+        assert noise not in out, noise

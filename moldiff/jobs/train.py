@@ -23,6 +23,7 @@ from moldiff.nn.context import Context
 from moldiff.nn.cpu_tuning import tune_once
 from moldiff.sampling.samplers import SAMPLERS
 from moldiff.train.callbacks import AtomicCheckpointIO, LegTimer, SampleAndEvaluate, SaveAtEnd, ShadowEMA
+from moldiff.train.quiet import quiet_third_party
 from moldiff.train.module import DiffusionModule, TrainingRecord, lr_factor
 
 
@@ -117,6 +118,7 @@ def size_histogram(ds: MoleculeDataset) -> dict[int, int]:
 
 
 def prepare(cfg) -> None:
+    quiet_third_party()  # no advertisement, no known-harmless warnings in the run's output
     if cfg.trainer.accelerator == "cpu":
         tune_once()  # faster CPU steps (docs/performance.md); process-wide, once
     pl.seed_everything(int(cfg.seed), workers=True)
