@@ -47,6 +47,9 @@ PROPERTY_COLUMNS = {
     "H": ("Enthalphy_298K_au", HARTREE_TO_EV),
     "G": ("GibbsFreeEnergy_298K_au", HARTREE_TO_EV),
 }
+# the unit of each property as PROPERTY_COLUMNS gives it (EDM's), for printed figures
+PROPERTY_UNITS = {"mu": "D", "alpha": "Bohr³", "homo": "eV", "lumo": "eV", "gap": "eV", "Cv": "cal/(mol K)", "r2": "Bohr²",
+                  "zpve": "meV", "U0": "eV", "U": "eV", "H": "eV", "G": "eV"}
 # the six properties EDM conditions on and EEGSDE guides towards
 QM9_TARGETS = ("alpha", "gap", "homo", "lumo", "mu", "Cv")
 

@@ -28,7 +28,7 @@ from moldiff.jobs.sample import batch_bounds, check_options, drop_non_finite, wr
 from moldiff.model.checkpoint import checkpoint_path, load_file, property_checkpoint_path
 from moldiff.model.diffusion import DiffusionModel
 from moldiff.nn.context import ContextSlot
-from moldiff.data.qm9 import QM9_TARGETS
+from moldiff.data.qm9 import PROPERTY_UNITS, QM9_TARGETS
 from moldiff.sampling.generate import generate
 from moldiff.sampling.samplers import SAMPLERS
 from moldiff.train.property_module import PropertyModule
@@ -106,6 +106,14 @@ def base_eps(module, prop: str | None):
     return module.eps_fn(context=slot), slot
 
 
+def mae_line(prop: str, result: dict, n_made: int, n: int) -> str:
+    """The printed MAE, in the property's unit."""
+    mae = "n/a" if result["mae"] is None else f"{result['mae']:.4g} {PROPERTY_UNITS[prop]}"
+    unscored = n_made - result["n_scored"]
+    return (f"{prop}: MAE {mae} ({result['scored_by']}) over {result['n_scored']} of {n} molecules"
+            + (f"; {unscored} with a non-finite prediction" if unscored else ""))
+
+
 def run_guidance(cfg, output_dir) -> dict:
     check_config(cfg)
     out = Path(cfg.output) if cfg.output else Path(output_dir)
@@ -174,9 +182,6 @@ def run_guidance(cfg, output_dir) -> dict:
     result["metrics"] = write_outputs(mols, module, out, cfg) if len(mols) else {}  # files always; metrics unless evaluation=null
     write_json(out / "guidance.json", result)  # a non-finite prediction is null there
     if "mae" in result:
-        mae = "n/a" if result["mae"] is None else f"{result['mae']:.4g}"
-        unscored = len(mols) - result["n_scored"]
-        print(f"{cfg.property}: MAE {mae} ({result['scored_by']}) over {result['n_scored']} of {n} molecules"
-              + (f"; {unscored} with a non-finite prediction" if unscored else ""))
+        print(mae_line(cfg.property, result, len(mols), n))
     print(f"guidance failures: {result['guidance']['failures'] or 'none'}")
     return result
