@@ -234,3 +234,11 @@ def test_a_missing_optional_package_fails_before_sampling(tmp_path, monkeypatch,
         sample_run.run_sampling(sample_cfg("n=1", "steps=1", override, f"output={tmp_path / 'out'}"), tmp_path)
     assert stop.value.code == 2
     assert capsys.readouterr().err.splitlines() == [message]
+
+
+def test_the_sampling_job_says_what_it_samples_and_roughly_how_long():
+    """Issue 32: long jobs say what they are doing and roughly how long it takes."""
+    assert sample_run.announce(sample_cfg("n=1000"), 1000, 0, "cpu") == "sampling 1000 molecules (ancestral, 300 steps, cpu): ~5 min on 2 CPU cores"
+    assert sample_run.announce(sample_cfg("n=20", "sampler=ode_dpm2", "steps=50"), 20, 0, "cpu") == \
+        "sampling 20 molecules (ode_dpm2, 50 steps, cpu): ~2 s on 2 CPU cores"
+    assert sample_run.announce(sample_cfg("ckpt=my.ckpt"), 1000, 1, "cpu") == "sampling 1000 molecules (ancestral, 300 steps, cpu), 1 batches already done"

@@ -65,6 +65,23 @@ def resolve_targets(target, module, n: int):
     return torch.tensor(values, dtype=torch.float32).expand(n, -1)
 
 
+# The shipped model on the project's 2-core CPU: n=1000, 300 ancestral steps in 289 s
+# (benchmarks/README.md), i.e. seconds per molecule and network call; the samplers' calls per step
+SHIPPED_CPU_SECONDS = 289 / (1000 * 300)
+CALLS_PER_STEP = {"ancestral": 1, "euler_maruyama": 1, "ode_heun": 2, "ode_dpm2": 2}
+
+
+def announce(cfg, n: int, done: int, device) -> str:
+    """What the job is about to sample and, for the shipped model on a CPU, roughly how long it takes."""
+    line = f"sampling {n} molecules ({cfg.sampler}, {cfg.steps} steps, {device})" + (f", {done} batches already done" if done else "")
+    calls = CALLS_PER_STEP.get(str(cfg.sampler))
+    if str(cfg.ckpt) == "shipped" and torch.device(device).type == "cpu" and calls and not done:
+        seconds = n * int(cfg.steps) * calls * SHIPPED_CPU_SECONDS
+        line += f": ~{seconds:.0f} s" if seconds < 90 else f": ~{seconds / 60:.0f} min"
+        line += " on 2 CPU cores"
+    return line
+
+
 def check_config(cfg) -> None:
     if int(cfg.n) < 1:
         raise ValueError(f"n must be >= 1, got {cfg.n}")
@@ -134,6 +151,7 @@ def run_sampling(cfg, output_dir: str | Path) -> dict:
     if done:
         print(f"resuming: {len(done)} finished batches in {partial.folder}")
 
+    print(announce(cfg, n, len(done), device), flush=True)
     t0 = time.perf_counter()
     mols = _generate(module, cfg, n, device, done, partial)
     seconds = time.perf_counter() - t0
