@@ -7,7 +7,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = str(ROOT / "configs")
 JOBS = ["evaluate", "guide", "likelihood", "refine_bridge", "sample", "train", "train_property"]
 TRAINED = ["train", "train_property", "refine_bridge"]  # the jobs with a `trainer` group
 # trainer option: (accelerator, devices, strategy, precision)
@@ -81,3 +82,23 @@ def test_checkpoint_block():
         assert ck.dir is None and ck.resume == "auto"
         assert ck.every_n_train_steps == (100 if name == "refine_bridge" else 500)
     assert _compose("train", ["checkpoint.dir=/tmp/x", "checkpoint.resume=null"]).checkpoint.resume is None
+
+
+def test_an_unknown_plus_key_is_refused_like_a_typo(tmp_path):
+    """Issue 32: Hydra answers stpes=10 with "use +stpes=10 to append"; doing so ran with exit 0
+    and ignored the key. It is one line and exit status 2, before any work."""
+    import subprocess
+    import sys
+
+    from moldiff.jobs.cli import refuse_additions
+
+    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "sample.py"), "+stpes=10", "n=1", f"output={tmp_path / 'out'}",
+                        f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert p.stderr.strip().splitlines() == [
+        "error: stpes: unknown key; '+stpes=...' would add a key no job reads, so it is refused like a typo "
+        "(the keys are in configs/sample.yaml; '+' adds only under options, hydra)"]
+    assert not (tmp_path / "out").exists()
+    refuse_additions(["+options.snr=0.1", "+options={snr:0.1}", "++steps=10", "steps=10"])  # the open dict; not additions
+    with pytest.raises(ValueError, match="^evaluation.foo: unknown key"):
+        refuse_additions(["+evaluation.foo=1"])

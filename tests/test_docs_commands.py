@@ -83,6 +83,8 @@ def _substitute(args, files):
             a = f"input={files['xyz']}"
         elif key in ("input",) and value.startswith("geom:") and value.endswith(".npz"):
             a = f"input=geom:{files['npz']}"
+        elif key in ("dataset.train", "dataset.val") and value.endswith(".sdf"):
+            a = f"{key}={files['sdf']}"
         elif key == "output":
             a = f"output={files['tmp'] / Path(value).name}"
         out.append(a)
@@ -141,3 +143,21 @@ def test_cheap_documented_command_runs(where, script, args, stand_ins, tmp_path)
     run = {"sample": sample.run_sampling, "evaluate": evaluate.run_evaluation, "likelihood": likelihood.run_likelihood,
            "guide": guide.run_guidance}[script]
     run(cfg, tmp_path)
+
+
+OWN_SDF = [c for c in COMMANDS if c[1] == "train" and any(a.startswith("dataset.train=") and a.endswith(".sdf") for a in c[2])]
+
+
+@pytest.mark.parametrize("where,script,args", OWN_SDF, ids=[c[0] for c in OWN_SDF])
+def test_documented_training_on_your_own_sdf_runs(where, script, args, stand_ins, tmp_path):
+    """Issue 32: training on one's own SDF worked but was not documented."""
+    args = _substitute(args, stand_ins)
+    shrink = ["batch_size=2", "trainer.max_steps=2", "trainer.enable_progress_bar=false", "logs=[]", "evaluate.every_n_epochs=0",
+              f"checkpoint.dir={tmp_path / 'ckpt'}"]
+    keys = {a.split("=")[0] for a in shrink}
+    train.run_training(_compose(script, [a for a in args if a.split("=")[0] not in keys] + shrink), tmp_path)
+    assert (tmp_path / "ckpt" / "last.ckpt").is_file()
+
+
+def test_training_on_your_own_sdf_is_documented():
+    assert OWN_SDF, "no documented command trains on an SDF of one's own"

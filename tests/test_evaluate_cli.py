@@ -160,3 +160,21 @@ def test_table_reports_posebusters_counts():
     assert "PoseBusters: 50.00 % pass every check, of 2 checked; 3 could not be checked, 1 of them timed out" in lines
     result["posebusters"] |= {"pb_valid": float("nan"), "n_checked": 0, "n_timed_out": 0}
     assert "PoseBusters: none checked; 3 could not be checked" in format_table(result).splitlines()
+
+
+def test_an_sdf_input_is_told_that_its_bonds_are_re_derived(tmp_path, capsys):
+    """Issue 32: evaluate.py ignored an SDF's bonds and re-perceived them without saying so."""
+    from hydra import compose, initialize_config_dir
+
+    from conftest import embedded
+    from moldiff.io.convert import to_rdkit
+    from moldiff.io.writers import write_sdf
+    from moldiff.jobs.evaluate import SDF_NOTE, run_evaluation
+
+    write_sdf(tmp_path / "in.sdf", to_rdkit(MoleculeSet.from_list([embedded("CCO")])))
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("evaluate", [f"input={tmp_path / 'in.sdf'}", "reference=null", "novelty=null", "workers=1",
+                                   f"output={tmp_path / 'm.json'}"])
+    run_evaluation(cfg, tmp_path)
+    assert SDF_NOTE in capsys.readouterr().out.splitlines()
+    assert SDF_NOTE.startswith("input bonds: not read; each protocol derives bonds from the coordinates")

@@ -488,3 +488,14 @@ def test_property_learning_rate_anneals_over_the_budget(tiny_models, max_steps, 
         sched["scheduler"].optimizer.step()
         sched["scheduler"].step()
     assert sched["scheduler"].get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_the_printed_mae_carries_the_propertys_unit():
+    """Issue 32: "alpha: MAE 2.854 (evaluator)" gave no unit."""
+    from moldiff.data.qm9 import QM9_TARGETS, PROPERTY_UNITS
+    from moldiff.jobs.guide import mae_line
+
+    result = {"mae": 2.8543, "scored_by": "evaluator", "n_scored": 9}
+    assert mae_line("alpha", result, 10, 10) == "alpha: MAE 2.854 Bohr³ (evaluator) over 9 of 10 molecules; 1 with a non-finite prediction"
+    assert mae_line("gap", {**result, "n_scored": 10}, 10, 10) == "gap: MAE 2.854 eV (evaluator) over 10 of 10 molecules"
+    assert set(QM9_TARGETS) <= set(PROPERTY_UNITS)

@@ -79,3 +79,65 @@ def test_user_dataset_checks_names_and_caches(tmp_path):
     assert names == ["u.xyz#0", "u.xyz#2"] and len(mols) == 2
     assert report.to_dict()["rejected"] == {"nonfinite_coordinates": 1}
     assert MoleculeSet.load(tmp_path / "u.npz").n_atoms.tolist() == [3, 3]
+
+
+def _nitromethane_and_a_broken_one() -> MoleculeSet:
+    """Nitromethane (charges that EDM's bonds cannot express), and ethanol without its last H: an
+    odd electron count, no structure."""
+    z, x = embedded("CCO")
+    return MoleculeSet.from_list([embedded("C[N+](=O)[O-]"), (z[:-1], x[:-1])])
+
+
+def test_to_rdkit_gives_a_writable_molecule_for_every_entry(tmp_path):
+    """Issue 32: to_rdkit returned unsanitised molecules, and bonds="perceive" None entries that
+    broke write_sdf. The default is the perceived structure where there is one, EDM's bonds
+    otherwise, and every molecule it returns can be written as SMILES and SDF."""
+    from rdkit import Chem
+
+    from moldiff.io.convert import to_rdkit
+
+    mols = _nitromethane_and_a_broken_one()
+    best = to_rdkit(mols)
+    assert [m is None for m in to_rdkit(mols, bonds="perceive")] == [False, True]
+    assert Chem.MolToSmiles(Chem.RemoveHs(best[0])) == "C[N+](=O)[O-]"
+    for mol in (*best, *to_rdkit(mols, bonds="edm")):
+        assert Chem.MolToSmiles(mol)
+    write_sdf(tmp_path / "x.sdf", best)
+    assert (tmp_path / "x.sdf").read_text().count("$$$$") == 2
+
+
+def test_to_rdkit_uses_a_sets_own_bonds_and_charges():
+    from rdkit import Chem
+
+    from moldiff.io.convert import to_rdkit
+
+    z, x = embedded("C[N+](=O)[O-]")
+    mol = Chem.AddHs(Chem.MolFromSmiles("C[N+](=O)[O-]"))  # embedded() keeps RDKit's atom order
+    bonds = [(min(b.GetBeginAtomIdx(), b.GetEndAtomIdx()), max(b.GetBeginAtomIdx(), b.GetEndAtomIdx()), int(b.GetBondTypeAsDouble()))
+             for b in mol.GetBonds()]
+    charges = [a.GetFormalCharge() for a in mol.GetAtoms()]
+    own = MoleculeSet(z, x, np.array([0, len(z)]), charges=charges, bonds=bonds, bond_offsets=np.array([0, len(bonds)]))
+    out = to_rdkit(own)[0]  # bonds="own" by default for a set that carries bonds
+    assert [a.GetFormalCharge() for a in out.GetAtoms()] == charges
+    assert Chem.MolToSmiles(Chem.RemoveHs(out)) == "C[N+](=O)[O-]"
+
+
+def test_write_sdf_refuses_bad_entries_before_writing_anything(tmp_path):
+    """Issue 32: [mol, None] raised Boost's ArgumentError halfway, with the RDKit writer left open."""
+    from moldiff.io.convert import to_rdkit
+
+    mol = to_rdkit(_nitromethane_and_a_broken_one())[0]
+    with pytest.raises(ValueError, match=r"write_sdf: entries \[1\] of 2 are not RDKit molecules"):
+        write_sdf(tmp_path / "x.sdf", [mol, None])
+    with pytest.raises(ValueError, match="1 names for 2 molecules"):
+        write_sdf(tmp_path / "x.sdf", [mol, mol], ["a"])
+
+    class Unprintable:
+        def __str__(self):
+            raise RuntimeError("no text")
+
+    with pytest.raises(RuntimeError, match="no text"):  # an error while writing: nothing left behind
+        write_sdf(tmp_path / "x.sdf", [mol, mol], properties=[{"p": 1}, {"p": Unprintable()}])
+    assert list(tmp_path.iterdir()) == []
+    write_sdf(tmp_path / "y.sdf", [mol])  # and the next write works
+    assert (tmp_path / "y.sdf").read_text().count("$$$$") == 1

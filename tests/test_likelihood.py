@@ -183,3 +183,18 @@ def test_ode_nll_through_an_egnn_hutchinson_agrees_with_exact():
     exact = ode_nll(eps_fn, SDE, x, h, batch, n, rtol=1e-6, atol=1e-6)["nll"]
     hutch = ode_nll(eps_fn, SDE, x, h, batch, n, divergence="hutchinson", probes=32, rtol=1e-6, atol=1e-6, generator=g)
     assert ((hutch["nll"] - exact).abs() < 3 * hutch["nll_se"] + 1e-6).all()
+
+
+def test_likelihood_job_says_what_it_will_cost_before_it_starts():
+    """Issue 32: the README's likelihood command ran ~75 minutes without a word about its cost."""
+    from hydra import compose, initialize_config_dir
+
+    from moldiff.jobs.likelihood import cost_estimate
+
+    root = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "configs")
+    with initialize_config_dir(root, version_base="1.3"):
+        full = compose("likelihood", ["split=test", "n=1000", "method=elbo"])
+        ode = compose("likelihood", ["method=ode", "ode.probes=1"])
+    assert cost_estimate(full, 1000) == ("ELBO of 1000 molecules, 1000 network calls each: about 75 min on 2 CPU cores "
+                                         "(elbo.timesteps=100: an unbiased estimate at a tenth of the cost)")
+    assert cost_estimate(ode, 50) == "ODE NLL of 50 molecules, 1 Hutchinson probe(s) each: about 2 min on 2 CPU cores"

@@ -107,3 +107,41 @@ def test_to_rdkit_perceives_with_the_given_or_searched_charge(tmp_path):
     for m in (one, from_xyz):
         mol = to_rdkit(m, bonds="perceive")[0]
         assert Chem.MolToSmiles(Chem.RemoveHs(mol)) == "[NH3+]CCCP(=O)(O)CCc1ccccc1"
+
+
+def test_loading_a_model_tunes_the_cpu_allocator_once_like_the_scripts():
+    """The Python API ran up to 4x slower than sample.py, which tuned the allocator and the API did
+    not: loading a CPU model applies the same settings, once, in a fresh process."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os; from moldiff.nn import cpu_tuning as c; from moldiff.model.diffusion import DiffusionModel; "
+            "assert not c.tuned(); DiffusionModel.load('shipped'); "
+            "print(c.tuned(), os.environ['DNNL_PRIMITIVE_CACHE_CAPACITY'])")
+    env = {k: v for k, v in os.environ.items() if k not in ("DNNL_PRIMITIVE_CACHE_CAPACITY", "MOLDIFF_CPU_TUNING")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "64"]
+    off = subprocess.run([sys.executable, "-c", code.replace("print(c.tuned(), os.environ['DNNL_PRIMITIVE_CACHE_CAPACITY'])",
+                                                             "print(c.tuned())")],
+                         env={**env, "MOLDIFF_CPU_TUNING": "0"}, capture_output=True, text=True, timeout=300)
+    assert off.stdout.split() == ["False"]
+
+
+def test_sample_takes_one_atom_count_for_all_like_the_command_line(tiny_diffusion):
+    """Issue 32: model.sample(4, sizes=12) raised "len() of a 0-d tensor"."""
+    model = DiffusionModel.load(tiny_diffusion)
+    mols = model.sample(3, steps=2, sizes=12, progress=False)
+    assert list(mols.n_atoms) == [12, 12, 12]
+
+
+def test_sample_says_what_it_is_doing_in_one_line_unless_asked_otherwise(tiny_diffusion, capsys):
+    """Issue 32: the Python API ran ~5 minutes without a word."""
+    model = DiffusionModel.load(tiny_diffusion)
+    model.sample(2, steps=2, sizes=[5, 6])
+    err = capsys.readouterr().err
+    assert err.startswith("sampling 2 molecules (ancestral, 2 steps, cpu; progress=True for a bar) ... ") and err.endswith(" s\n")
+    assert err.count("\n") == 1
+    model.sample(2, steps=2, sizes=[5, 6], progress=False)
+    assert capsys.readouterr().err == ""

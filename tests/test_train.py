@@ -400,3 +400,32 @@ def test_atom_bounded_batches_resume_mid_epoch_exactly(tmp_path, monkeypatch):
     resumed = train_run.run_training(tiny_cfg(tmp_path / "b", *args), tmp_path / "b")
     a, b = params(full), params(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_training_set_smaller_than_one_batch_is_an_error(tmp_path):
+    """Issue 32: a training set smaller than batch_size trained nothing and exited 0."""
+    from moldiff.jobs.train import check_one_batch
+
+    with pytest.raises(ValueError) as err:
+        train_run.run_training(tiny_cfg(tmp_path, "dataset.train_max=5", "batch_size=8"), tmp_path)
+    assert str(err.value) == "dataset.train: 5 usable molecules, fewer than batch_size=8: no full batch to train on; set batch_size=5 or less"
+    with pytest.raises(ValueError, match=r"fewer than batch_size=8 per process \(2 processes\): .* set batch_size=6 or less"):
+        check_one_batch(tiny_cfg(tmp_path, "trainer=ddp_cpu", "batch_size=8"), 12)
+    check_one_batch(tiny_cfg(tmp_path, "batch_size=8"), 8)
+    check_one_batch(tiny_cfg(tmp_path, "batch_size=8", "batch_atoms=100"), 3)  # bounded batches take every molecule
+
+
+def test_training_output_has_no_advertisement_or_known_harmless_warnings(tmp_path):
+    """Issue 32: training printed Lightning's litlogger advertisement, torch's LeafSpec deprecation
+    and the model summary's bf16 warning."""
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "experiment=tiny", "trainer.max_steps=2",
+                        "trainer.precision=bf16-mixed", "logs=[]", f"checkpoint.dir={tmp_path / 'ckpt'}", f"hydra.run.dir={tmp_path}"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    out = p.stdout + p.stderr
+    assert "Trainable params" in out  # Lightning still speaks
+    for noise in ("💡", "litlogger", "LeafSpec", "not supported by the model summary"):
+        assert noise not in out, noise

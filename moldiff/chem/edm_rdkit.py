@@ -62,5 +62,6 @@ def edm_rdkit_mols(mols: MoleculeSet, graph: BondGraph) -> list:
                 Chem.SanitizeMol(mol)
             except Exception:  # invalid molecules are kept (and counted invalid by the evaluation)
                 mol.UpdatePropertyCache(strict=False)
+                Chem.FastFindRings(mol)  # a failed sanitisation can leave no ring info: SMILES and writers need it
             out.append(mol)
     return out

@@ -14,6 +14,7 @@ as Cormorant's tar filter keeps it. The conditional-design halves (EDM's ``qm9_f
 
 from __future__ import annotations
 
+import sys
 import warnings
 from pathlib import Path
 
@@ -46,6 +47,9 @@ PROPERTY_COLUMNS = {
     "H": ("Enthalphy_298K_au", HARTREE_TO_EV),
     "G": ("GibbsFreeEnergy_298K_au", HARTREE_TO_EV),
 }
+# the unit of each property as PROPERTY_COLUMNS gives it (EDM's), for printed figures
+PROPERTY_UNITS = {"mu": "D", "alpha": "Bohr³", "homo": "eV", "lumo": "eV", "gap": "eV", "Cv": "cal/(mol K)", "r2": "Bohr²",
+                  "zpve": "meV", "U0": "eV", "U": "eV", "H": "eV", "G": "eV"}
 # the six properties EDM conditions on and EEGSDE guides towards
 QM9_TARGETS = ("alpha", "gap", "homo", "lumo", "mu", "Cv")
 
@@ -146,6 +150,7 @@ def load_qm9(split: str = "all", remove_h: bool = False, root: Path | None = Non
     paths = cache_paths(root)
     key = "noh" if remove_h else "h"
     if not paths[key].exists():
+        print(f"building the QM9 cache in {paths[key].parent} (once, ~10 s)", file=sys.stderr, flush=True)
         build_cache(root)
     mols = MoleculeSet.load(paths[key])
     return select_split(mols, split)

@@ -17,6 +17,7 @@ from moldiff.data.report import InputReport
 from moldiff.data.elements import VOCABULARIES, vocabulary
 from moldiff.data.sources import load_source
 from moldiff.io.writers import atomic_write
+from moldiff.jobs.cli import require_package
 from moldiff.metrics.evaluate import PROTOCOLS, evaluate
 from moldiff.metrics.novelty import training_smiles
 from moldiff.metrics.posebusters_checks import check_timeout
@@ -31,6 +32,11 @@ ROWS = [
     ("novelty", "novelty"),
     ("connectivity", "connected"),
 ]
+
+
+# An SDF's bonds are not what is judged: both protocols derive bonds from the coordinates (docs/evaluation.md)
+SDF_NOTE = ("input bonds: not read; each protocol derives bonds from the coordinates (EDM's from distances, the corrected "
+            "one by RDKit perception); the records' formal charges give each molecule's total charge")
 
 
 def strict_json(obj):
@@ -73,6 +79,9 @@ def check_config(cfg) -> dict:
     if cfg.vocabulary != "auto" and cfg.vocabulary not in VOCABULARIES:
         raise ValueError(f"unknown vocabulary {cfg.vocabulary!r}; use one of {', '.join(VOCABULARIES)} or auto")
     counts = {key: count(cfg, key) for key in ("posebusters", "xtb")}
+    for key, package in (("posebusters", "posebusters"), ("xtb", "tblite")):
+        if counts[key]:
+            require_package(package, f"{key}={counts[key]}")
     counts["reference_max"] = count(cfg, "reference_max", least=1)
     check_timeout(cfg.posebusters_timeout, "posebusters_timeout")
     if cfg.novelty is not None and cfg.novelty not in ("qm9:train", "qm9_noh:train"):
@@ -146,6 +155,8 @@ def run_evaluation(cfg, output_dir: str | Path) -> dict:
     )
     result["source"] = cfg.input
     print(format_table(result))
+    if Path(str(cfg.input)).suffix.lower() in (".sdf", ".sd", ".mol"):
+        print(SDF_NOTE)
     out = Path(cfg.output) if cfg.output else Path(output_dir) / "metrics.json"
     write_json(out, result)
     print(f"\nwrote {out}")

@@ -22,13 +22,14 @@ import torch
 from moldiff.guidance.baselines import atoms_baseline, evaluator_bounds, predict, protocol_pairs
 from moldiff.guidance.guided import GuidanceReport, Scale, check_clip, guided
 from moldiff.guidance.property_energy import PropertyEnergy
+from moldiff.jobs.cli import require_package
 from moldiff.jobs.evaluate import write_json
 from moldiff.jobs.sample import batch_bounds, check_options, drop_non_finite, write_outputs
 from moldiff.model.checkpoint import checkpoint_path, property_checkpoint_path
 from moldiff.model.diffusion import DiffusionModel
 from moldiff.model.property import PropertyModel
 from moldiff.nn.context import ContextSlot
-from moldiff.data.qm9 import QM9_TARGETS
+from moldiff.data.qm9 import PROPERTY_UNITS, QM9_TARGETS
 from moldiff.sampling.generate import generate
 from moldiff.sampling.samplers import SAMPLERS
 
@@ -66,6 +67,8 @@ def check_config(cfg) -> None:
         raise ValueError("mode=protocol needs a property")
     if float(cfg.scale) < 0 or float(cfg.xtb.scale) < 0:
         raise ValueError("guidance scales must be >= 0")
+    if float(cfg.xtb.scale) > 0:
+        require_package("tblite", f"xtb.scale={cfg.xtb.scale}")
     Scale(cfg.scale, cfg.t_min, cfg.t_max, cfg.scale_kind)
     check_clip(cfg.get("clip"))
     if cfg.sampler not in SAMPLERS:
@@ -100,6 +103,14 @@ def base_eps(module, prop: str | None):
         raise ValueError(f"the base model is conditional on {module.context.names}: it can only be guided towards that property, not {prop!r}")
     slot = ContextSlot()
     return module.eps_fn(context=slot), slot
+
+
+def mae_line(prop: str, result: dict, n_made: int, n: int) -> str:
+    """The printed MAE, in the property's unit."""
+    mae = "n/a" if result["mae"] is None else f"{result['mae']:.4g} {PROPERTY_UNITS[prop]}"
+    unscored = n_made - result["n_scored"]
+    return (f"{prop}: MAE {mae} ({result['scored_by']}) over {result['n_scored']} of {n} molecules"
+            + (f"; {unscored} with a non-finite prediction" if unscored else ""))
 
 
 def run_guidance(cfg, output_dir) -> dict:
@@ -172,9 +183,6 @@ def run_guidance(cfg, output_dir) -> dict:
     result["metrics"] = write_outputs(mols, module, out, cfg) if len(mols) else {}  # files always; metrics unless evaluation=null
     write_json(out / "guidance.json", result)  # a non-finite prediction is null there
     if "mae" in result:
-        mae = "n/a" if result["mae"] is None else f"{result['mae']:.4g}"
-        unscored = len(mols) - result["n_scored"]
-        print(f"{cfg.property}: MAE {mae} ({result['scored_by']}) over {result['n_scored']} of {n} molecules"
-              + (f"; {unscored} with a non-finite prediction" if unscored else ""))
+        print(mae_line(cfg.property, result, len(mols), n))
     print(f"guidance failures: {result['guidance']['failures'] or 'none'}")
     return result

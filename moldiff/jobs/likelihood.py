@@ -45,6 +45,32 @@ def check_config(cfg) -> None:
     checkpoint_path(cfg.ckpt)
 
 
+# Seconds per molecule measured on the project's 2-core CPU (float64; docs/likelihood.md,
+# benchmarks/README.md): the ELBO per timestep scored, the ODE per Hutchinson probe.
+CPU_SECONDS = {"elbo_per_timestep": 0.0045, "ode_per_probe": 2.4}
+
+
+def cost_estimate(cfg, n: int) -> str:
+    """One line on what the job is about to do and roughly how long it takes on a 2-core CPU: the
+    full T = 1000 ELBO of 1000 molecules runs ~75 min, which nothing said before."""
+    if cfg.method == "elbo":
+        steps = int(cfg.elbo.T) if cfg.elbo.timesteps == "all" else int(cfg.elbo.timesteps)
+        seconds = n * steps * CPU_SECONDS["elbo_per_timestep"]
+        what = f"ELBO of {n} molecules, {steps} network calls each"
+        cheaper = " (elbo.timesteps=100: an unbiased estimate at a tenth of the cost)" if steps > 100 else ""
+    elif cfg.ode.divergence == "hutchinson":
+        seconds = n * int(cfg.ode.probes) * CPU_SECONDS["ode_per_probe"]
+        what = f"ODE NLL of {n} molecules, {int(cfg.ode.probes)} Hutchinson probe(s) each"
+        cheaper = " (ode.probes=1 halves it)" if int(cfg.ode.probes) > 1 else ""
+    else:
+        return f"ODE NLL of {n} molecules with the exact divergence: one backward pass per dimension, far slower than Hutchinson (hours on a CPU)"
+    return f"{what}: about {_duration(seconds)} on 2 CPU cores{cheaper}"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
 def split_spec(split: str, dataset: str) -> str:
     """A full spec (qm9:test) or a file or folder as it is; a bare name (train, valid, test) is a
     split of the checkpoint's dataset."""
@@ -119,6 +145,7 @@ def run_likelihood(cfg, output_dir) -> dict:
                   cfg.batch_size, cfg.ema)
     partial = PartialResults(out / f".partial_{cfg.method}", key)
     done = set(partial.finished())
+    print(cost_estimate(cfg, len(ds)) + (f"; {len(done)} of {len(batches)} batches already done" if done else ""), flush=True)
     t0 = time.perf_counter()
     with tqdm(total=len(ds), unit="mol", desc=f"{cfg.method} NLL") as bar:
         for k, idx in enumerate(batches):

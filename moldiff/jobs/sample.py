@@ -1,5 +1,6 @@
 """The sampling job behind ``scripts/sample.py``: load a checkpoint (the shipped one by default),
-sample, write ``samples.sdf``, ``samples.xyz``, ``samples.png`` and ``metrics.json``.
+sample, write ``samples.sdf`` and ``samples_valid.sdf`` (``moldiff.io.sample_sdf``), ``samples.xyz``,
+``samples.png`` and ``metrics.json``.
 
 ``metrics.json`` is computed by the evaluation job on the written ``samples.sdf`` itself, so it is
 exactly what ``scripts/evaluate.py input=samples.sdf`` reports. Finished batches are kept in
@@ -19,20 +20,19 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from moldiff.chem.edm_protocol import edm_bond_graph
-from moldiff.chem.edm_rdkit import edm_rdkit_mols
 from moldiff.data.loader import checked_batch_bounds
 from moldiff.data.molecules import MoleculeSet
 from moldiff.data.report import InputReport
 from moldiff.io.depict import write_grid_png
 from moldiff.io.partial import PartialResults, run_key
-from moldiff.io.writers import write_sdf, write_xyz
+from moldiff.io.sample_sdf import write_sample_sdfs
+from moldiff.io.writers import write_xyz
 from moldiff.jobs.evaluate import check_config as check_evaluation
 from moldiff.jobs.evaluate import run_evaluation, write_json
 from moldiff.model.build import plain as _plain
 from moldiff.model.checkpoint import checkpoint_path
 from moldiff.model.diffusion import DiffusionModel
-from moldiff.nn.cpu_tuning import tune_cpu_allocator
+from moldiff.nn.cpu_tuning import tune_once
 from moldiff.sampling.generate import PRECISIONS, generate
 from moldiff.sampling.samplers import SAMPLERS, with_recommended
 
@@ -63,6 +63,23 @@ def resolve_targets(target, module, n: int):
     if len(values) != len(context.names):
         raise ValueError(f"target: {len(values)} values for the model's {len(context.names)} properties {context.names}")
     return torch.tensor(values, dtype=torch.float32).expand(n, -1)
+
+
+# The shipped model on the project's 2-core CPU: n=1000, 300 ancestral steps in 289 s
+# (benchmarks/README.md), i.e. seconds per molecule and network call; the samplers' calls per step
+SHIPPED_CPU_SECONDS = 289 / (1000 * 300)
+CALLS_PER_STEP = {"ancestral": 1, "euler_maruyama": 1, "ode_heun": 2, "ode_dpm2": 2}
+
+
+def announce(cfg, n: int, done: int, device) -> str:
+    """What the job is about to sample and, for the shipped model on a CPU, roughly how long it takes."""
+    line = f"sampling {n} molecules ({cfg.sampler}, {cfg.steps} steps, {device})" + (f", {done} batches already done" if done else "")
+    calls = CALLS_PER_STEP.get(str(cfg.sampler))
+    if str(cfg.ckpt) == "shipped" and torch.device(device).type == "cpu" and calls and not done:
+        seconds = n * int(cfg.steps) * calls * SHIPPED_CPU_SECONDS
+        line += f": ~{seconds:.0f} s" if seconds < 90 else f": ~{seconds / 60:.0f} min"
+        line += " on 2 CPU cores"
+    return line
 
 
 def check_config(cfg) -> None:
@@ -125,7 +142,7 @@ def run_sampling(cfg, output_dir: str | Path) -> dict:
     path = checkpoint_path(cfg.ckpt)
     device = torch.device(cfg.device)
     if device.type == "cpu":
-        tune_cpu_allocator()
+        tune_once()
     module = DiffusionModel.load(path, device)
     n = int(cfg.n)
 
@@ -134,6 +151,7 @@ def run_sampling(cfg, output_dir: str | Path) -> dict:
     if done:
         print(f"resuming: {len(done)} finished batches in {partial.folder}")
 
+    print(announce(cfg, n, len(done), device), flush=True)
     t0 = time.perf_counter()
     mols = _generate(module, cfg, n, device, done, partial)
     seconds = time.perf_counter() - t0
@@ -178,12 +196,12 @@ def sampler_options(cfg) -> dict:
 
 
 def write_files(mols: MoleculeSet, module, out: Path, names: list[str]) -> None:
-    vocab = module.layout.vocab
     write_xyz(out / "samples.xyz", mols, names)
-    rd = edm_rdkit_mols(mols, edm_bond_graph(mols, vocab))
-    write_sdf(out / "samples.sdf", rd, names)
-    write_grid_png(out / "samples.png", rd)
-    print(f"wrote {out / 'samples.sdf'}, {out / 'samples.xyz'}, {out / 'samples.png'}")
+    records = write_sample_sdfs(out, mols, module.layout.vocab, names)
+    write_grid_png(out / "samples.png", records.mols)
+    n_valid = sum(mol is not None for mol in records.valid)
+    print(f"wrote {out / 'samples.sdf'}, {out / 'samples_valid.sdf'} ({n_valid} of {len(mols)} molecules: corrected-valid), "
+          f"{out / 'samples.xyz'}, {out / 'samples.png'}")
 
 
 def evaluate_outputs(out: Path, cfg) -> dict:

@@ -18,12 +18,13 @@ from moldiff.data.report import InputReport
 from moldiff.data.sources import load_source
 from moldiff.model import build
 from moldiff.model.build import plain as _plain
-from moldiff.model.checkpoint import SHIPPED, read_checkpoint
+from moldiff.model.checkpoint import SHIPPED, load_file, read_checkpoint
 from moldiff.nn.context import Context
-from moldiff.nn.cpu_tuning import tune_cpu_allocator
+from moldiff.nn.cpu_tuning import tune_once
 from moldiff.sampling.samplers import SAMPLERS
 from moldiff.train.callbacks import AtomicCheckpointIO, LegTimer, SampleAndEvaluate, SaveAtEnd, ShadowEMA
 from moldiff.train.bond_module import BondDiffusionModule, field_loss
+from moldiff.train.quiet import quiet_third_party
 from moldiff.train.module import DiffusionModule, TrainingRecord, lr_factor
 from moldiff.data.elements import vocabulary
 from moldiff.data.state_dataset import BOND_CLASSES, StateDataset
@@ -161,8 +162,9 @@ def size_histogram(ds: MoleculeDataset) -> dict[int, int]:
 
 
 def prepare(cfg) -> None:
+    quiet_third_party()  # no advertisement, no known-harmless warnings in the run's output
     if cfg.trainer.accelerator == "cpu":
-        tune_cpu_allocator()  # faster CPU steps (docs/performance.md); process-wide, so only in the job
+        tune_once()  # faster CPU steps (docs/performance.md); process-wide, once
     pl.seed_everything(int(cfg.seed), workers=True)
 
 
@@ -174,7 +176,28 @@ def _batch_bounds(cfg, ds: MoleculeDataset) -> dict:
     return {"sizes": ds.mols.n_atoms, "max_atoms": bounds.get("batch_atoms"), "max_edges": bounds.get("batch_edges")}
 
 
+def world_size(trainer: dict) -> int:
+    """Processes a run trains on (devices x nodes); 1 where the config leaves it to Lightning ("auto")."""
+    devices = trainer.get("devices", 1)
+    n = len(devices) if isinstance(devices, (list, tuple)) else devices if isinstance(devices, int) and devices > 0 else 1
+    return n * int(trainer.get("num_nodes") or 1)
+
+
+def check_one_batch(cfg, n_train: int) -> None:
+    """Full batches only are trained on (the remainder waits for the next epoch's shuffle): a set
+    smaller than one batch per process would train nothing and still exit 0."""
+    if cfg.get("batch_atoms") is not None or cfg.get("batch_edges") is not None:
+        return  # bounded batches take every molecule
+    world = world_size(_plain(cfg.trainer))
+    if n_train // world < int(cfg.batch_size):
+        most = n_train // world
+        per = f" per process ({world} processes)" if world > 1 else ""
+        raise ValueError(f"dataset.train: {n_train} usable molecules, fewer than batch_size={cfg.batch_size}{per}: no full batch "
+                         f"to train on; " + (f"set batch_size={most} or less" if most else "add molecules"))
+
+
 def make_loaders(cfg, train: MoleculeDataset, val: MoleculeDataset | None):
+    check_one_batch(cfg, len(train))
     sampler = EpochBatchSampler(len(train), int(cfg.batch_size), seed=int(cfg.seed), **_batch_bounds(cfg, train))
     if sampler.oversized:  # never dropped: each trains in a batch of its own
         print(f"batch_atoms={cfg.get('batch_atoms')}, batch_edges={cfg.get('batch_edges')}: {sampler.oversized} training "
@@ -195,6 +218,7 @@ def resume_path(cfg, ckpt_dir: Path) -> str | None:
     elif cfg.checkpoint.resume:
         resume = str(cfg.checkpoint.resume)
     if resume:
+        load_file(resume)  # a file that is no checkpoint, or carries code, fails here in one line, not in Lightning
         print(f"resuming from {resume}")
     return resume
 

@@ -7,6 +7,7 @@ bond-length and angle histograms settle well before that, and it keeps the first
 from __future__ import annotations
 
 import re
+import sys
 
 import numpy as np
 
@@ -47,6 +48,8 @@ def reference_stats(spec: str = "qm9:train", max_molecules: int = 10_000, worker
     path = cache_dir("qm9") / f"reference_{re.sub(r'[^A-Za-z0-9_]+', '_', spec)}_{max_molecules}_v1.npz"
     if is_dataset and path.exists():
         return _load(path)
+    if is_dataset:
+        print(f"computing {spec}'s reference geometry statistics (once, cached in {path.parent}; ~10 s)", file=sys.stderr, flush=True)
     mols, _, _ = load_source(spec)
     if len(mols) > max_molecules:
         mols = mols.subset(np.sort(np.random.default_rng(0).choice(len(mols), max_molecules, replace=False)))

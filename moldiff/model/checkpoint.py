@@ -3,11 +3,14 @@
 A checkpoint is a plain dict (``state_dict`` of tensors, ``hyper_parameters`` and
 ``moldiff_record`` of plain containers), read with ``torch.load(weights_only=True)``: a file that
 carries anything else (a pickled object that could run code) is refused before any of it runs.
+Every unreadable file (not a checkpoint, truncated, carrying code) is a ``ValueError`` of one line.
 """
 
 from __future__ import annotations
 
 import pickle
+import re
+import zipfile
 from pathlib import Path
 
 import torch
@@ -33,12 +36,39 @@ def checkpoint_path(ckpt: str | Path) -> Path:
     return path
 
 
+class NotACheckpoint(ValueError):
+    """A file that is not a readable checkpoint: not one at all, or truncated or corrupt."""
+
+
+class RefusedCheckpoint(pickle.UnpicklingError, ValueError):
+    """A checkpoint that holds pickled objects beyond weights and plain configs (code could run)."""
+
+
+def load_file(path: str | Path, map_location="cpu"):
+    """``torch.load(weights_only=True)`` with one-line errors (``ValueError``s, which the scripts
+    report as one line and exit 2) in place of torch's messages, which suggest turning safe loading
+    off (never an option here: a shared file could run code)."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04":  # torch.save writes a zip archive
+        raise NotACheckpoint(f"{path} is not a checkpoint (not the zip archive torch.save writes{'; the file is empty' if not head else ''}); "
+                             "nothing in it ran")
+    if not zipfile.is_zipfile(path):
+        raise NotACheckpoint(f"{path} is truncated or corrupt (a zip archive without its directory; an interrupted copy?)")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        what = f"pickled code ({found.group(1)})" if found else "pickled objects"
+        raise RefusedCheckpoint(f"{path}: refused: it holds {what}, not only weights and plain configs; nothing in it ran") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile) as e:
+        raise NotACheckpoint(f"{path} is truncated or corrupt ({type(e).__name__}: {str(e).splitlines()[0][:80]})") from None
+
+
 def read_checkpoint(ckpt: str | Path, map_location="cpu") -> dict:
     path = checkpoint_path(ckpt)
-    try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise pickle.UnpicklingError(f"{path}: refused, it holds more than weights and plain configs (nothing in it was run): {e}") from None
+    data = load_file(path, map_location)
     if not isinstance(data, dict) or not {"state_dict", "hyper_parameters"} <= set(data):
         raise ValueError(f"{path} is not a moldiff checkpoint (no state_dict / hyper_parameters)")
     if data.get("moldiff_compact"):

@@ -16,6 +16,8 @@ module's own (``net.*``, ``ema.*``), the same as the training checkpoints'.
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from moldiff.data.molecules import MoleculeSet
 from moldiff.model import build
 from moldiff.model.checkpoint import read_checkpoint, write_checkpoint
 from moldiff.nn.context import Context, ContextSlot, conditioned
+from moldiff.nn.cpu_tuning import tune_once
 from moldiff.sampling.generate import generate
 from moldiff.sampling.samplers import with_recommended
 
@@ -113,24 +116,34 @@ class DiffusionModel(nn.Module):
     # --- sampling for Python users -------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, n: int, sampler: str = "ancestral", steps: int = 300, seed: int = 0, sizes=None, batch_size: int = 500,
-               context=None, precision: str = "32", progress: bool = False, fragment=None, n_atoms=None, **options) -> MoleculeSet:
-        """``n`` molecules (atom counts from the training histogram unless ``sizes`` is given);
+               context=None, precision: str = "32", progress: bool | None = None, fragment=None, n_atoms=None,
+               **options) -> MoleculeSet:
+        """``n`` molecules (atom counts from the training histogram unless ``sizes`` gives one for all or n of them);
         the defaults and settings of ``scripts/sample.py`` give its molecules. ``options`` go to the
         sampler on top of its recommended ones (``RECOMMENDED_OPTIONS``; ancestral:
-        ``late_noise=1`` for EDM's exact posterior). ``fragment``: an SDF/XYZ path or a one-molecule
-        ``MoleculeSet`` kept exactly in every molecule (its atoms first, marked in ``fixed``);
-        ``n_atoms``: the total atom count, a count or a range "a-b" (issue 30, docs/design.md)."""
+        ``late_noise=1`` for EDM's exact posterior). ``progress``: None (default) one line on stderr,
+        what is being sampled and then how long it took; True a progress bar; False silence.
+        ``fragment``: an SDF/XYZ path or a one-molecule ``MoleculeSet`` kept exactly in every molecule
+        (its atoms first, marked in ``fixed``); ``n_atoms``: the total atom count, a count or a range
+        "a-b" (issue 30, docs/design.md)."""
         device = next(self.parameters()).device
+        if device.type == "cpu":
+            tune_once()  # the scripts' allocator settings, once per process (moldiff.nn.cpu_tuning)
         was_training = self.training
         self.eval()
+        if progress is None:  # minutes of silence otherwise (issue 32)
+            print(f"sampling {n} molecules ({sampler}, {steps} steps, {device}; progress=True for a bar) ...", end="", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
         try:
             if fragment is not None and not isinstance(fragment, MoleculeSet):
                 fragment = load_fragment(fragment, self.layout.vocab)
             return generate(self, n, sampler=sampler, steps=steps, batch_size=batch_size, seed=seed, device=device, sizes=sizes,
-                            context=context, precision=precision, progress=progress, fragment=fragment, n_atoms=n_atoms,
+                            context=context, precision=precision, progress=bool(progress), fragment=fragment, n_atoms=n_atoms,
                             **with_recommended(sampler, options))
         finally:
             self.train(was_training)
+            if progress is None:
+                print(f" {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
 
     # --- files ---------------------------------------------------------------------------------------
     @classmethod
@@ -145,6 +158,8 @@ class DiffusionModel(nn.Module):
     @classmethod
     def load(cls, path: str | Path = "shipped", device="cpu") -> "DiffusionModel":
         """``"shipped"`` (the QM9 model in the package) or a checkpoint path; in eval mode on ``device``."""
+        if torch.device(device).type == "cpu":
+            tune_once()  # before the first tensors: the scripts' allocator settings (moldiff.nn.cpu_tuning)
         return cls.from_checkpoint(read_checkpoint(path)).to(device).eval()
 
     def save(self, path: str | Path, record: list | None = None) -> Path:

@@ -1,7 +1,10 @@
-"""Process-wide CPU memory settings for training and sampling jobs (not part of any model).
+"""Process-wide CPU memory settings for training and sampling (not part of any model).
 
-``tune_cpu_allocator()`` changes glibc's malloc and oneDNN's caches for the whole process, so a
-job calls it once, first; ``docs/performance.md`` has the measurements behind it.
+``tune_cpu_allocator()`` changes glibc's malloc and oneDNN's caches for the whole process;
+``tune_once()`` applies it the first time a process asks, which ``DiffusionModel.load`` and
+``DiffusionModel.sample`` do for a CPU model (the Python API ran up to 4x slower than the scripts
+without it). ``MOLDIFF_CPU_TUNING=0`` leaves the process as it is. ``docs/performance.md`` has the
+measurements behind it.
 """
 
 from __future__ import annotations
@@ -10,7 +13,9 @@ import ctypes
 import ctypes.util
 import os
 
-__all__ = ["tune_cpu_allocator"]
+__all__ = ["tune_cpu_allocator", "tune_once", "tuned"]
+
+_tuned: bool | None = None  # None: not asked yet; else what tune_cpu_allocator returned
 
 
 def tune_cpu_allocator() -> bool:
@@ -39,3 +44,17 @@ def tune_cpu_allocator() -> bool:
         return False
     M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4
     return bool(mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, 2**31 - 1) and mallopt(M_TOP_PAD, 64 << 20))
+
+
+def tune_once() -> bool:
+    """``tune_cpu_allocator()`` the first time it is asked for in this process; later calls do
+    nothing. Off with the environment variable ``MOLDIFF_CPU_TUNING=0``."""
+    global _tuned
+    if _tuned is None:
+        _tuned = os.environ.get("MOLDIFF_CPU_TUNING", "1") != "0" and tune_cpu_allocator()
+    return _tuned
+
+
+def tuned() -> bool:
+    """Whether this process's allocator has been tuned by ``tune_once``."""
+    return bool(_tuned)

@@ -70,6 +70,8 @@ def generate(
     stochastic samplers only); the result's ``fixed`` marks them."""
     if str(precision) not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    if isinstance(sizes, (int, np.integer)) and not isinstance(sizes, bool):
+        sizes = [int(sizes)] * n  # one atom count for all, as scripts/sample.py takes sizes=12
     k = check_fragment(fragment, sampler, callback)
     if sizes is not None and n_atoms is not None:
         raise ValueError("give sizes or n_atoms, not both")

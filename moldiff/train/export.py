@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from moldiff.io.writers import atomic_write
+from moldiff.model.checkpoint import load_file
 
 COMPACT_DTYPE = torch.float16  # 10 mantissa bits: relative rounding 5e-4; weights stay far inside its range
 KEEP = ("state_dict", "hyper_parameters", "moldiff_record", "epoch", "global_step", "pytorch-lightning_version")
@@ -33,7 +34,7 @@ KEEP = ("state_dict", "hyper_parameters", "moldiff_record", "epoch", "global_ste
 def export_checkpoint(src: str | Path, dst: str | Path, shadow_ema: float | None = None, compact: bool = False) -> dict:
     """``shadow_ema``: export with the run's extra EMA at that decay (``ShadowEMA``) as the EMA weights.
     ``compact``: EMA weights only (all weights for a model without EMA), matrices in float16 (see the module's docstring)."""
-    ckpt = torch.load(src, map_location="cpu", weights_only=True)
+    ckpt = load_file(src)  # weights_only, one-line errors
     missing = [k for k in ("state_dict", "hyper_parameters") if k not in ckpt]
     if missing:
         raise ValueError(f"{src} is not a moldiff training checkpoint (no {missing})")
