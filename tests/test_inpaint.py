@@ -172,3 +172,33 @@ def test_n_atoms_without_a_fragment_and_the_untrained_warning():
     with pytest.warns(UserWarning, match="3 of 3 requested atom counts are outside"):
         model.sample(3, steps=2, n_atoms="40-41")
     assert isinstance(model.sample(1, steps=2, n_atoms=5), MoleculeSet)
+
+
+def test_sample_py_takes_a_fragment_and_n_atoms(tmp_path):
+    """The command line (scripts/sample.py's job) with the example fragment shipped in the repo:
+    fixed atoms kept in samples.sdf, bad inputs one line before anything is sampled."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from moldiff.data.user import read_molecules
+    from moldiff.jobs import sample as sample_job
+
+    root = Path(__file__).resolve().parents[1]
+    frag = root / "datasets" / "examples" / "qm9_test_5777_fragment.sdf"
+    with initialize_config_dir(str(root / "configs"), version_base="1.3"):
+        cfg = lambda *o: compose("sample", list(o))  # noqa: E731
+        sample_job.run_sampling(cfg(f"fragment={frag}", "n_atoms=19", "n=3", "steps=5", "evaluation=null", f"output={tmp_path / 'a'}"), tmp_path)
+        mols, _ = read_molecules(tmp_path / "a" / "samples.sdf")
+        given, _ = read_molecules(frag)
+        for i in range(3):
+            z, x = mols[i]
+            assert len(z) == 19 and z[:14].tolist() == given.numbers.tolist()
+            assert np.abs(x[:14] - given.positions).max() < 1e-4  # the SDF's 4 decimals
+        with pytest.raises(ValueError, match="more than 12"):
+            sample_job.run_sampling(cfg(f"fragment={frag}", "n_atoms=12", "n=2", "steps=2", f"output={tmp_path / 'b'}"), tmp_path)
+        assert not (tmp_path / "b" / "samples.sdf").exists()
+        with pytest.raises(FileNotFoundError, match="qm9-bonds: this version ships no bond model yet"):
+            sample_job.run_sampling(cfg("ckpt=qm9-bonds", "n=2", f"output={tmp_path / 'c'}"), tmp_path)
+        sample_job.run_sampling(cfg("n_atoms=19", "n=2", "steps=2", "evaluation=null", f"output={tmp_path / 'd'}"), tmp_path)
+        assert read_molecules(tmp_path / "d" / "samples.sdf")[0].n_atoms.tolist() == [19, 19]

@@ -34,9 +34,10 @@ ROWS = [
 ]
 
 
-# An SDF's bonds are not what is judged: both protocols derive bonds from the coordinates (docs/evaluation.md)
-SDF_NOTE = ("input bonds: not read; each protocol derives bonds from the coordinates (EDM's from distances, the corrected "
-            "one by RDKit perception); the records' formal charges give each molecule's total charge")
+# Both protocols derive bonds from the coordinates; only the written-graph line reads an SDF's own (docs/evaluation.md)
+SDF_NOTE = ("input bonds: the protocols derive bonds from the coordinates (EDM's from distances, the corrected one by RDKit "
+            "perception); only the written-graph line judges the records' own bonds and formal charges, which also give "
+            "each molecule's total charge")
 
 
 def strict_json(obj):

@@ -31,7 +31,10 @@ from moldiff.jobs.evaluate import check_config as check_evaluation
 from moldiff.jobs.evaluate import run_evaluation, write_json
 from moldiff.model.build import plain as _plain
 from moldiff.model.checkpoint import checkpoint_path
-from moldiff.model.diffusion import DiffusionModel
+from moldiff.data.fragment import load_fragment, parse_n_atoms
+from moldiff.model.bond_model import BondDiffusionModel
+from moldiff.model.load import load_model, model_vocabulary
+from moldiff.sampling.inpaint import check_fragment
 from moldiff.nn.cpu_tuning import tune_once
 from moldiff.sampling.generate import PRECISIONS, generate
 from moldiff.sampling.samplers import SAMPLERS, with_recommended
@@ -71,12 +74,24 @@ SHIPPED_CPU_SECONDS = 289 / (1000 * 300)
 CALLS_PER_STEP = {"ancestral": 1, "euler_maruyama": 1, "ode_heun": 2, "ode_dpm2": 2}
 
 
-def announce(cfg, n: int, done: int, device) -> str:
+DEFAULT_STEPS = {"gaussian": 300, "bonds": 100}  # steps=null: the model's own default
+
+
+def steps_of(cfg, module) -> int:
+    """``steps``, or the model's default when null: 300 for the Gaussian model, 100 for the bond model."""
+    return int(cfg.steps) if cfg.steps is not None else DEFAULT_STEPS["bonds" if isinstance(module, BondDiffusionModel) else "gaussian"]
+
+
+def announce(cfg, n: int, done: int, device, steps: int | None = None) -> str:
     """What the job is about to sample and, for the shipped model on a CPU, roughly how long it takes."""
-    line = f"sampling {n} molecules ({cfg.sampler}, {cfg.steps} steps, {device})" + (f", {done} batches already done" if done else "")
+    if steps is None:
+        steps = int(cfg.steps) if cfg.steps is not None else DEFAULT_STEPS["gaussian"]
+    line = f"sampling {n} molecules ({cfg.sampler}, {steps} steps, {device})" + (f", {done} batches already done" if done else "")
+    if cfg.get("fragment"):
+        line += f", around the fragment {cfg.fragment}"
     calls = CALLS_PER_STEP.get(str(cfg.sampler))
     if str(cfg.ckpt) == "shipped" and torch.device(device).type == "cpu" and calls and not done:
-        seconds = n * int(cfg.steps) * calls * SHIPPED_CPU_SECONDS
+        seconds = n * steps * calls * SHIPPED_CPU_SECONDS
         line += f": ~{seconds:.0f} s" if seconds < 90 else f": ~{seconds / 60:.0f} min"
         line += " on 2 CPU cores"
     return line
@@ -85,8 +100,8 @@ def announce(cfg, n: int, done: int, device) -> str:
 def check_config(cfg) -> None:
     if int(cfg.n) < 1:
         raise ValueError(f"n must be >= 1, got {cfg.n}")
-    if int(cfg.steps) < 1:
-        raise ValueError(f"steps must be >= 1, got {cfg.steps}")
+    if cfg.steps is not None and int(cfg.steps) < 1:
+        raise ValueError(f"steps must be >= 1 (or null: the model's default), got {cfg.steps}")
     if int(cfg.batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
     batch_bounds(cfg)
@@ -99,6 +114,9 @@ def check_config(cfg) -> None:
     if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device={cfg.device} but no CUDA device is available; use device=cpu")
     resolve_sizes(_plain(cfg.sizes), int(cfg.n))
+    parse_n_atoms(cfg.get("n_atoms"))
+    if cfg.get("n_atoms") is not None and cfg.sizes is not None:
+        raise ValueError("give sizes or n_atoms, not both")
     checkpoint_path(cfg.ckpt)
     if cfg.evaluation is not None:
         check_evaluation(_evaluation_cfg(cfg, "x.sdf", "metrics.json"))
@@ -132,7 +150,18 @@ def _key(cfg, path: Path) -> str:
                    json.dumps(_plain(cfg.get("target"))), str(cfg.get("precision", "32")),
                    # bounds cut the molecules into other batches (other seeds); only when set, so a
                    # run interrupted before they existed still resumes
-                   *([json.dumps(bounds, sort_keys=True)] if (bounds := batch_bounds(cfg)) else []))
+                   *([json.dumps(bounds, sort_keys=True)] if (bounds := batch_bounds(cfg)) else []),
+                   # likewise a fragment and n_atoms, only when given
+                   *([json.dumps([str(cfg.fragment), _fragment_stamp(cfg.fragment), str(cfg.get("n_atoms"))])]
+                     if cfg.get("fragment") or cfg.get("n_atoms") is not None else []))
+
+
+def _fragment_stamp(fragment) -> list:
+    """Size and modification time of the fragment file: an edited fragment is another run."""
+    if not fragment:
+        return []
+    stat = Path(fragment).stat()
+    return [stat.st_size, int(stat.st_mtime)]
 
 
 def run_sampling(cfg, output_dir: str | Path) -> dict:
@@ -143,19 +172,21 @@ def run_sampling(cfg, output_dir: str | Path) -> dict:
     device = torch.device(cfg.device)
     if device.type == "cpu":
         tune_once()
-    module = DiffusionModel.load(path, device)
+    module = load_model(path, device)
     n = int(cfg.n)
+    fragment = check_fragment_input(cfg, module, n)
+    steps = steps_of(cfg, module)
 
     partial = PartialResults(out / ".partial", _key(cfg, path))
     done = {k: MoleculeSet.load(partial.path(k)) for k in partial.finished()}
     if done:
         print(f"resuming: {len(done)} finished batches in {partial.folder}")
 
-    print(announce(cfg, n, len(done), device), flush=True)
+    print(announce(cfg, n, len(done), device, steps), flush=True)
     t0 = time.perf_counter()
-    mols = _generate(module, cfg, n, device, done, partial)
+    mols = _generate(module, cfg, n, device, done, partial, steps, fragment)
     seconds = time.perf_counter() - t0
-    print(f"sampled {n} molecules in {seconds:.1f} s ({cfg.sampler}, {cfg.steps} steps, {device})")
+    print(f"sampled {n} molecules in {seconds:.1f} s ({cfg.sampler}, {steps} steps, {device})")
     mols, kept, left_out = drop_non_finite(mols, "not written, not in the metrics")
     write_files(mols, module, out, [f"sample_{k}" for k in kept])
     partial.clear()  # the molecules are on disk: an evaluation error below loses nothing
@@ -178,15 +209,34 @@ def drop_non_finite(mols: MoleculeSet, fate: str):
     return kept_mols, kept, {"indices": np.setdiff1d(np.arange(len(mols)), kept).tolist(), "reasons": dict(lost.rejected)}
 
 
-def _generate(module, cfg, n, device, done, partial):
+def check_fragment_input(cfg, module, n: int):
+    """The fragment (``fragment=``), checked against the model before anything is sampled or
+    written: one line and exit status 2 for each bad input (moldiff/data/fragment.py); None without one."""
+    if not cfg.get("fragment"):
+        return None
+    fragment = load_fragment(cfg.fragment, model_vocabulary(module))
+    if isinstance(module, BondDiffusionModel):
+        module.fragment_fields(fragment)  # bonds and charges the bond model can keep
+    check_fragment(fragment, str(cfg.sampler))
+    k = len(fragment.numbers)
+    limits = parse_n_atoms(cfg.get("n_atoms"))
+    if limits is not None and k > limits[0]:
+        raise ValueError(f"n_atoms={cfg.n_atoms}: the fragment {cfg.fragment} has {k} atoms, more than {limits[0]}")
+    return fragment
+
+
+def _generate(module, cfg, n, device, done, partial, steps: int, fragment=None):
     def save(k, part):
         part.save(partial.path(k))  # atomic
 
+    common = dict(steps=steps, batch_size=int(cfg.batch_size), seed=int(cfg.seed), sizes=resolve_sizes(_plain(cfg.sizes), n),
+                  fragment=fragment, n_atoms=cfg.get("n_atoms"), on_batch=save, done=done)
+    if isinstance(module, BondDiffusionModel):  # its own sampler (categorical fields), same batching and resume
+        return module.sample(n, sampler=cfg.sampler, ema=bool(cfg.ema), **common, **_plain(cfg.options or {}))
     return generate(
-        module, n, sampler=cfg.sampler, steps=int(cfg.steps), batch_size=int(cfg.batch_size), seed=int(cfg.seed), device=device,
-        sizes=resolve_sizes(_plain(cfg.sizes), n), ema=bool(cfg.ema), progress=sys.stderr.isatty(), on_batch=save, done=done,
+        module, n, sampler=cfg.sampler, device=device, ema=bool(cfg.ema), progress=sys.stderr.isatty(),
         context=resolve_targets(_plain(cfg.get("target")), module, n), precision=str(cfg.get("precision", "32")),
-        **batch_bounds(cfg), **sampler_options(cfg),
+        **common, **batch_bounds(cfg), **sampler_options(cfg),
     )
 
 
@@ -197,8 +247,9 @@ def sampler_options(cfg) -> dict:
 
 def write_files(mols: MoleculeSet, module, out: Path, names: list[str]) -> None:
     write_xyz(out / "samples.xyz", mols, names)
-    records = write_sample_sdfs(out, mols, module.layout.vocab, names)
-    write_grid_png(out / "samples.png", records.mols)
+    records = write_sample_sdfs(out, mols, model_vocabulary(module), names)
+    fixed = None if mols.fixed is None else [np.flatnonzero(mols.fixed[a:b]).tolist() for a, b in zip(mols.offsets[:-1], mols.offsets[1:])]
+    write_grid_png(out / "samples.png", records.mols, highlight=fixed)  # a fragment's kept atoms highlighted
     n_valid = sum(mol is not None for mol in records.valid)
     print(f"wrote {out / 'samples.sdf'}, {out / 'samples_valid.sdf'} ({n_valid} of {len(mols)} molecules: corrected-valid), "
           f"{out / 'samples.xyz'}, {out / 'samples.png'}")

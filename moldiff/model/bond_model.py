@@ -84,12 +84,14 @@ class BondDiffusionModel(nn.Module):
     # --- sampling -----------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, n: int, steps: int = 100, seed: int = 0, sizes=None, batch_size: int = 250, sampler: str = "ancestral",
-               callback=None, ema: bool = True, fragment=None, n_atoms=None, **options) -> MoleculeSet:
+               callback=None, ema: bool = True, fragment=None, n_atoms=None, on_batch=None, done: dict | None = None,
+               **options) -> MoleculeSet:
         """``n`` molecules with the model's own bonds and formal charges; batch k draws from a
         generator seeded by (seed, k), so the same seed and batch size give the same molecules.
         ``fragment`` (an SDF path or a one-molecule ``MoleculeSet`` with bonds) is kept exactly in
         every molecule, elements, charges, positions and bonds (issue 30); ``n_atoms`` a count or a
-        range "a-b"."""
+        range "a-b". ``on_batch(k, MoleculeSet)`` after each finished batch; ``done`` maps batch
+        numbers to batches an interrupted run finished (not sampled again), as ``generate`` does."""
         device = next(self.parameters()).device
         if fragment is not None and not isinstance(fragment, MoleculeSet):
             fragment = load_fragment(fragment, self.vocab)
@@ -109,6 +111,9 @@ class BondDiffusionModel(nn.Module):
         parts = []
         try:
             for b, chunk in enumerate(torch.split(sizes, batch_size)):
+                if done and b in done:
+                    parts.append(done[b])
+                    continue
                 g = torch.Generator(device=device).manual_seed(int(seed) * 100_003 + b)
                 inpaint = None if fields is None else fragment_inpaint(self.sde, fragment, chunk.to(device), g, fields=fields,
                                                                          processes=self.processes)
@@ -117,6 +122,8 @@ class BondDiffusionModel(nn.Module):
                 if inpaint is not None:
                     state = inpaint.finish(state)
                 parts.append(self.decode(state))
+                if on_batch is not None:
+                    on_batch(b, parts[-1])
         finally:
             self.train(was_training)
         return MoleculeSet.concatenate(parts)
