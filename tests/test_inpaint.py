@@ -202,3 +202,25 @@ def test_sample_py_takes_a_fragment_and_n_atoms(tmp_path):
             sample_job.run_sampling(cfg("ckpt=qm9-bonds", "n=2", f"output={tmp_path / 'c'}"), tmp_path)
         sample_job.run_sampling(cfg("n_atoms=19", "n=2", "steps=2", "evaluation=null", f"output={tmp_path / 'd'}"), tmp_path)
         assert read_molecules(tmp_path / "d" / "samples.sdf")[0].n_atoms.tolist() == [19, 19]
+
+
+def test_resampling_redoes_each_step_and_keeps_the_fragment(tmp_path):
+    """resample=r: r network calls per ancestral step (RePaint's jumps of one step), fragment exact;
+    refused for other samplers and without a fragment."""
+    from moldiff.model.diffusion import DiffusionModel
+
+    sdf = _write_sdf(tmp_path / "frag.sdf", FRAG_Z, FRAG_X, FRAG_BONDS)
+    model = DiffusionModel.load("shipped")
+    calls = []
+    net = model.ema.module
+    hook = net.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        mols = model.sample(2, steps=4, seed=0, fragment=sdf, n_atoms=6, resample=3, progress=False)
+    finally:
+        hook.remove()
+    assert len(calls) == 4 * 3 + 1  # 4 steps redone 3 times, and the final denoising
+    assert np.abs(mols.positions[mols.fixed] - np.tile(FRAG_X, (2, 1))).max() < 1e-4
+    with pytest.raises(ValueError, match="resample"):
+        model.sample(2, steps=2, sampler="pc", fragment=sdf, n_atoms=6, resample=2)
+    with pytest.raises(ValueError, match="resample"):
+        model.sample(2, steps=2, resample=2)

@@ -152,7 +152,7 @@ def _key(cfg, path: Path) -> str:
                    # run interrupted before they existed still resumes
                    *([json.dumps(bounds, sort_keys=True)] if (bounds := batch_bounds(cfg)) else []),
                    # likewise a fragment and n_atoms, only when given
-                   *([json.dumps([str(cfg.fragment), _fragment_stamp(cfg.fragment), str(cfg.get("n_atoms"))])]
+                   *([json.dumps([str(cfg.fragment), _fragment_stamp(cfg.fragment), str(cfg.get("n_atoms")), int(cfg.get("resample", 1))])]
                      if cfg.get("fragment") or cfg.get("n_atoms") is not None else []))
 
 
@@ -217,7 +217,7 @@ def check_fragment_input(cfg, module, n: int):
     fragment = load_fragment(cfg.fragment, model_vocabulary(module))
     if isinstance(module, BondDiffusionModel):
         module.fragment_fields(fragment)  # bonds and charges the bond model can keep
-    check_fragment(fragment, str(cfg.sampler))
+    check_fragment(fragment, str(cfg.sampler), resample=int(cfg.get("resample", 1)))
     k = len(fragment.numbers)
     limits = parse_n_atoms(cfg.get("n_atoms"))
     if limits is not None and k > limits[0]:
@@ -230,7 +230,7 @@ def _generate(module, cfg, n, device, done, partial, steps: int, fragment=None):
         part.save(partial.path(k))  # atomic
 
     common = dict(steps=steps, batch_size=int(cfg.batch_size), seed=int(cfg.seed), sizes=resolve_sizes(_plain(cfg.sizes), n),
-                  fragment=fragment, n_atoms=cfg.get("n_atoms"), on_batch=save, done=done)
+                  fragment=fragment, n_atoms=cfg.get("n_atoms"), on_batch=save, done=done, resample=int(cfg.get("resample", 1)))
     if isinstance(module, BondDiffusionModel):  # its own sampler (categorical fields), same batching and resume
         return module.sample(n, sampler=cfg.sampler, ema=bool(cfg.ema), **common, **_plain(cfg.options or {}))
     return generate(

@@ -28,6 +28,7 @@ from moldiff.model.checkpoint import read_checkpoint, write_checkpoint
 from moldiff.nn.bond_egnn import BondEGNN
 from moldiff.noise.categorical import CategoricalProcess
 from moldiff.data.fragment import load_fragment
+from moldiff.sampling.fields import ancestral_step as field_step
 from moldiff.sampling.fields import sample_fields
 from moldiff.sampling.generate import sizes_for
 from moldiff.sampling.inpaint import check_fragment, fragment_inpaint
@@ -85,7 +86,7 @@ class BondDiffusionModel(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, steps: int = 100, seed: int = 0, sizes=None, batch_size: int = 250, sampler: str = "ancestral",
                callback=None, ema: bool = True, fragment=None, n_atoms=None, on_batch=None, done: dict | None = None,
-               **options) -> MoleculeSet:
+               resample: int = 1, **options) -> MoleculeSet:
         """``n`` molecules with the model's own bonds and formal charges; batch k draws from a
         generator seeded by (seed, k), so the same seed and batch size give the same molecules.
         ``fragment`` (an SDF path or a one-molecule ``MoleculeSet`` with bonds) is kept exactly in
@@ -95,7 +96,7 @@ class BondDiffusionModel(nn.Module):
         device = next(self.parameters()).device
         if fragment is not None and not isinstance(fragment, MoleculeSet):
             fragment = load_fragment(fragment, self.vocab)
-        k = check_fragment(fragment, sampler, callback)
+        k = check_fragment(fragment, sampler, callback, resample)
         fields = self.fragment_fields(fragment) if fragment is not None else None
         if sizes is not None and n_atoms is not None:
             raise ValueError("give sizes or n_atoms, not both")
@@ -115,8 +116,10 @@ class BondDiffusionModel(nn.Module):
                     parts.append(done[b])
                     continue
                 g = torch.Generator(device=device).manual_seed(int(seed) * 100_003 + b)
+                denoise = self.denoise_fn(ema)
+                restep = (lambda st, t, s, g=g: field_step(denoise, self.sde, self.processes, st, t, s, g, **options)[0]) if resample > 1 else None
                 inpaint = None if fields is None else fragment_inpaint(self.sde, fragment, chunk.to(device), g, fields=fields,
-                                                                         processes=self.processes)
+                                                                         processes=self.processes, resample=resample, restep=restep)
                 state = sample_fields(sampler, self.denoise_fn(ema), self.sde, self.processes, chunk.to(device), steps=steps,
                                       generator=g, device=device, callback=inpaint or callback, **options)
                 if inpaint is not None:

@@ -70,6 +70,13 @@ class CategoricalProcess:
         """x_t ~ q(x_t | x_0), (N,) class indices."""
         return draw(self.marginal_probs(x0, t), generator)
 
+    def transition(self, xs: torch.Tensor, s: torch.Tensor, t: torch.Tensor, generator=None) -> torch.Tensor:
+        """x_t ~ q(x_t | x_s) = Q(keep(t) / keep(s)) for per-item times s < t: noising a state further
+        (RePaint's resampling goes back up the time grid this way)."""
+        a = (self.keep(t) / self.keep(s).clamp_min(1e-30)).to(torch.float32)[:, None]
+        m = self.marginal.to(dtype=torch.float32, device=xs.device)
+        return draw(a * torch.nn.functional.one_hot(xs.long(), self.n_classes).float() + (1 - a) * m, generator)
+
     def prior(self, n: int, device="cpu", generator=None) -> torch.Tensor:
         """(n,) draws from m, the state at t = 1."""
         probs = self.marginal.to(dtype=torch.float32, device=device).expand(n, -1)

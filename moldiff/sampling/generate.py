@@ -22,6 +22,7 @@ from moldiff.data.molecules import MoleculeSet
 from moldiff.sampling.base import sample_sizes
 from moldiff.sampling.samplers import sample
 from moldiff.nn.context import ContextSlot
+from moldiff.sampling.ancestral import ancestral_step
 from moldiff.sampling.inpaint import check_fragment, fragment_inpaint
 from moldiff.state import MolState
 
@@ -50,6 +51,7 @@ def generate(
     callback=None,
     n_atoms=None,
     fragment: MoleculeSet | None = None,
+    resample: int = 1,
     **options,
 ) -> MoleculeSet:
     """``n`` molecules. ``on_batch(k, MoleculeSet)`` is called after each finished batch;
@@ -67,12 +69,13 @@ def generate(
     ``n_atoms``: a count or a range "a-b" (``sizes_for``), instead of ``sizes``.
     ``fragment``: a one-molecule ``MoleculeSet`` (``moldiff.data.fragment.load_fragment``) whose
     atoms every molecule keeps exactly, in the file's frame, as its first atoms (``sampling.inpaint``;
-    stochastic samplers only); the result's ``fixed`` marks them."""
+    stochastic samplers only); the result's ``fixed`` marks them. ``resample``: RePaint's
+    resampling, each ancestral step redone that many times (``sampling.inpaint``)."""
     if str(precision) not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     if isinstance(sizes, (int, np.integer)) and not isinstance(sizes, bool):
         sizes = [int(sizes)] * n  # one atom count for all, as scripts/sample.py takes sizes=12
-    k = check_fragment(fragment, sampler, callback)
+    k = check_fragment(fragment, sampler, callback, resample)
     if sizes is not None and n_atoms is not None:
         raise ValueError("give sizes or n_atoms, not both")
     if sizes is None:
@@ -114,7 +117,14 @@ def generate(
                 g = torch.Generator(device=device).manual_seed(int(seed) * 100_003 + k)
                 inpaint = None
                 if fragment is not None:
-                    inpaint = fragment_inpaint(module.sde, fragment, chunk.to(device), g, features=layout.encode_numbers(fragment.numbers))
+                    restep = None
+                    if resample > 1:
+                        def restep(state, t, s, g=g):
+                            x, h = ancestral_step(eps_fn, module.sde, state.pos, state.atom_type, t, s, state.batch, state.n_mol, g, **{
+                                k_: v for k_, v in options.items() if k_ in ("late_noise", "late_t")})
+                            return state.replace(pos=x, atom_type=h)
+                    inpaint = fragment_inpaint(module.sde, fragment, chunk.to(device), g, features=layout.encode_numbers(fragment.numbers),
+                                               resample=resample, restep=restep)
                 x, h, batch = sample(sampler, eps_fn, module.sde, chunk.to(device), layout.dim, steps=steps, generator=g,
                                      callback=inpaint or callback, **options)
                 if inpaint is not None:

@@ -44,13 +44,16 @@ class Inpaint:
     between two fixed atoms for ``bond``)."""
 
     def __init__(self, sde, fixed: torch.Tensor, pos: torch.Tensor, batch: torch.Tensor, n: int, generator=None,
-                 features: torch.Tensor | None = None, fields: dict | None = None, processes: dict | None = None):
+                 features: torch.Tensor | None = None, fields: dict | None = None, processes: dict | None = None,
+                 resample: int = 1, restep=None):
         self.sde, self.fixed, self.batch, self.n, self.generator = sde, fixed.bool(), batch, n, generator
         self.file_pos = pos
         self.file_centroid = _centroid(pos, self.fixed, batch, n)  # (M, 3): where the fragment sits in its file
         self.shape = torch.where(self.fixed[:, None], pos - self.file_centroid[batch], torch.zeros_like(pos))
         self.features, self.fields, self.processes = features, fields or {}, processes or {}
-        self.pair_fixed = None
+        if int(resample) < 1 or (int(resample) > 1 and restep is None):
+            raise ValueError(f"resample must be >= 1 (and > 1 needs the sampler's step), got {resample}")
+        self.resample, self.restep = int(resample), restep  # restep(state, t, s) -> state: one sampler step
 
     # --- positions ------------------------------------------------------------------------------
     def replace_positions(self, pos: torch.Tensor, s: float | None) -> torch.Tensor:
@@ -100,10 +103,33 @@ class Inpaint:
 
     # --- the callback -------------------------------------------------------------------------------
     def __call__(self, i: int, t: float, s: float, state: MolState, prediction=None) -> MolState:
+        state = self._replace(state, s)
+        for _ in range(self.resample - 1):
+            state = self._replace(self.restep(self.renoise(state, s, t), t, s), s)
+        return state
+
+    def _replace(self, state: MolState, s: float) -> MolState:
         changes = {"pos": self.replace_positions(state.pos, s)}
         if self.features is not None:
             changes["atom_type"] = self._noised_features(state.atom_type, s)
         changes.update(self._replace_fields(state, s))
+        return state.replace(**changes)
+
+    def renoise(self, state: MolState, s: float, t: float) -> MolState:
+        """z_t ~ q(z_t | z_s): the state noised back up the grid, every field by its own process."""
+        b, n = state.batch, self.n
+        ss = torch.full((n,), float(s), dtype=state.pos.dtype, device=state.device)
+        tt = torch.full((n,), float(t), dtype=state.pos.dtype, device=state.device)
+        a, var = self.sde.transition(ss, tt, b)
+        eps = torch.randn(state.pos.shape, generator=self.generator, dtype=state.pos.dtype, device=state.device)
+        eps = eps - segment_sum(eps, b, n)[b] / torch.bincount(b, minlength=n).clamp_min(1)[b, None].to(eps.dtype)
+        changes = {"pos": a * state.pos + var.sqrt() * eps}
+        if self.features is not None:
+            z = torch.randn(state.atom_type.shape, generator=self.generator, dtype=state.atom_type.dtype, device=state.device)
+            changes["atom_type"] = a * state.atom_type + var.sqrt() * z
+        for name, process in self.processes.items():
+            fb = state.field_batch(name)
+            changes[name] = process.transition(getattr(state, name), ss.double()[fb], tt.double()[fb], self.generator)
         return state.replace(**changes)
 
     def finish(self, state: MolState) -> MolState:
@@ -121,9 +147,13 @@ class Inpaint:
 STOCHASTIC = ("ancestral", "euler_maruyama", "pc")
 
 
-def check_fragment(fragment, sampler: str, callback=None) -> int:
+def check_fragment(fragment, sampler: str, callback=None, resample: int = 1) -> int:
     """The fragment's atom count (0 without one); a sampler that cannot take it, or a second
     callback beside it, is an error."""
+    if int(resample) < 1:
+        raise ValueError(f"resample must be >= 1, got {resample}")
+    if int(resample) > 1 and (fragment is None or sampler != "ancestral"):
+        raise ValueError("resample: RePaint's resampling redoes ancestral steps around a fragment; give fragment= and sampler=ancestral")
     if fragment is None:
         return 0
     if len(fragment) != 1:
@@ -151,7 +181,8 @@ def fragment_layout(fragment, sizes: torch.Tensor) -> tuple[torch.Tensor, torch.
     return fixed, pos, batch
 
 
-def fragment_inpaint(sde, fragment, sizes: torch.Tensor, generator=None, features=None, fields=None, processes=None) -> Inpaint:
+def fragment_inpaint(sde, fragment, sizes: torch.Tensor, generator=None, features=None, fields=None, processes=None,
+                     resample: int = 1, restep=None) -> Inpaint:
     """The ``Inpaint`` callback for one batch of molecules built around ``fragment``. ``features``
     (k, F) or ``fields`` {name: (k,) atom classes, or "bond": (k, k) pair classes} are the fragment's
     clean values; other atoms' rows are filled with zeros and never read."""
@@ -173,4 +204,5 @@ def fragment_inpaint(sde, fragment, sizes: torch.Tensor, generator=None, feature
             full_f = torch.zeros(len(batch), dtype=torch.long, device=pos.device)
             full_f[fixed] = clean.to(pos.device).repeat(n)
             tiled[name] = full_f
-    return Inpaint(sde, fixed, pos, batch, n, generator, features=full, fields=tiled, processes=processes)
+    return Inpaint(sde, fixed, pos, batch, n, generator, features=full, fields=tiled, processes=processes,
+                   resample=resample, restep=restep)

@@ -1,0 +1,69 @@
+"""The bond model's learning curve beside the Gaussian model's: training CPU-hours against molecule
+stability and validity (issue 29).
+
+python benchmarks/bond_learning_curve.py [--png docs/bond_learning_curve.png]
+
+Gaussian model: ``campaign.json`` (EDM protocol at its evaluation sampler, 300 steps; the trunk
+and its cooldown branches). Bond model: ``bond_campaign.json`` (its written graph at 100 steps,
+and EDM's protocol on the same molecules' coordinates). Each point is one evaluated checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def mean(values) -> float:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def series() -> dict[str, list[tuple[float, float, float]]]:
+    """(hours, molecule stability %, validity %) per curve."""
+    gauss = json.loads((HERE / "campaign.json").read_text())["entries"]
+    bonds_path = HERE / "bond_campaign.json"
+    bonds = json.loads(bonds_path.read_text())["entries"] if bonds_path.is_file() else []
+    out = {"Gaussian model, EDM protocol (300 steps)": [(e["hours"], 100 * mean(e["edm"]["molecule_stability"]), 100 * mean(e["edm"]["validity"]))
+                                                       for e in gauss if not e.get("branch")]}
+    out["bond model, written graph (100 steps)"] = [(e["hours"], 100 * mean([r["written_graph"]["molecule_stable"] for r in e["rows"]]),
+                                                     100 * mean([r["written_graph"]["valid"] for r in e["rows"]])) for e in bonds]
+    out["bond model, EDM protocol on its coordinates"] = [(e["hours"], 100 * mean([r["edm"]["molecule_stability"] for r in e["rows"]]),
+                                                          100 * mean([r["edm"]["validity"] for r in e["rows"]])) for e in bonds]
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--png", default=str(HERE.parent / "docs" / "bond_learning_curve.png"))
+    a = ap.parse_args()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
+    for label, points in series().items():
+        points = sorted(points)
+        if not points:
+            continue
+        hours = [p[0] for p in points]
+        for ax, k in zip(axes, (1, 2)):
+            ax.plot(hours, [p[k] for p in points], marker="o", label=label)
+        print(label, [(round(h, 2), round(m, 1), round(v, 1)) for h, m, v in points])
+    for ax, title in zip(axes, ("molecule stability (%)", "validity (%)")):
+        ax.set_xlabel("training hours (2-core CPU)")
+        ax.set_title(title)
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(a.png, dpi=110)
+    print(f"wrote {a.png}")
+
+
+if __name__ == "__main__":
+    main()
