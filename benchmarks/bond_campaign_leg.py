@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from moldiff.chem.edm_protocol import edm_bond_graph, edm_stability
 from moldiff.chem.edm_rdkit import edm_validity
@@ -39,7 +38,7 @@ from moldiff.metrics.reference import reference_stats
 from moldiff.model.bond_model import BondDiffusionModel
 from moldiff.model.checkpoint import SHIPPED
 from moldiff.nn.cpu_tuning import tune_cpu_allocator
-from moldiff.train.export import export_checkpoint
+from moldiff.train.export import export_last
 
 HERE = Path(__file__).resolve().parent
 SHIPPED_BONDS = SHIPPED.parent / "qm9_bonds.ckpt"
@@ -82,11 +81,8 @@ def main():
     ap.add_argument("--data", default=str(HERE / "bond_campaign.json"))
     a = ap.parse_args()
     tune_cpu_allocator()
-    run = Path(a.run)
-    step = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
-    export = run / "exports" / f"step_{step}.ckpt"
-    export.parent.mkdir(exist_ok=True)
-    small = export_checkpoint(run / "checkpoints" / "last.ckpt", export, compact=True)
+    export, small = export_last(a.run)
+    step = small["global_step"]
     model = BondDiffusionModel.load(export)
     reference = reference_stats("qm9:train", 10_000)
     rows = [quality(model, a.n, a.steps, int(seed), reference) for seed in a.seeds.split(",")]

@@ -33,7 +33,7 @@ from moldiff.metrics.reference import reference_stats
 from moldiff.nn.cpu_tuning import tune_cpu_allocator
 from moldiff.model.checkpoint import SHIPPED
 from moldiff.model.diffusion import DiffusionModel
-from moldiff.train.export import export_checkpoint
+from moldiff.train.export import export_last
 from sampler_quality import quality
 
 HERE = Path(__file__).resolve().parent
@@ -61,11 +61,8 @@ def main():
     ap.add_argument("--branch", action="store_true", help="the run is a learning-rate cooldown branched off the campaign's trunk")
     a = ap.parse_args()
     tune_cpu_allocator()
-    run = Path(a.run)
-    step = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
-    export = run / "exports" / f"step_{step}.ckpt"
-    export.parent.mkdir(exist_ok=True)
-    small = export_checkpoint(run / "checkpoints" / "last.ckpt", export, compact=True)
+    export, small = export_last(a.run)
+    step = small["global_step"]
     module = DiffusionModel.load(export, torch.device("cpu"))
     reference = reference_stats("qm9:train", 10_000)
     rows = [quality(module, "ancestral", 300, a.n, int(seed), reference=reference) for seed in a.seeds.split(",")]

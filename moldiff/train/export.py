@@ -55,6 +55,17 @@ def export_checkpoint(src: str | Path, dst: str | Path, shadow_ema: float | None
     return small
 
 
+def export_last(run: str | Path) -> tuple[Path, dict]:
+    """A run folder's ``checkpoints/last.ckpt`` exported compactly to ``exports/step_<N>.ckpt``
+    (what a campaign leg evaluates and ships): the path and the exported dict."""
+    run = Path(run)
+    last = run / "checkpoints" / "last.ckpt"
+    step = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
+    export = run / "exports" / f"step_{step}.ckpt"
+    export.parent.mkdir(exist_ok=True)
+    return export, export_checkpoint(last, export, compact=True)
+
+
 def compact_state(state: dict, src) -> tuple[dict, str]:
     """(the weights a model is used with, matrices in float16; which they are): a diffusion model's EMA
     weights, or all the weights of a model trained without EMA (the property models)."""
