@@ -24,8 +24,8 @@ def load_fragment(path, vocab: Vocabulary | None = None) -> MoleculeSet:
     report = R.InputReport()
     try:
         mols, _ = read_molecules(path, report)
-    except (ValueError, OSError) as e:
-        raise ValueError(f"fragment {path}: {e}") from None
+    except (ValueError, OSError) as e:  # its message names the file already
+        raise ValueError(f"fragment: {e}") from None
     if report.n_rejected:
         raise ValueError(f"fragment {path}: a record could not be read ({report.summary()})")
     if len(mols) != 1:
