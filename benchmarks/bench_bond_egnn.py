@@ -1,7 +1,8 @@
 """Training-step time of the bond model's network against today's EGNN at the same width (issue 29:
 target <= 1.3x).
 
-python benchmarks/bench_bond_egnn.py [--steps 30] [--warmup 5] [--hidden 128] [--layers 4] [--out benchmarks/results_bond_egnn.json]
+python benchmarks/bench_bond_egnn.py [--steps 30] [--warmup 5] [--hidden 128] [--layers 4] [--self-condition]
+                                     [--out benchmarks/results_bond_egnn.json]
 
 Both run their real training losses on the same QM9 train batches (64 molecules, with the bond
 labels of ``moldiff.chem.bond_labels``): the Gaussian model's ``DiffusionLoss`` (eps on positions
@@ -9,6 +10,9 @@ and scaled one-hot features) and the bond model's ``FieldLoss`` (x0 positions, c
 types, charges and bonds); forward, backward and an AdamW step, in float32 and in bf16-mixed
 (``torch.autocast``, as Lightning's precision flag). Steps alternate between the two models, so
 load from elsewhere hits both alike; the figure is the median step time over ``--steps``.
+``--self-condition`` adds the bond model with self-conditioning (half of the batches run the
+network twice, the first time without gradient); as its steps are of two kinds, compare it by the
+mean step time (``mean_step_s``), not the median.
 Run it on an idle machine (pause background jobs): the load average is recorded.
 """
 
@@ -42,6 +46,7 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--self-condition", action="store_true")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     tune_cpu_allocator()
@@ -58,7 +63,11 @@ def main() -> None:
         "bond_egnn": BondDiffusionModule({**net, "name": "bond_egnn"}, {**NOISE, "prediction": "x0"}, {}, features, optim,
                                          {9: 1}, states.marginals(), ema_decay=0.0),
     }
-    data = {"egnn": gauss, "bond_egnn": states}
+    if args.self_condition:
+        modules["bond_egnn_self_conditioned"] = BondDiffusionModule(
+            {**net, "name": "bond_egnn", "self_condition": True}, {**NOISE, "prediction": "x0"}, {"self_condition": 0.5},
+            features, optim, {9: 1}, states.marginals(), ema_decay=0.0)
+    data = {"egnn": gauss, "bond_egnn": states, "bond_egnn_self_conditioned": states}
     opts = {k: torch.optim.AdamW(m.net.parameters(), lr=1e-4) for k, m in modules.items()}
     rng = np.random.default_rng(0)
     results = {}
@@ -78,10 +87,14 @@ def main() -> None:
                 if step >= args.warmup:
                     times[name].append(time.perf_counter() - t0)
         med = {k: float(np.median(v)) for k, v in times.items()}
-        results[precision] = {"median_step_s": med, "molecules_per_s": {k: args.batch / v for k, v in med.items()},
+        mean = {k: float(np.mean(v)) for k, v in times.items()}
+        results[precision] = {"median_step_s": med, "mean_step_s": mean, "molecules_per_s": {k: args.batch / v for k, v in med.items()},
                               "ratio_bond_over_egnn": med["bond_egnn"] / med["egnn"]}
+        if args.self_condition:
+            results[precision]["mean_ratio_self_conditioned_over_bond"] = mean["bond_egnn_self_conditioned"] / mean["bond_egnn"]
         print(precision, json.dumps(results[precision], indent=1))
-    record = {"command": "python benchmarks/bench_bond_egnn.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items() if v is not None and k != "out"),
+    record = {"command": "python benchmarks/bench_bond_egnn.py " + " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items()
+                                                                 if v not in (None, False) and k != "out"),
               "hidden": args.hidden, "layers": args.layers, "batch": args.batch, "threads": torch.get_num_threads(),
               "load_average_at_end": os.getloadavg(), "results": results}
     if args.out:

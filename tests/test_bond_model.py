@@ -10,7 +10,7 @@ import torch
 from moldiff.data.elements import vocabulary
 from moldiff.data.molecules import MoleculeSet
 from moldiff.data.state_dataset import StateDataset, dense_bonds
-from moldiff.loss.fields import FieldLoss
+from moldiff.loss.fields import FieldLoss, noised
 from moldiff.model.bond_model import BondDiffusionModel
 from moldiff.nn.bond_egnn import BondEGNN
 from moldiff.noise.categorical import CategoricalProcess, draw
@@ -138,40 +138,63 @@ def _random_state(seed=0, sizes=(5, 3)):
     return state.replace(bond=torch.randint(0, 5, (len(state.pairs),), generator=g))
 
 
-def _net():
+def _net(self_condition=False):
     torch.manual_seed(0)
-    net = BondEGNN(5, 3, 5, hidden=16, layers=2).double()
+    net = BondEGNN(5, 3, 5, hidden=16, layers=2, self_condition=self_condition).double()
     for block in net.egnn.blocks:  # larger coordinate updates than the initialisation's, to test them
         torch.nn.init.normal_(block.update.coord_mlp[4].weight, std=0.1)
     return net
 
 
-def test_positions_equivariant_and_every_other_output_invariant():
-    net, state = _net(), _random_state()
+def _previous(net, state, t):
+    """A previous estimate to self-condition on (None for a network without self-conditioning)."""
+    return net(state, t) if net.self_condition else None
+
+
+@pytest.mark.parametrize("self_condition", [False, True])
+def test_positions_equivariant_and_every_other_output_invariant(self_condition):
+    net, state = _net(self_condition), _random_state()
     t = torch.tensor([0.3, 0.8], dtype=torch.float64)
     q, _ = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2)))
     shift = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
-    out = net(state, t)
-    moved = net(state.replace(pos=state.pos @ q.T + shift), t)
+    prev = _previous(net, state, t)
+    out = net(state, t, previous=prev)
+    moved = net(state.replace(pos=state.pos @ q.T + shift), t, previous=prev)
     # translation: the EGNN sees relative positions only; x0 = x_t + displacement moves with x_t
     assert (moved["pos"] - (out["pos"] @ q.T + shift)).abs().max() < 1e-10
     for key in ("atom_type", "charge", "bond"):
         assert (moved[key] - out[key]).abs().max() < 1e-10
 
 
-def test_bonds_permute_with_the_atoms():
-    net, state = _net(), _random_state(sizes=(6,))
+@pytest.mark.parametrize("self_condition", [False, True])
+def test_bonds_permute_with_the_atoms(self_condition):
+    net, state = _net(self_condition), _random_state(sizes=(6,))
     t = torch.tensor([0.5], dtype=torch.float64)
     perm = torch.tensor([3, 0, 5, 1, 4, 2])  # new atom k is old atom perm[k]
     inv = torch.argsort(perm)
     old_pair = {tuple(p): k for k, p in enumerate(state.pairs.tolist())}
     new_bond = torch.tensor([state.bond[old_pair[tuple(sorted((int(perm[i]), int(perm[j]))))]] for i, j in state.pairs.tolist()])
     permuted = state.replace(pos=state.pos[perm], atom_type=state.atom_type[perm], charge=state.charge[perm], bond=new_bond)
-    a, b = net(state, t), net(permuted, t)
+    prev = _previous(net, state, t)
+    a = net(state, t, previous=prev)
+    b = net(permuted, t, previous=None if prev is None else {
+        "atom_type": prev["atom_type"][perm], "charge": prev["charge"][perm],
+        "bond": torch.stack([prev["bond"][old_pair[tuple(sorted((int(perm[i]), int(perm[j]))))]] for i, j in permuted.pairs.tolist()])})
     assert (b["pos"] - a["pos"][perm]).abs().max() < 1e-10 and (b["atom_type"] - a["atom_type"][perm]).abs().max() < 1e-10
     for k, (i, j) in enumerate(permuted.pairs.tolist()):
         assert (b["bond"][k] - a["bond"][old_pair[tuple(sorted((int(perm[i]), int(perm[j]))))]]).abs().max() < 1e-10
     assert inv.numel() == 6
+
+
+def test_self_conditioning_uses_the_previous_estimate_and_only_when_built_with_it():
+    net, state = _net(True), _random_state()
+    t = torch.tensor([0.3, 0.8], dtype=torch.float64)
+    first = net(state, t)
+    second = net(state, t, previous=first)
+    assert (second["bond"] - first["bond"]).abs().max() > 1e-6  # the previous estimate changes the output
+    assert (second["atom_type"] - first["atom_type"]).abs().max() > 1e-6
+    with pytest.raises(ValueError, match="without self_condition"):
+        _net(False)(state, t, previous=first)
 
 
 # --- loss, model and sampler -------------------------------------------------------------------
@@ -180,10 +203,11 @@ NOISE = {"schedule": "polynomial", "power": 2.0, "precision": 1e-5, "prediction"
 FEATURES = {"vocabulary": "qm9", "charges": [-1, 0, 1]}
 
 
-def _model(marginals=None, hidden=16):
+def _model(marginals=None, hidden=16, self_condition=False):
     torch.manual_seed(0)
     marginals = marginals or {"atom_type": [0.5, 0.3, 0.1, 0.05, 0.05], "charge": [0.01, 0.98, 0.01], "bond": [0.8, 0.15, 0.03, 0.02, 0.0]}
-    return BondDiffusionModel({"name": "bond_egnn", "hidden": hidden, "layers": 2}, NOISE, FEATURES, {4: 1, 3: 1}, marginals)
+    return BondDiffusionModel({"name": "bond_egnn", "hidden": hidden, "layers": 2, "self_condition": self_condition},
+                              NOISE, FEATURES, {4: 1, 3: 1}, marginals)
 
 
 def test_loss_is_finite_weighted_and_backpropagates():
@@ -200,6 +224,39 @@ def test_loss_is_finite_weighted_and_backpropagates():
     assert all(p.grad is not None for p in model.net.parameters() if p.requires_grad)
     with pytest.raises(ValueError, match="unknown fields"):
         FieldLoss(model.sde, model.processes, {"bonds": 1.0})
+
+
+def test_self_conditioned_loss_is_the_second_pass_given_the_first():
+    model = _model(self_condition=True)
+    ds = StateDataset(_labelled(), vocabulary("qm9"), (-1, 0, 1))
+    batch, t = ds[np.array([0, 1])], torch.tensor([0.2, 0.9])
+    net = model.denoise_fn(False)
+    for share in (0.0, 1.0):
+        loss = FieldLoss(model.sde, model.processes, time_weight="none", self_condition=share)
+        got, _ = loss(net, batch, torch.Generator().manual_seed(0), t=t)
+        # the same noisy state, by the same draws: the loss draws its share after the noise
+        g = torch.Generator().manual_seed(0)
+        zt = noised(batch, t, model.sde, model.processes, g)
+        plain = FieldLoss(model.sde, model.processes, time_weight="none", self_condition=0.0)
+        first = net(zt, t) if share else None
+        expect, _ = plain(lambda s, tt, previous=None: net(s, tt, previous=first), batch, torch.Generator().manual_seed(0), t=t)
+        assert torch.allclose(got, expect), share
+    with pytest.raises(ValueError, match="share of self-conditioned"):
+        FieldLoss(model.sde, model.processes, self_condition=1.5)
+
+
+def test_sampler_feeds_a_self_conditioned_network_its_previous_estimate():
+    model = _model(self_condition=True)
+    net, seen = model.denoise_fn(False), []
+    def spy(state, t, previous=None):
+        seen.append(previous)
+        return net(state, t, previous=previous)
+    spy.self_condition = True
+    sample_fields("ancestral", spy, model.sde, model.processes, torch.tensor([4, 3]), steps=3,
+                  generator=torch.Generator().manual_seed(0))
+    assert len(seen) == 4 and seen[0] is None and all(p is not None for p in seen[1:])
+    mols = model.sample(2, steps=3, seed=0)
+    assert np.array_equal(model.sample(2, steps=3, seed=0).bonds, mols.bonds)
 
 
 class _Oracle(torch.nn.Module):

@@ -9,6 +9,10 @@ clean positions (x0), as EQGAT-diff found best; types, charges and bonds use
 ``CategoricalProcess`` and cross-entropy against the clean class. ``w(t)`` is ``"snr_clip"``,
 clip(SNR(t), lo, hi) (EQGAT-diff's time weight; issue 13's recipe study), or ``"none"``.
 The field weights' defaults are FlowMol3's (positions 3, types 0.4, charges 1, bonds 2).
+
+Self-conditioning: for a network built with it, a share ``self_condition`` of the batches first
+runs the network without gradient and then again given that estimate; the loss is the second
+pass's (Chen et al.), so the network learns to refine its own estimate as the sampler feeds it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch
 from torch.nn import functional as F
 
 from moldiff.geometry import centered_noise, segment_sum
+from moldiff.nn.bond_egnn import predict
 from moldiff.noise.categorical import CategoricalProcess
 from moldiff.noise.vp_sde import VPSDE
 from moldiff.state import MolState
@@ -38,7 +43,7 @@ def noised(state: MolState, t: torch.Tensor, sde: VPSDE, processes: dict[str, Ca
 
 class FieldLoss:
     def __init__(self, sde: VPSDE, processes: dict[str, CategoricalProcess], weights: dict | None = None,
-                 time_weight: str = "snr_clip", snr_clip=(0.05, 1.5), t_min: float = 1e-3):
+                 time_weight: str = "snr_clip", snr_clip=(0.05, 1.5), t_min: float = 1e-3, self_condition: float = 0.5):
         if time_weight not in TIME_WEIGHTS:
             raise ValueError(f"time_weight must be one of {TIME_WEIGHTS}, got {time_weight!r}")
         unknown = set(weights or {}) - set(DEFAULT_WEIGHTS)
@@ -52,6 +57,9 @@ class FieldLoss:
         self.sde, self.processes, self.time_weight = sde, processes, time_weight
         self.snr_clip = (float(snr_clip[0]), float(snr_clip[1]))
         self.t_min = float(t_min)
+        if not 0.0 <= float(self_condition) <= 1.0:
+            raise ValueError(f"self_condition is the share of self-conditioned batches, in [0, 1]; got {self_condition}")
+        self.self_condition = float(self_condition)
 
     def sample_times(self, n: int, like: torch.Tensor, generator=None) -> torch.Tensor:
         u = torch.rand(n, generator=generator, dtype=like.dtype, device=like.device)
@@ -64,7 +72,13 @@ class FieldLoss:
         if t is None:
             t = self.sample_times(n, state.pos, generator)
         zt = noised(state, t, self.sde, self.processes, generator)
-        pred = denoise_fn(zt, t)
+        previous = None
+        # draw only for a self-conditioned network, so other runs keep their random stream
+        if getattr(denoise_fn, "self_condition", False) and self.self_condition > 0:
+            if float(torch.rand((), generator=generator, device=t.device)) < self.self_condition:
+                with torch.no_grad():
+                    previous = predict(denoise_fn, zt, t)
+        pred = predict(denoise_fn, zt, t, previous)
         atoms = torch.bincount(state.batch, minlength=n).clamp_min(1).to(t.dtype)
         terms = {"pos": segment_sum((pred["pos"] - state.pos).square().sum(1), state.batch, n) / atoms}
         for name in CATEGORICAL_FIELDS:

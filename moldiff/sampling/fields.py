@@ -21,6 +21,7 @@ import torch
 
 from moldiff.geometry import centered_noise, remove_mean
 from moldiff.noise.categorical import CategoricalProcess, draw
+from moldiff.nn.bond_egnn import predict
 from moldiff.noise.vp_sde import VPSDE
 from moldiff.sampling.base import sizes_to_batch, time_grid
 from moldiff.state import MolState
@@ -37,12 +38,13 @@ def prior_state(sizes, processes: dict[str, CategoricalProcess], generator=None,
 
 
 def ancestral_step(denoise_fn: DenoiseFn, sde: VPSDE, processes, state: MolState, t: float, s: float, generator=None,
-                   late_noise: float = 1.0, late_t: float = 0.0):
-    """One step t -> s of every field; returns (new state, the network's prediction at t)."""
+                   late_noise: float = 1.0, late_t: float = 0.0, previous: dict | None = None):
+    """One step t -> s of every field; returns (new state, the network's prediction at t).
+    ``previous``: the prediction of the step before, for a self-conditioned network."""
     n = state.n_mol
     tt = torch.full((n,), t, dtype=state.pos.dtype, device=state.device)
     ss = torch.full((n,), s, dtype=state.pos.dtype, device=state.device)
-    pred = denoise_fn(state, tt)
+    pred = predict(denoise_fn, state, tt, previous)
     b = state.batch
     a_ts, s2_ts = sde.transition(ss, tt, b)
     sg_t2, sg_s2 = sde.sigma(tt, b) ** 2, sde.sigma(ss, b) ** 2
@@ -58,10 +60,10 @@ def ancestral_step(denoise_fn: DenoiseFn, sde: VPSDE, processes, state: MolState
     return state.replace(**changes), pred
 
 
-def final_state(denoise_fn: DenoiseFn, processes, state: MolState, t: float) -> MolState:
+def final_state(denoise_fn: DenoiseFn, processes, state: MolState, t: float, previous: dict | None = None) -> MolState:
     """The network's clean estimate at the last grid time: positions as predicted, classes by argmax."""
     tt = torch.full((state.n_mol,), t, dtype=state.pos.dtype, device=state.device)
-    pred = denoise_fn(state, tt)
+    pred = predict(denoise_fn, state, tt, previous)
     changes = {"pos": remove_mean(pred["pos"], state.batch, state.n_mol)}
     changes.update({name: pred[name].argmax(1) for name in processes})
     return state.replace(**changes)
@@ -76,8 +78,9 @@ def sample_fields(name: str, denoise_fn: DenoiseFn, sde: VPSDE, processes: dict[
                          f"the bond model samples with {FIELD_SAMPLERS}")
     state = init if init is not None else prior_state(sizes, processes, generator, dtype, device)
     times = time_grid(steps, t_min, t_max, kind=grid, schedule=sde.schedule).tolist()
+    pred = None
     for i, (t, s) in enumerate(zip(times[:-1], times[1:])):
-        state, pred = ancestral_step(denoise_fn, sde, processes, state, t, s, generator, **options)
+        state, pred = ancestral_step(denoise_fn, sde, processes, state, t, s, generator, previous=pred, **options)
         if callback is not None:
             state = callback(i, t, s, state, pred) or state
-    return final_state(denoise_fn, processes, state, times[-1])
+    return final_state(denoise_fn, processes, state, times[-1], pred)

@@ -46,4 +46,5 @@ class BondDiffusionModule(DiffusionModule):
 
 def field_loss(loss: dict[str, Any], model: BondDiffusionModel) -> FieldLoss:
     return FieldLoss(model.sde, model.processes, loss.get("weights"), loss.get("time_weight", "snr_clip"),
-                     tuple(loss.get("snr_clip", (0.05, 1.5))), float(loss.get("t_min", 1e-3)))
+                     tuple(loss.get("snr_clip", (0.05, 1.5))), float(loss.get("t_min", 1e-3)),
+                     float(loss.get("self_condition", 0.5)))

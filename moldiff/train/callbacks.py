@@ -31,7 +31,8 @@ class SampleAndEvaluate(pl.Callback):
     atom and molecule stability and validity (``eval/...``). Needs RDKit for validity; without
     it (e.g. on a bare GPU machine) only stability is logged."""
 
-    def __init__(self, every_n_epochs: int = 10, n: int = 100, steps: int = 100, sampler: str = "ancestral", seed: int = 0):
+    def __init__(self, every_n_epochs: int | None = 10, n: int = 100, steps: int = 100, sampler: str = "ancestral", seed: int = 0):
+        every_n_epochs = 0 if every_n_epochs is None else every_n_epochs  # null, as 0: no periodic evaluation
         self.every, self.n, self.steps, self.sampler, self.seed = int(every_n_epochs), int(n), int(steps), sampler, int(seed)
 
     def _conditions(self, trainer, module) -> dict:
