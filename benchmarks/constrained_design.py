@@ -1,14 +1,16 @@
 """Fragment elaboration on QM9 (issue 30): cut 3 peripheral heavy atoms (and their hydrogens) from
 real test molecules, keep the rest fixed, regenerate at the original atom count.
 
-python benchmarks/constrained_design.py [--ckpt shipped] [--fragments 500] [--completions 10] [--steps 300] [--out benchmarks/results_constrained_design.json]
+python benchmarks/constrained_design.py [--ckpt shipped] [--fragments 500] [--completions 10] [--steps 300]
+       [--reconstruction 2.0] [--resample 1] [--baseline/--no-baseline] [--out benchmarks/results_constrained_design.json]
 
 * fragments: QM9 test molecules in a fixed random order (seed 0) with at least 6 heavy atoms whose
   corrected-protocol bonds are known (``chem.bond_labels``); three times, a heavy atom with one
   heavy neighbour (a leaf of the heavy-atom graph, the last one in atom order) is removed with its
   hydrogens, so the fragment stays one connected piece;
 * completions: ``--completions`` per fragment with ``DiffusionModel.sample`` (or the bond model's)
-  at the model's user defaults, ``fragment=`` and ``n_atoms=`` the original count;
+  at the model's user defaults, ``fragment=`` and ``n_atoms=`` the original count (``--reconstruction``
+  the guidance weight, 0 for plain replacement; ``--resample`` RePaint's resampling);
 * baseline: the same number of unconstrained molecules of the same sizes, same model and sampler;
 * figures: fragment preservation (largest position deviation of a fixed atom in the file frame,
   elements kept), EDM and corrected validity and stability of completions and baseline, the bond
@@ -34,6 +36,7 @@ from moldiff.model.bond_model import BondDiffusionModel, is_bond_checkpoint
 from moldiff.model.checkpoint import read_checkpoint
 from moldiff.model.diffusion import DiffusionModel
 from moldiff.nn.cpu_tuning import tune_cpu_allocator
+from moldiff.sampling.inpaint import RECONSTRUCTION
 
 
 def peripheral_cut(mols: MoleculeSet, i: int, cut: int = 3) -> np.ndarray | None:
@@ -87,6 +90,10 @@ def main():
     ap.add_argument("--fragments", type=int, default=500)
     ap.add_argument("--completions", type=int, default=10)
     ap.add_argument("--steps", type=int, default=None, help="default: the model's own (300 Gaussian, 100 bond model)")
+    ap.add_argument("--reconstruction", type=float, default=RECONSTRUCTION)
+    ap.add_argument("--resample", type=int, default=1)
+    ap.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
+                    help="also sample unconstrained molecules of the same sizes (--no-baseline for a sweep)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     tune_cpu_allocator()
@@ -98,7 +105,8 @@ def main():
     completions, deviations, kept_elements, recovered, unique = [], [], [], [], []
     for k, (_, original, frag) in enumerate(frags):
         n_total = int(original.n_atoms[0])
-        mols = model.sample(a.completions, steps=steps, seed=k, fragment=frag, n_atoms=n_total)
+        mols = model.sample(a.completions, steps=steps, seed=k, fragment=frag, n_atoms=n_total,
+                            reconstruction=a.reconstruction, resample=a.resample, **({} if bond else {"progress": False}))
         fixed_pos = mols.positions[mols.fixed]
         deviations.append(float(np.abs(fixed_pos - np.tile(frag.positions, (a.completions, 1))).max()))
         kept_elements.append(bool((mols.numbers[mols.fixed] == np.tile(frag.numbers, a.completions)).all()))
@@ -111,19 +119,24 @@ def main():
     seconds = time.perf_counter() - t0
     done = MoleculeSet.concatenate(completions)
     sizes = np.repeat([int(o.n_atoms[0]) for _, o, _ in frags], a.completions)
-    baseline = model.sample(len(sizes), steps=steps, seed=10_000, sizes=sizes)
+    baseline = model.sample(len(sizes), steps=steps, seed=10_000, sizes=sizes) if a.baseline else None
     vocab = model.vocab if bond else model.layout.vocab
     result = {
-        "command": "python benchmarks/constrained_design.py " + " ".join(f"--{k} {v}" for k, v in vars(a).items() if v is not None and k != "out"),
+        "command": "python benchmarks/constrained_design.py " + " ".join(
+            (f"--{k}" if v is True else f"--no-{k}" if v is False else f"--{k} {v}") for k, v in vars(a).items() if v is not None and k != "out"),
+        "reconstruction": a.reconstruction, "resample": a.resample,
         "model": a.ckpt, "bond_model": bond, "steps": steps, "fragments": len(frags), "completions_per_fragment": a.completions,
         "seconds_sampling_completions": round(seconds, 1),
         "preservation": {"max_position_deviation_A": max(deviations), "elements_kept": float(np.mean(kept_elements))},
         "recovery": float(np.sum(recovered) / len(done)), "uniqueness_within_fragment": float(np.nanmean(unique)),
         "completions": {k: v for k, v in evaluate(done, vocab).items() if k in ("edm", "corrected", "written_graph")},
-        "baseline_same_sizes": {k: v for k, v in evaluate(baseline, vocab).items() if k in ("edm", "corrected", "written_graph")},
     }
+    if baseline is not None:
+        result["baseline_same_sizes"] = {k: v for k, v in evaluate(baseline, vocab).items() if k in ("edm", "corrected", "written_graph")}
     print(json.dumps({k: v for k, v in result.items() if k not in ("completions", "baseline_same_sizes")}, indent=1))
     for name in ("completions", "baseline_same_sizes"):
+        if name not in result:
+            continue
         e = result[name]
         print(f"{name}: EDM valid {100 * e['edm']['validity']:.1f} % stable {100 * e['edm']['molecule_stability']:.1f} % | "
               f"corrected valid {100 * e['corrected']['validity']:.1f} %")

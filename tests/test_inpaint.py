@@ -61,6 +61,27 @@ def _free_stats(final, fixed):
     return mean, var, cov
 
 
+class GuidedInpaint(Inpaint):
+    """Replacement plus reconstruction guidance with the exact clean estimate of the point clouds."""
+
+    def __init__(self, sde, fixed, pos, batch, n, g, features=None):
+        data = GaussianPointClouds(sde)
+
+        def estimate(state, t):
+            ex, eh = data.eps(state.pos, state.atom_type, t, state.batch, state.n_mol)
+            return sde.x0_from_eps(state.pos, state.atom_type, ex, eh, t, state.batch)[0]
+
+        super().__init__(sde, fixed, pos, batch, n, g, features=features, reconstruction=2.0, estimate=estimate)
+
+
+def test_reconstruction_guidance_leaves_the_closed_form_conditional_alone():
+    """For point clouds the fragment's shape is independent of the free atoms, so the exact estimate
+    of it does not depend on them and guidance must not move anything: the same molecules."""
+    plain, _, _ = _run(Inpaint, steps=30)
+    guided, _, _ = _run(GuidedInpaint, steps=30)
+    assert (plain.pos - guided.pos).abs().max() < 1e-9
+
+
 def test_fixed_atoms_are_kept_exactly_in_the_file_frame():
     final, fixed, _ = _run(Inpaint, steps=5)
     assert (final.pos[fixed] - Y_F.repeat(M, 1)).abs().max() < 1e-12
@@ -218,9 +239,63 @@ def test_resampling_redoes_each_step_and_keeps_the_fragment(tmp_path):
         mols = model.sample(2, steps=4, seed=0, fragment=sdf, n_atoms=6, resample=3, progress=False)
     finally:
         hook.remove()
-    assert len(calls) == 4 * 3 + 1  # 4 steps redone 3 times, and the final denoising
+    assert len(calls) == 4 * 3 + 4 + 1  # 4 steps redone 3 times, one guidance pass each, the final denoising
+    calls.clear()
+    hook = net.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        plain = model.sample(2, steps=4, seed=0, fragment=sdf, n_atoms=6, resample=3, reconstruction=0, progress=False)
+    finally:
+        hook.remove()
+    assert len(calls) == 4 * 3 + 1 and np.abs(plain.positions[plain.fixed] - mols.positions[mols.fixed]).max() < 1e-4
+    with pytest.raises(ValueError, match="reconstruction must be >= 0"):
+        model.sample(2, steps=2, fragment=sdf, n_atoms=6, reconstruction=-1)
     assert np.abs(mols.positions[mols.fixed] - np.tile(FRAG_X, (2, 1))).max() < 1e-4
     with pytest.raises(ValueError, match="resample"):
         model.sample(2, steps=2, sampler="pc", fragment=sdf, n_atoms=6, resample=2)
     with pytest.raises(ValueError, match="resample"):
         model.sample(2, steps=2, resample=2)
+
+
+def test_reconstruction_guidance_moves_free_atoms_down_the_fragment_error_only():
+    """guide(): free atoms move by -w alpha / 2 times the gradient of the fragment's shape error in
+    the estimate; fixed atoms keep their shape, the centre of mass stays zero, and an estimate in
+    which the fragment does not depend on the free atoms moves nothing."""
+    g = torch.Generator().manual_seed(0)
+    batch, n = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]), 2
+    fixed = torch.tensor([True, True, False, False] * 2)
+    file_pos = torch.randn(8, 3, generator=g, dtype=torch.float64)
+    pos = torch.randn(8, 3, generator=g, dtype=torch.float64)
+    pos = pos - _mean(pos, batch, n)[batch]
+    sde = VPSDE(get_schedule("polynomial"))
+
+    first = torch.tensor([1.0, 0, 0, 0] * 2, dtype=torch.float64)[:, None]
+
+    def pulled(state, t):  # each fragment's first atom drifts with the free atoms' centroid (its shape changes)
+        free = torch.where(fixed[:, None], torch.zeros_like(state.pos), state.pos)
+        return state.pos + 0.3 * first * (_mean(free, batch, n) * 2)[batch]
+
+    state = MolState(batch, n, pos=pos)
+    inp = Inpaint(sde, fixed, file_pos, batch, n, g, reconstruction=2.0, estimate=pulled)
+    out = inp.guide(state, 0.3)
+    moved = out.pos - pos
+    assert moved[~fixed].abs().max() > 1e-3
+    assert _mean(out.pos, batch, n).abs().max() < 1e-12  # zero centre of mass kept
+    shape = lambda x: x[fixed].view(n, 2, 3) - x[fixed].view(n, 2, 3).mean(1, keepdim=True)  # noqa: E731
+    assert (shape(out.pos) - shape(pos)).abs().max() < 1e-12  # the fragment's shape untouched
+    # the step is -w alpha / 2 times the gradient (recomputed here by hand), up to the mean shift
+    z = pos.clone().requires_grad_(True)
+    x0 = pulled(MolState(batch, n, pos=z), None)
+    err = x0 - torch.stack([x0[fixed & (batch == m)].mean(0) for m in range(n)])[batch] - inp.shape
+    (grad,) = torch.autograd.grad(err[fixed].square().sum(), z)
+    grad[fixed] = 0
+    alpha = sde.alpha(torch.full((n,), 0.3, dtype=torch.float64), batch)
+    expect = -2.0 * alpha / 2 * (grad - _mean(grad, batch, n)[batch])
+    assert (moved - expect).abs().max() < 1e-12
+    still = Inpaint(sde, fixed, file_pos, batch, n, g, reconstruction=2.0, estimate=lambda st, t: st.pos * 1.0)
+    assert (still.guide(state, 0.3).pos - pos).abs().max() < 1e-12
+    with pytest.raises(ValueError, match="reconstruction"):
+        Inpaint(sde, fixed, file_pos, batch, n, g, reconstruction=1.0)
+
+
+def _mean(x, batch, n):
+    return torch.zeros(n, x.shape[1], dtype=x.dtype).index_add_(0, batch, x) / torch.bincount(batch, minlength=n)[:, None].to(x.dtype)

@@ -34,7 +34,7 @@ from moldiff.model.checkpoint import checkpoint_path
 from moldiff.data.fragment import load_fragment, parse_n_atoms
 from moldiff.model.bond_model import BondDiffusionModel
 from moldiff.model.load import load_model, model_vocabulary
-from moldiff.sampling.inpaint import check_fragment
+from moldiff.sampling.inpaint import RECONSTRUCTION, check_fragment
 from moldiff.nn.cpu_tuning import tune_once
 from moldiff.sampling.generate import PRECISIONS, generate
 from moldiff.sampling.samplers import SAMPLERS, with_recommended
@@ -152,7 +152,8 @@ def _key(cfg, path: Path) -> str:
                    # run interrupted before they existed still resumes
                    *([json.dumps(bounds, sort_keys=True)] if (bounds := batch_bounds(cfg)) else []),
                    # likewise a fragment and n_atoms, only when given
-                   *([json.dumps([str(cfg.fragment), _fragment_stamp(cfg.fragment), str(cfg.get("n_atoms")), int(cfg.get("resample", 1))])]
+                   *([json.dumps([str(cfg.fragment), _fragment_stamp(cfg.fragment), str(cfg.get("n_atoms")), int(cfg.get("resample", 1)),
+                                float(cfg.get("reconstruction", RECONSTRUCTION))])]
                      if cfg.get("fragment") or cfg.get("n_atoms") is not None else []))
 
 
@@ -217,7 +218,8 @@ def check_fragment_input(cfg, module, n: int):
     fragment = load_fragment(cfg.fragment, model_vocabulary(module))
     if isinstance(module, BondDiffusionModel):
         module.fragment_fields(fragment)  # bonds and charges the bond model can keep
-    check_fragment(fragment, str(cfg.sampler), resample=int(cfg.get("resample", 1)))
+    check_fragment(fragment, str(cfg.sampler), resample=int(cfg.get("resample", 1)),
+                   reconstruction=float(cfg.get("reconstruction", RECONSTRUCTION)))
     k = len(fragment.numbers)
     limits = parse_n_atoms(cfg.get("n_atoms"))
     if limits is not None and k > limits[0]:
@@ -230,7 +232,8 @@ def _generate(module, cfg, n, device, done, partial, steps: int, fragment=None):
         part.save(partial.path(k))  # atomic
 
     common = dict(steps=steps, batch_size=int(cfg.batch_size), seed=int(cfg.seed), sizes=resolve_sizes(_plain(cfg.sizes), n),
-                  fragment=fragment, n_atoms=cfg.get("n_atoms"), on_batch=save, done=done, resample=int(cfg.get("resample", 1)))
+                  fragment=fragment, n_atoms=cfg.get("n_atoms"), on_batch=save, done=done, resample=int(cfg.get("resample", 1)),
+                  reconstruction=float(cfg.get("reconstruction", RECONSTRUCTION)))
     if isinstance(module, BondDiffusionModel):  # its own sampler (categorical fields), same batching and resume
         return module.sample(n, sampler=cfg.sampler, ema=bool(cfg.ema), **common, **_plain(cfg.options or {}))
     return generate(

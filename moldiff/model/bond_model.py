@@ -31,7 +31,7 @@ from moldiff.data.fragment import load_fragment
 from moldiff.sampling.fields import ancestral_step as field_step
 from moldiff.sampling.fields import sample_fields
 from moldiff.sampling.generate import sizes_for
-from moldiff.sampling.inpaint import check_fragment, fragment_inpaint
+from moldiff.sampling.inpaint import RECONSTRUCTION, check_fragment, fragment_inpaint
 from moldiff.state import MolState
 
 KIND = "bonds"  # checkpoints say which model class reads them (``hyper_parameters["kind"]``)
@@ -86,17 +86,17 @@ class BondDiffusionModel(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, steps: int = 100, seed: int = 0, sizes=None, batch_size: int = 250, sampler: str = "ancestral",
                callback=None, ema: bool = True, fragment=None, n_atoms=None, on_batch=None, done: dict | None = None,
-               resample: int = 1, **options) -> MoleculeSet:
+               resample: int = 1, reconstruction: float = RECONSTRUCTION, **options) -> MoleculeSet:
         """``n`` molecules with the model's own bonds and formal charges; batch k draws from a
         generator seeded by (seed, k), so the same seed and batch size give the same molecules.
         ``fragment`` (an SDF path or a one-molecule ``MoleculeSet`` with bonds) is kept exactly in
         every molecule, elements, charges, positions and bonds (issue 30); ``n_atoms`` a count or a
-        range "a-b". ``on_batch(k, MoleculeSet)`` after each finished batch; ``done`` maps batch
+        range "a-b"; ``resample`` and ``reconstruction`` as for ``generate``. ``on_batch(k, MoleculeSet)`` after each finished batch; ``done`` maps batch
         numbers to batches an interrupted run finished (not sampled again), as ``generate`` does."""
         device = next(self.parameters()).device
         if fragment is not None and not isinstance(fragment, MoleculeSet):
             fragment = load_fragment(fragment, self.vocab)
-        k = check_fragment(fragment, sampler, callback, resample)
+        k = check_fragment(fragment, sampler, callback, resample, reconstruction)
         fields = self.fragment_fields(fragment) if fragment is not None else None
         if sizes is not None and n_atoms is not None:
             raise ValueError("give sizes or n_atoms, not both")
@@ -118,8 +118,10 @@ class BondDiffusionModel(nn.Module):
                 g = torch.Generator(device=device).manual_seed(int(seed) * 100_003 + b)
                 denoise = self.denoise_fn(ema)
                 restep = (lambda st, t, s, g=g: field_step(denoise, self.sde, self.processes, st, t, s, g, **options)[0]) if resample > 1 else None
+                estimate = lambda st, t, denoise=denoise: denoise(st, t)["pos"]  # noqa: E731 (reconstruction guidance)
                 inpaint = None if fields is None else fragment_inpaint(self.sde, fragment, chunk.to(device), g, fields=fields,
-                                                                         processes=self.processes, resample=resample, restep=restep)
+                                                                         processes=self.processes, resample=resample, restep=restep,
+                                                                         reconstruction=reconstruction, estimate=estimate)
                 state = sample_fields(sampler, self.denoise_fn(ema), self.sde, self.processes, chunk.to(device), steps=steps,
                                       generator=g, device=device, callback=inpaint or callback, **options)
                 if inpaint is not None:

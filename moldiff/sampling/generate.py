@@ -23,7 +23,7 @@ from moldiff.sampling.base import sample_sizes
 from moldiff.sampling.samplers import sample
 from moldiff.nn.context import ContextSlot
 from moldiff.sampling.ancestral import ancestral_step
-from moldiff.sampling.inpaint import check_fragment, fragment_inpaint
+from moldiff.sampling.inpaint import RECONSTRUCTION, check_fragment, fragment_inpaint
 from moldiff.state import MolState
 
 PRECISIONS = ("32", "bf16-mixed")
@@ -52,6 +52,7 @@ def generate(
     n_atoms=None,
     fragment: MoleculeSet | None = None,
     resample: int = 1,
+    reconstruction: float = RECONSTRUCTION,
     **options,
 ) -> MoleculeSet:
     """``n`` molecules. ``on_batch(k, MoleculeSet)`` is called after each finished batch;
@@ -70,12 +71,13 @@ def generate(
     ``fragment``: a one-molecule ``MoleculeSet`` (``moldiff.data.fragment.load_fragment``) whose
     atoms every molecule keeps exactly, in the file's frame, as its first atoms (``sampling.inpaint``;
     stochastic samplers only); the result's ``fixed`` marks them. ``resample``: RePaint's
-    resampling, each ancestral step redone that many times (``sampling.inpaint``)."""
+    resampling, each ancestral step redone that many times; ``reconstruction``: the weight of
+    reconstruction guidance towards the fragment (0: plain replacement; ``sampling.inpaint``)."""
     if str(precision) not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     if isinstance(sizes, (int, np.integer)) and not isinstance(sizes, bool):
         sizes = [int(sizes)] * n  # one atom count for all, as scripts/sample.py takes sizes=12
-    k = check_fragment(fragment, sampler, callback, resample)
+    k = check_fragment(fragment, sampler, callback, resample, reconstruction)
     if sizes is not None and n_atoms is not None:
         raise ValueError("give sizes or n_atoms, not both")
     if sizes is None:
@@ -123,8 +125,12 @@ def generate(
                             x, h = ancestral_step(eps_fn, module.sde, state.pos, state.atom_type, t, s, state.batch, state.n_mol, g, **{
                                 k_: v for k_, v in options.items() if k_ in ("late_noise", "late_t")})
                             return state.replace(pos=x, atom_type=h)
+                    def estimate(state, t):  # the clean positions, differentiable: reconstruction guidance
+                        ex, eh = eps_fn(state.pos, state.atom_type, t, state.batch, state.n_mol)
+                        return module.sde.x0_from_eps(state.pos, state.atom_type, ex, eh, t, state.batch)[0]
+
                     inpaint = fragment_inpaint(module.sde, fragment, chunk.to(device), g, features=layout.encode_numbers(fragment.numbers),
-                                               resample=resample, restep=restep)
+                                               resample=resample, restep=restep, reconstruction=reconstruction, estimate=estimate)
                 x, h, batch = sample(sampler, eps_fn, module.sde, chunk.to(device), layout.dim, steps=steps, generator=g,
                                      callback=inpaint or callback, **options)
                 if inpaint is not None:
