@@ -188,6 +188,11 @@ def test_script(wheel, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "9 of 13 molecules built, 9 conformers" in text and "caches: train 4 molecules" in text
     assert B.moses_output(100000, C.ConformerSettings(conformers=1)).name == "moses_100k_k1.npz"
+    smi = tmp_path / "two.smi"  # --bonds: a SMILES-file build stores the graphs too
+    smi.write_text("CC#N\nc1ccccc1\n")
+    build_conformers.main([str(smi), "--bonds", "-k", "2", "--val-fraction", "0", "--workers", "1", "--out", str(tmp_path / "f.npz")])
+    two = MoleculeSet.load(tmp_path / "f.npz")
+    assert len(two) == 4 and two.has_bonds and [len(two.bonds_of(k)) for k in range(4)] == [5, 5, 12, 12]
     for bad in (["moses", "-n", "0"], ["moses", "--wheel", str(tmp_path / "none.whl")], [str(wheel), "-n", "5"]):
         with pytest.raises(SystemExit) as e:
             build_conformers.main([*bad, "--out", str(out)])
