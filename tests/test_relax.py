@@ -104,11 +104,9 @@ def test_xtb_relaxation_counts_failures(monkeypatch):
     assert rep.n_rejected == 0 and r.energy_after <= r.energy_before
     assert -9.0 * RX.KCAL_PER_HARTREE < r.energy_after < -7.0 * RX.KCAL_PER_HARTREE  # the cation's GFN2-xTB energy
 
-    import moldiff.chem.xtb as X
-
     def scf_fails(*a, **k):
         raise RuntimeError("SCF not converged")
 
-    monkeypatch.setattr(X, "relax", scf_fails)
+    monkeypatch.setattr(RX, "relax", scf_fails)
     done, rep = RX.relax_molecules([m], ["perceived"], "xtb")
     assert done == [] and rep.rejected == {RX.XTB_FAILED: 1} and "SCF" in rep.examples[0]

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from moldiff.chem.xtb import relax
 from moldiff.data import report as R
 
 METHODS = ("mmff", "xtb")
@@ -97,8 +98,6 @@ def relax_mmff(mol, max_iters: int = MMFF_ITERS) -> Relaxed:
 def relax_xtb(mol, steps: int = XTB_STEPS, fmax: float = XTB_FMAX) -> Relaxed:
     """GFN2-xTB relaxation at the graph's total formal charge."""
     from rdkit import Chem
-
-    from moldiff.chem.xtb import relax
 
     numbers = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])
     before = mol.GetConformer().GetPositions()

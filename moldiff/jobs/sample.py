@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from moldiff.chem import relax as RX
 from moldiff.data.loader import checked_batch_bounds
 from moldiff.data.molecules import MoleculeSet
 from moldiff.data.report import InputReport
@@ -126,12 +127,10 @@ def check_config(cfg) -> None:
 
 def check_relax(relax) -> None:
     """``relax``: null, mmff or xtb (which needs tblite and ASE, checked before sampling)."""
-    from moldiff.chem.relax import METHODS
-
     if relax is None:
         return
-    if str(relax) not in METHODS:
-        raise ValueError(f"relax: use one of {list(METHODS)} (or null), got {relax!r}")
+    if str(relax) not in RX.METHODS:
+        raise ValueError(f"relax: use one of {list(RX.METHODS)} (or null), got {relax!r}")
     if str(relax) == "xtb":
         require_package("tblite", "relax=xtb")
         require_package("ase", "relax=xtb")
@@ -285,8 +284,6 @@ def write_relaxed(records, out: Path, names: list[str], method: str) -> dict:
     bonds, into ``samples_relaxed_<method>.sdf`` (same names; SDF properties ``relaxed``,
     ``relax_converged``, energies in kcal/mol, RMSD); what was not relaxed, and why, in
     ``relax_<method>.json``. The raw files and metrics.json are not touched."""
-    from moldiff.chem import relax as RX
-
     sdf, report_json = relaxed_paths(out, method)
     done, report = RX.relax_molecules(records.mols, [p["bonds"] for p in records.properties], method, names)
     props = [{"relaxed": method, "relax_converged": int(r.converged), "energy_before_kcal_mol": f"{r.energy_before:.4f}",
