@@ -5,7 +5,8 @@ Per molecule: RDKit's ETKDGv3 embeds ``k`` conformers (seeded from the build see
 molecule's row, so a molecule's conformers do not depend on chunking, workers or the rest of the
 file), MMFF94 relaxes them, and optionally GFN2-xTB (tblite, GEOM's own level of theory) polishes
 each one with ASE's BFGS (``moldiff.chem.xtb``). Conformers are ranked by energy (0 = lowest), as
-GEOM's are.
+GEOM's are. The molecule's bonds come from its SMILES, Kekulé (orders 1, 2, 3) as QM9's bond labels
+are (``moldiff.chem.bond_labels.kekule_graph``), with the hydrogens' order the conformers' atoms have.
 
 Bad input is counted, never fatal: a SMILES RDKit cannot parse, several fragments (salts,
 mixtures), an element outside EDM's GEOM vocabulary, an atom charge outside GEOM-Drugs' valency
@@ -115,6 +116,7 @@ class MoleculeConformers:
     positions: np.ndarray  # (c, n, 3) float32, Å
     energies: np.ndarray  # (c,) Hartree
     weights: np.ndarray  # (c,) Boltzmann weights at 298.15 K over these c conformers
+    bonds: np.ndarray  # (b, 3) int32 rows (i, j, order), i < j: the SMILES' Kekulé graph, QM9 labels' convention
 
 
 def _embed(mol, settings: ConformerSettings, row: int) -> tuple[list[int], bool]:
@@ -154,6 +156,8 @@ def molecule_conformers(smiles: str, row: int, settings: ConformerSettings,
 
 def _molecule_conformers(smiles, row, settings, molecules, conformers, where):
     from rdkit import Chem
+
+    from moldiff.chem.bond_labels import kekule_graph  # RDKit; the convention QM9's bond labels use
     from rdkit.Chem import rdForceFieldHelpers as FF
 
     mol = Chem.MolFromSmiles(smiles) if smiles else None
@@ -209,5 +213,6 @@ def _molecule_conformers(smiles, row, settings, molecules, conformers, where):
         molecules.flag(FEWER_CONFORMERS, where, f"{len(kept)} of {settings.conformers}")
     kept.sort(key=lambda t: (t[0], t[1]))  # by energy; ties in embedding order
     energies = np.array([e for e, _, _ in kept])
+    bonds, _ = kekule_graph(mol)  # from the SMILES, not the coordinates: exact, the bond model's labels
     return MoleculeConformers(row, numbers, formal, charge, np.stack([p for _, _, p in kept]).astype(np.float32),
-                              energies, boltzmann_weights(energies))
+                              energies, boltzmann_weights(energies), bonds)

@@ -395,9 +395,11 @@ def load_geom(path: str | os.PathLike | None = None) -> MoleculeSet:
 
 def load_geom_formal_charges(path: str | os.PathLike) -> np.ndarray | None:
     """(A,) per-atom formal charges, aligned with ``load_geom(path).numbers``; None for a cache
-    without them (GEOM's own records, older caches)."""
+    without them (GEOM's own records, older caches). A cache with bonds keeps them under
+    ``MoleculeSet``'s name ``charges``."""
     with np.load(path, allow_pickle=False) as f:
-        return f["formal_charges"] if "formal_charges" in f.files else None
+        key = next((k for k in ("formal_charges", "charges") if k in f.files), None)
+        return None if key is None else f[key]
 
 
 def load_geom_smiles(path: str | os.PathLike | None = None) -> list[str]:

@@ -1,6 +1,7 @@
-"""The conformer dataset build behind ``scripts/build_conformers.py``: a SMILES file to a cache in
-GEOM-Drugs' format, over worker processes; each molecule's conformers and what is counted about
-them are ``moldiff.chem.conformers``'s.
+"""The conformer dataset build behind ``scripts/build_conformers.py``: a SMILES file, or the MOSES
+splits read from the ``molsets`` wheel (``moldiff.data.moses``), to caches in GEOM-Drugs' format,
+over worker processes; each molecule's conformers and what is counted about them are
+``moldiff.chem.conformers``'s.
 
 The build is resumable: rows are cut into chunks, each chunk's result is written atomically as a
 shard under ``<out>.parts/`` by the worker that made it, and only when every shard exists are they
@@ -14,7 +15,10 @@ properties ``mol_id`` (line of ``<out>.smiles.txt``), ``energy`` (Hartree: GFN2-
 with the xTB polish, GEOM's quantity; MMFF94 energy / 627.509 otherwise, meaningful only relative
 to the same molecule's other conformers), ``boltzmann_weight`` (298.15 K over the kept conformers
 of the molecule, not CREST's ensemble weights), ``conformer_rank`` and ``charge`` (total charge),
-plus per-atom ``formal_charges``.
+plus per-atom ``formal_charges``. A build with ``bonds`` (always for MOSES) instead stores the
+per-atom formal charges and the SMILES' Kekulé bonds in ``MoleculeSet``'s own fields (``charges``,
+``bonds``, ``bond_offsets``: what ``StateDataset`` trains the bond model on, in the convention of
+QM9's bond labels), so ``MoleculeSet.load`` returns them with the molecules.
 
 What is written here is the chunked, resumable bookkeeping and the cache layout, which no package
 provides for GEOM's format.
@@ -38,13 +42,15 @@ import numpy as np
 
 from moldiff.chem.conformers import ConformerSettings, molecule_conformers
 from moldiff.chem.xtb import require_tblite, single_thread_worker
+from moldiff.data import moses
 from moldiff.data import report as R
 from moldiff.data.geom import cache_dtypes, smiles_path
 from moldiff.data.npz_writer import NpzStreamWriter
 from moldiff.data.paths import cache_dir
 from moldiff.files import AtomicFile, atomic_write
 
-FORMAT_VERSION = 1  # of the shards; part of the resume check
+FORMAT_VERSION = 1  # of the caches; part of every build's identity
+SHARD_VERSION = 2  # of the shards (2: with bonds); part of the resume check only
 
 
 # --- input -------------------------------------------------------------------------------------
@@ -93,19 +99,23 @@ def shard_path(parts: Path, chunk: int) -> Path:
 
 
 def build_chunk(task: tuple) -> dict:
-    """Build rows ``start .. start + len(smiles)`` and write their shard atomically (pool worker)."""
+    """Build input entries ``start .. start + len(smiles)`` (``rows``: the row that seeds each one)
+    and write their shard atomically (pool worker)."""
     from rdkit import rdBase
 
-    chunk, start, smiles, settings, parts = task
+    chunk, start, smiles, rows, settings, parts = task
     settings = ConformerSettings(**settings)
     t, cpu = time.perf_counter(), time.process_time()
     molecules, conformers = R.InputReport(), R.InputReport()
     with rdBase.BlockLogs():  # failures are counted in the reports, not printed
-        built = [m for i, s in enumerate(smiles) if (m := molecule_conformers(s, start + i, settings, molecules, conformers))]
+        made = ((start + i, molecule_conformers(s, r, settings, molecules, conformers)) for i, (s, r) in enumerate(zip(smiles, rows)))
+        built = [(i, m) for i, m in made if m is not None]
+    entries = [i for i, _ in built]
+    built = [m for _, m in built]
     meta = {"molecules": molecules.to_dict(), "conformers": conformers.to_dict(), "seconds": time.perf_counter() - t,
             "cpu_seconds": time.process_time() - cpu}  # CPU time: comparable on a busy machine, wall time is not
     arrays = {
-        "row": np.array([m.row for m in built], np.int64),
+        "entry": np.array(entries, np.int64),  # position in the build's input, not the seed row
         "charge": np.array([m.charge for m in built], np.int64),
         "n_atoms": np.array([len(m.numbers) for m in built], np.int64),
         "n_conformers": np.array([len(m.energies) for m in built], np.int64),
@@ -114,6 +124,8 @@ def build_chunk(task: tuple) -> dict:
         "positions": np.concatenate([m.positions.reshape(-1, 3) for m in built] or [np.zeros((0, 3), np.float32)]),
         "energy": np.concatenate([m.energies for m in built] or [np.zeros(0)]),
         "weight": np.concatenate([m.weights for m in built] or [np.zeros(0)]),
+        "n_bonds": np.array([len(m.bonds) for m in built], np.int64),
+        "bonds": np.concatenate([m.bonds for m in built] or [np.zeros((0, 3), np.int32)]).astype(np.int32),
         "meta": np.frombuffer(json.dumps(meta).encode(), np.uint8),  # JSON as bytes: no pickle
     }
     with atomic_write(shard_path(Path(parts), chunk), "wb") as f:
@@ -122,34 +134,46 @@ def build_chunk(task: tuple) -> dict:
 
 
 def _read_shard(path: Path):
-    """(meta, molecules) of a shard; molecules as (row, numbers, formal, charge, positions (c, n, 3), energies, weights)."""
+    """(meta, molecules) of a shard; molecules as (entry, numbers, formal, charge, positions (c, n, 3), energies,
+    weights, bonds)."""
     with np.load(path, allow_pickle=False) as f:
         a = {k: f[k] for k in f.files}
     meta = json.loads(a["meta"].tobytes().decode())
-    mols, atom, conf, row_atom = [], 0, 0, 0
-    for row, q, n, c in zip(a["row"], a["charge"], a["n_atoms"], a["n_conformers"]):
+    mols, atom, conf, row_atom, bond = [], 0, 0, 0, 0
+    for entry, q, n, c, b in zip(a["entry"], a["charge"], a["n_atoms"], a["n_conformers"], a["n_bonds"]):
         pos = a["positions"][row_atom: row_atom + c * n].reshape(c, n, 3)
-        mols.append((int(row), a["numbers"][atom: atom + n], a["formal_charges"][atom: atom + n], int(q), pos,
-                     a["energy"][conf: conf + c], a["weight"][conf: conf + c]))
-        atom, conf, row_atom = atom + n, conf + c, row_atom + c * n
+        mols.append((int(entry), a["numbers"][atom: atom + n], a["formal_charges"][atom: atom + n], int(q), pos,
+                     a["energy"][conf: conf + c], a["weight"][conf: conf + c], a["bonds"][bond: bond + b]))
+        atom, conf, row_atom, bond = atom + n, conf + c, row_atom + c * n, bond + b
     return meta, mols
 
 
 # --- the cache ---------------------------------------------------------------------------------
-class _CacheOut:
-    """One cache in GEOM's format with the charge fields, written molecule by molecule; the
-    SMILES list and the .npz appear atomically (the .npz last)."""
+def bond_cache_dtypes() -> dict[str, type]:
+    """A cache with bonds: GEOM's fields and total charge, per-atom charges and bonds under
+    ``MoleculeSet``'s names (not GEOM's ``formal_charges``: the same numbers are not stored twice)."""
+    dtypes = cache_dtypes(charges=True)
+    del dtypes["formal_charges"]
+    return {**dtypes, "charges": np.int8, "bonds": np.int32, "bond_offsets": np.int64}
 
-    def __init__(self, path: Path):
-        self.path = path
-        self.writer = NpzStreamWriter(path, cache_dtypes(charges=True), {"positions": 3})
+
+class _CacheOut:
+    """One cache in GEOM's format with the charge fields (and with ``bonds``, the bonds),
+    written molecule by molecule; the SMILES list and the .npz appear atomically (the .npz last)."""
+
+    def __init__(self, path: Path, bonds: bool = False):
+        self.path, self.bonds = path, bonds
+        self.writer = NpzStreamWriter(path, bond_cache_dtypes() if bonds else cache_dtypes(charges=True),
+                                      {"positions": 3, "bonds": 3})
         self.smiles_out = smiles_path(path)
         self.smiles_file = AtomicFile(self.smiles_out, "w", encoding="utf-8")  # open until finish() / close()
         self.smiles = self.smiles_file.file
         self.writer.append("offsets", np.zeros(1))
-        self.n_atoms = self.n_molecules = self.n_conformers = 0
+        if bonds:
+            self.writer.append("bond_offsets", np.zeros(1))
+        self.n_atoms = self.n_molecules = self.n_conformers = self.n_bonds = 0
 
-    def add(self, smiles: str, numbers, formal, charge: int, positions, energies, weights) -> None:
+    def add(self, smiles: str, numbers, formal, charge: int, positions, energies, weights, bonds) -> None:
         c, n = positions.shape[:2]
         w = self.writer
         w.append("numbers", np.tile(numbers, c))
@@ -160,7 +184,13 @@ class _CacheOut:
         w.append("prop.boltzmann_weight", weights)
         w.append("prop.conformer_rank", np.arange(c))
         w.append("prop.charge", np.full(c, charge))
-        w.append("formal_charges", np.tile(formal, c))
+        if self.bonds:  # every conformer is a molecule of the set, with its own copy of the graph
+            w.append("charges", np.tile(formal, c))
+            w.append("bonds", np.tile(bonds, (c, 1)))
+            w.append("bond_offsets", self.n_bonds + len(bonds) * np.arange(1, c + 1))
+            self.n_bonds += c * len(bonds)
+        else:
+            w.append("formal_charges", np.tile(formal, c))
         self.smiles.write(smiles + "\n")
         self.n_atoms += c * n
         self.n_molecules += 1
@@ -195,6 +225,14 @@ def val_rows(n_rows: int, val_fraction: float, seed: int) -> set[int]:
     return set(np.random.default_rng(seed).permutation(n_rows)[: round(val_fraction * n_rows)].tolist())
 
 
+def _check_build(settings: ConformerSettings, workers: int, chunk: int) -> None:
+    settings.check()
+    if workers < 1 or chunk < 1:
+        raise ValueError("workers and chunk must be >= 1")
+    if settings.xtb:
+        require_tblite()
+
+
 def build_conformer_dataset(
     source: str | os.PathLike,
     out: str | os.PathLike,
@@ -205,6 +243,7 @@ def build_conformer_dataset(
     split_seed: int = 0,
     overwrite: bool = False,
     log=None,
+    bonds: bool = False,
 ) -> dict:
     """Build (or finish, or find up to date) the conformer cache of a SMILES file; returns the
     summary written to ``<out>.report.json``.
@@ -215,35 +254,84 @@ def build_conformer_dataset(
     only the missing chunks; rerunning after a finished build with the same settings and input
     does nothing. ``overwrite`` rebuilds a finished build and discards an unfinished one of other
     settings (an unfinished one of the same settings is still resumed, so rerunning the same
-    command with ``overwrite`` after an interruption loses nothing).
+    command with ``overwrite`` after an interruption loses nothing). ``bonds`` also stores each
+    molecule's bonds and formal charges from its SMILES, for the bond model.
     """
-    settings.check()
-    if workers < 1 or chunk < 1:
-        raise ValueError("workers and chunk must be >= 1")
+    _check_build(settings, workers, chunk)
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    log = log or (lambda msg: None)
     source, out = Path(source), Path(out)
     if not source.is_file():
         raise FileNotFoundError(f"no SMILES file {source}")
-    if settings.xtb:
-        require_tblite()
     smiles = read_smiles(source)
     # what the output depends on (not workers or chunk size); the shards also depend on the chunk size
     identity = {"format": FORMAT_VERSION, "input_sha256": _sha256(source), "settings": asdict(settings),
-                "versions": _versions(settings)}
-    split = {"val_fraction": val_fraction, "seed": split_seed}
-    shards = {**identity, "chunk": chunk}
+                "versions": _versions(settings), **({"bonds": True} if bonds else {})}
+    val = val_rows(len(smiles), val_fraction, split_seed)
+    labels = ["val" if r in val else "train" for r in range(len(smiles))] if val_fraction > 0 else [None] * len(smiles)
     outputs = {"all": out, **(split_paths(out) if val_fraction > 0 else {})}
-    rep_path = report_path(out)
+    return _build(smiles, list(range(len(smiles))), labels, outputs, report_path(out), identity,
+                  {"val_fraction": val_fraction, "seed": split_seed}, settings, workers, chunk, overwrite, bonds, log, str(source))
+
+
+def moses_output(n: int | None, settings: ConformerSettings) -> Path:
+    """The report path of a MOSES build; its caches are ``<stem>_<split>.npz`` beside it."""
+    size = "all" if n is None else (f"{n // 1000}k" if n % 1000 == 0 else str(n))
+    return cache_dir("moses") / f"moses_{size}_k{settings.conformers}{'_xtb' if settings.xtb else ''}.npz"
+
+
+def moses_paths(out: Path) -> dict[str, Path]:
+    return {s: out.with_name(f"{out.stem}_{s}.npz") for s in moses.SPLITS}
+
+
+def build_moses_dataset(
+    n: int | None,
+    out: str | os.PathLike | None = None,
+    settings: ConformerSettings = ConformerSettings(conformers=1),
+    workers: int = 2,
+    chunk: int = 16,
+    seed: int = 0,
+    overwrite: bool = False,
+    wheel: str | os.PathLike | None = None,
+    log=None,
+) -> dict:
+    """Conformer caches of ``n`` MOSES train molecules and of its test and scaffold-test splits
+    in MOSES's proportions (``moldiff.data.moses.select_rows``; ``n=None``: all 1.94 M), one cache
+    per MOSES split, with bonds and formal charges from the SMILES; returns the summary written to
+    ``<out>.report.json`` (``out`` default: ``moses_output``; the caches are ``moses_paths(out)``).
+
+    ``wheel``: a local copy of the molsets 0.3.1 wheel; by default it is downloaded once into
+    ``<data>/moses/cache``. Either way its sha256 must be the pinned one. Resume, up-to-date check
+    and ``overwrite`` as in :func:`build_conformer_dataset`.
+    """
+    _check_build(settings, workers, chunk)
+    out = Path(out) if out is not None else moses_output(n, settings)
+    log = log or (lambda msg: None)
+    path = moses.check_wheel(wheel) if wheel is not None else moses.fetch_wheel()
+    smiles, rows, labels, selection = moses.select_rows(path, n, seed)
+    log(f"MOSES ({moses.WHEEL}, sha256 checked): " + ", ".join(f"{k} {v}" for k, v in selection["counts"].items())
+        + " molecules selected")
+    identity = {"format": FORMAT_VERSION, "source": {"moses": moses.WHEEL, "sha256": moses.SHA256, "n": n, **selection},
+                "settings": asdict(settings), "versions": _versions(settings), "bonds": True}
+    return _build(smiles, rows, labels, moses_paths(out), report_path(out), identity, {"moses": list(moses.SPLITS)},
+                  settings, workers, chunk, overwrite, True, log, str(path), parts=out.with_name(out.name + ".parts"))
+
+
+def _build(smiles: list[str], rows: list[int], labels: list, outputs: dict[str, Path], rep_path: Path, identity: dict,
+           split: dict, settings: ConformerSettings, workers: int, chunk: int, overwrite: bool, bonds: bool, log,
+           input_name: str, parts: Path | None = None) -> dict:
+    """The build of input entries (SMILES, the row that seeds each, the output each goes to
+    besides ``outputs["all"]`` when there is one): chunks as shards under ``parts``, then merged."""
+    log = log or (lambda msg: None)
+    shards = {**identity, "chunk": chunk, "shard_format": SHARD_VERSION}
 
     if not overwrite and rep_path.is_file() and all(p.is_file() for p in outputs.values()):
         old = json.loads(rep_path.read_text())
         if old.get("identity") == identity and old.get("split_settings") == split:
-            log(f"{out}: up to date (overwrite to rebuild)")
+            log(f"{rep_path}: up to date (overwrite to rebuild)")
             return old
 
-    parts = out.with_name(out.name + ".parts")
+    parts = parts or outputs["all"].with_name(outputs["all"].name + ".parts")
     manifest = parts / "build.json"
     if manifest.is_file() and json.loads(manifest.read_text()) != shards:
         if not overwrite:
@@ -262,13 +350,14 @@ def build_conformer_dataset(
     pending = [c for c in range(n_chunks) if not shard_path(parts, c).is_file()]
     if n_chunks - len(pending):
         log(f"resuming: {n_chunks - len(pending)} of {n_chunks} chunks already built")
-    tasks = [(c, c * chunk, smiles[c * chunk: (c + 1) * chunk], asdict(settings), str(parts)) for c in pending]
+    tasks = ((c, c * chunk, smiles[c * chunk: (c + 1) * chunk], rows[c * chunk: (c + 1) * chunk], asdict(settings), str(parts))
+             for c in pending)
     done = n_chunks - len(pending)
-    if workers == 1 or len(tasks) <= 1:
+    if workers == 1 or len(pending) <= 1:
         results = map(build_chunk, tasks)
         pool = None
     else:  # spawned: a forked worker can hang in tblite's OpenMP when the parent started one
-        pool = mp.get_context("spawn").Pool(min(workers, len(tasks)), initializer=single_thread_worker)
+        pool = mp.get_context("spawn").Pool(min(workers, len(pending)), initializer=single_thread_worker)
         results = pool.imap_unordered(build_chunk, tasks)
     try:
         for r in results:
@@ -279,8 +368,8 @@ def build_conformer_dataset(
             pool.terminate()  # on an interruption, workers stop; finished shards stay
             pool.join()
 
-    summary = _merge(parts, n_chunks, smiles, outputs, val_rows(len(smiles), val_fraction, split_seed))
-    summary.update(input=str(source), identity=identity, split_settings=split, chunk=chunk, workers=workers,
+    summary = _merge(parts, n_chunks, smiles, labels, outputs, bonds)
+    summary.update(input=input_name, identity=identity, split_settings=split, chunk=chunk, workers=workers,
                    seconds=round(time.perf_counter() - t, 1), chunks_resumed=n_chunks - len(pending))
     with atomic_write(rep_path) as f:
         f.write(json.dumps(summary, indent=1) + "\n")
@@ -288,23 +377,26 @@ def build_conformer_dataset(
     return summary
 
 
-def _merge(parts: Path, n_chunks: int, smiles: list[str], outputs: dict[str, Path], val: set[int]) -> dict:
-    """Shards in row order into the output caches; the summary of the whole build."""
+def _merge(parts: Path, n_chunks: int, smiles: list[str], labels: list, outputs: dict[str, Path], bonds: bool) -> dict:
+    """Shards in input order into the output caches; the summary of the whole build."""
     molecules, conformers = R.InputReport(), R.InputReport()
     wall = cpu = 0.0
     outs = {}
+    built = written = 0
     try:
-        outs = {k: _CacheOut(p) for k, p in outputs.items()}
+        outs = {k: _CacheOut(p, bonds) for k, p in outputs.items()}
         for c in range(n_chunks):
             meta, mols = _read_shard(shard_path(parts, c))
             molecules.merge(_report_from_dict(meta["molecules"]))
             conformers.merge(_report_from_dict(meta["conformers"]))
             wall += meta["seconds"]
             cpu += meta["cpu_seconds"]
-            for row, numbers, formal, q, pos, energies, weights in mols:
-                targets = ["all"] + ([("val" if row in val else "train")] if "train" in outs else [])
-                for k in targets:
-                    outs[k].add(smiles[row], numbers, formal, q, pos, energies, weights)
+            for entry, numbers, formal, q, pos, energies, weights, graph in mols:
+                built += 1
+                written += len(pos)
+                for k in ("all", labels[entry]):
+                    if k in outs:
+                        outs[k].add(smiles[entry], numbers, formal, q, pos, energies, weights, graph)
         for o in outs.values():
             o.finish()
     except BaseException:
@@ -313,8 +405,8 @@ def _merge(parts: Path, n_chunks: int, smiles: list[str], outputs: dict[str, Pat
         raise
     return {
         "smiles": len(smiles),
-        "molecules_built": outs["all"].n_molecules,
-        "conformers_written": outs["all"].n_conformers,
+        "molecules_built": built,
+        "conformers_written": written,
         "molecules": molecules.to_dict(),
         "conformers": conformers.to_dict(),
         "outputs": {k: str(p) for k, p in outputs.items()},
@@ -327,16 +419,19 @@ def _merge(parts: Path, n_chunks: int, smiles: list[str], outputs: dict[str, Pat
 def summary_text(summary: dict) -> str:
     """A few lines for the terminal."""
     m, c = summary["molecules"], summary["conformers"]
+    outputs = summary["outputs"]
+    where = outputs["all"] if "all" in outputs else str(Path(next(iter(outputs.values()))).parent)
     lines = [
         f"{summary['molecules_built']} of {summary['smiles']} molecules built, {summary['conformers_written']} conformers"
-        f" -> {summary['outputs']['all']}",
+        f" -> {where}",
         f"molecules left out: {m['rejected'] or 'none'}" + (f"; flagged: {m['flagged']}" if m["flagged"] else ""),
         f"conformers left out: {c['rejected'] or 'none'} (of {c['n_records']} embedded)",
     ]
     if summary.get("split"):
         s = summary["split"]
-        lines.append("split by molecule: " + ", ".join(f"{k} {v['molecules']} molecules / {v['conformers']} conformers"
-                                                       for k, v in s.items() if isinstance(v, dict)))
+        lines.append(("split by molecule: " if "all" in outputs else "caches: ")
+                     + ", ".join(f"{k} {v['molecules']} molecules / {v['conformers']} conformers" for k, v in s.items()
+                                 if isinstance(v, dict)))
     lines.append(f"{summary['seconds']} s ({summary['worker_seconds']} s in workers, {summary['worker_cpu_seconds']} s CPU"
                  + (f", {summary['chunks_resumed']} chunks from an earlier run)" if summary["chunks_resumed"] else ")"))
     return "\n".join(lines)

@@ -20,13 +20,15 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from moldiff.chem import relax as RX
 from moldiff.data.loader import checked_batch_bounds
 from moldiff.data.molecules import MoleculeSet
 from moldiff.data.report import InputReport
 from moldiff.io.depict import write_grid_png
+from moldiff.jobs.cli import require_package
 from moldiff.io.partial import PartialResults, run_key
 from moldiff.io.sample_sdf import write_sample_sdfs
-from moldiff.io.writers import write_xyz
+from moldiff.io.writers import write_sdf, write_xyz
 from moldiff.jobs.evaluate import check_config as check_evaluation
 from moldiff.jobs.evaluate import run_evaluation, write_json
 from moldiff.model.build import plain as _plain
@@ -106,6 +108,7 @@ def check_config(cfg) -> None:
         raise ValueError(f"batch_size must be >= 1, got {cfg.batch_size}")
     batch_bounds(cfg)
     check_options(cfg)
+    check_relax(cfg.get("relax"))
     if cfg.sampler not in SAMPLERS:
         raise ValueError(f"sampler: unknown {cfg.sampler!r}; use one of {sorted(SAMPLERS)}")
     if str(cfg.get("precision", "32")) not in PRECISIONS:
@@ -120,6 +123,17 @@ def check_config(cfg) -> None:
     checkpoint_path(cfg.ckpt)
     if cfg.evaluation is not None:
         check_evaluation(_evaluation_cfg(cfg, "x.sdf", "metrics.json"))
+
+
+def check_relax(relax) -> None:
+    """``relax``: null, mmff or xtb (which needs tblite and ASE, checked before sampling)."""
+    if relax is None:
+        return
+    if str(relax) not in RX.METHODS:
+        raise ValueError(f"relax: use one of {list(RX.METHODS)} (or null), got {relax!r}")
+    if str(relax) == "xtb":
+        require_package("tblite", "relax=xtb")
+        require_package("ase", "relax=xtb")
 
 
 def check_options(cfg) -> dict:
@@ -189,7 +203,10 @@ def run_sampling(cfg, output_dir: str | Path) -> dict:
     seconds = time.perf_counter() - t0
     print(f"sampled {n} molecules in {seconds:.1f} s ({cfg.sampler}, {steps} steps, {device})")
     mols, kept, left_out = drop_non_finite(mols, "not written, not in the metrics")
-    write_files(mols, module, out, [f"sample_{k}" for k in kept])
+    names = [f"sample_{k}" for k in kept]
+    records = write_files(mols, module, out, names)
+    if cfg.get("relax"):  # before the partial batches go: an interrupted relaxation resumes without sampling again
+        write_relaxed(records, out, names, str(cfg.relax))
     partial.clear()  # the molecules are on disk: an evaluation error below loses nothing
     result = evaluate_outputs(out, cfg)
     if result and left_out:
@@ -248,7 +265,8 @@ def sampler_options(cfg) -> dict:
     return with_recommended(cfg.sampler, _plain(cfg.options))
 
 
-def write_files(mols: MoleculeSet, module, out: Path, names: list[str]) -> None:
+def write_files(mols: MoleculeSet, module, out: Path, names: list[str]):
+    """The sample files; returns what ``samples.sdf`` holds (``SampleRecords``)."""
     write_xyz(out / "samples.xyz", mols, names)
     records = write_sample_sdfs(out, mols, model_vocabulary(module), names)
     fixed = None if mols.fixed is None else [np.flatnonzero(mols.fixed[a:b]).tolist() for a, b in zip(mols.offsets[:-1], mols.offsets[1:])]
@@ -256,6 +274,30 @@ def write_files(mols: MoleculeSet, module, out: Path, names: list[str]) -> None:
     n_valid = sum(mol is not None for mol in records.valid)
     print(f"wrote {out / 'samples.sdf'}, {out / 'samples_valid.sdf'} ({n_valid} of {len(mols)} molecules: corrected-valid), "
           f"{out / 'samples.xyz'}, {out / 'samples.png'}")
+    return records
+
+
+def relaxed_paths(out: Path, method: str) -> tuple[Path, Path]:
+    """The relaxed molecules' SDF and their figures, named by the method: never mistaken for raw samples."""
+    return out / f"samples_relaxed_{method}.sdf", out / f"relax_{method}.json"
+
+
+def write_relaxed(records, out: Path, names: list[str], method: str) -> dict:
+    """``relax=mmff|xtb``: each record of ``samples.sdf`` that is a molecule, relaxed with its own
+    bonds, into ``samples_relaxed_<method>.sdf`` (same names; SDF properties ``relaxed``,
+    ``relax_converged``, energies in kcal/mol, RMSD); what was not relaxed, and why, in
+    ``relax_<method>.json``. The raw files and metrics.json are not touched."""
+    sdf, report_json = relaxed_paths(out, method)
+    done, report = RX.relax_molecules(records.mols, [p["bonds"] for p in records.properties], method, names)
+    props = [{"relaxed": method, "relax_converged": int(r.converged), "energy_before_kcal_mol": f"{r.energy_before:.4f}",
+              "energy_after_kcal_mol": f"{r.energy_after:.4f}", "rmsd_A": f"{r.rmsd:.4f}"} for _, r in done]
+    write_sdf(sdf, [r.mol for _, r in done], [names[k] for k, _ in done], props)
+    result = {**RX.summary(method, len(records.mols), done, report), "file": sdf.name}
+    write_json(report_json, result)
+    left = ", ".join(f"{k}={v}" for k, v in report.rejected.items()) or "none"
+    print(f"wrote {sdf} ({RX.LABEL[method]}): {len(done)} of {len(records.mols)} molecules relaxed, {result['converged']} "
+          f"converged; not relaxed: {left}; {report_json}")
+    return result
 
 
 def evaluate_outputs(out: Path, cfg) -> dict:

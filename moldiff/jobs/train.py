@@ -99,7 +99,7 @@ def check_config(cfg) -> None:
 
 
 # how each GEOM dataset's cache is made (docs/data.md); other names get both
-_BUILDERS = {"geom_1k": "python scripts/build_conformers.py",
+_BUILDERS = {"geom_1k": "python scripts/build_conformers.py", "moses_bonds": "python scripts/build_conformers.py moses -n 100000",
              "geom": "python scripts/build_geom_cache.py <rdkit_folder or drugs_crude.msgpack>"}
 
 
