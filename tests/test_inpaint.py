@@ -20,7 +20,6 @@ from moldiff.noise import VPSDE, get_schedule
 from moldiff.sampling import sample
 from moldiff.sampling.base import sizes_to_batch
 from moldiff.sampling.inpaint import Inpaint
-from moldiff.state import MolState
 
 N, K, M = 5, 2, 2000
 Y_F = torch.tensor([[3.0, -2.0, 4.0], [4.0, -1.0, 2.0]], dtype=torch.float64)  # far from the origin on purpose
@@ -47,8 +46,8 @@ def _run(cls, steps=300, seed=0):
     features = torch.zeros(N * M, data.feat_dim, dtype=torch.float64)
     g = torch.Generator().manual_seed(seed)
     inpaint = cls(sde, fixed, pos, batch, n, g, features=features)
-    x, h, _ = sample("ancestral", data.eps, sde, [N] * M, data.feat_dim, steps, generator=g, dtype=torch.float64, callback=inpaint)
-    final = inpaint.finish(MolState(batch, n, pos=x, atom_type=h))
+    final = inpaint.finish(sample("ancestral", data.eps, sde, [N] * M, data.feat_dim, steps, generator=g, dtype=torch.float64,
+                                  callback=inpaint))
     return final, fixed, data
 
 
