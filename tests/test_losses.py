@@ -236,3 +236,24 @@ def test_lr_decay_factors():
     assert lin(25) == 0.75 and lin(100) == 0.0
     with pytest.raises(ValueError, match="decay"):
         lr_factor("step", 100, 0.1)
+
+
+def test_field_weights_scale_each_fields_error_and_only_where_they_may():
+    """loss.weights: each field's share of the simple loss is its weight times its error; the
+    default (1, 1) is the unweighted loss; the VLB and unknown fields refuse them."""
+    sde = VPSDE(PolynomialSchedule())
+    g = torch.Generator().manual_seed(3)
+    batch, n = sizes_to_batch([5] * 50)
+    clean = MolState(batch, n, pos=remove_mean(torch.randn(len(batch), 3, generator=g, dtype=torch.float64), batch, n),
+                     atom_type=LAYOUT.encode_indices(torch.randint(0, 5, (len(batch),), generator=g), torch.float64))
+    zero = lambda z, t: {"pos": torch.zeros_like(z.pos), "atom_type": torch.zeros_like(z.atom_type)}  # noqa: E731
+    run = lambda **w: DiffusionLoss(sde, LAYOUT, "simple", **w)(zero, clean, torch.Generator().manual_seed(0))[0]  # noqa: E731
+    plain, ones = run(), run(weights={"pos": 1.0, "atom_type": 1.0})
+    pos_only, types_only = run(weights={"atom_type": 0.0}), run(weights={"pos": 0.0})
+    assert torch.equal(plain, ones)
+    assert torch.allclose(pos_only + types_only, plain, rtol=1e-12) and float(types_only.min()) > 0
+    assert torch.allclose(run(weights={"pos": 3.0, "atom_type": 0.4}), 3.0 * pos_only + 0.4 * types_only, rtol=1e-12)
+    with pytest.raises(ValueError, match="unknown fields"):
+        DiffusionLoss(sde, LAYOUT, "simple", weights={"bond": 1.0})
+    with pytest.raises(ValueError, match="VLB"):
+        DiffusionLoss(sde, LAYOUT, "vlb", t0=1e-3, weights={"pos": 2.0})
