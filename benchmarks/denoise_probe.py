@@ -46,9 +46,10 @@ def probe(module, batch, numbers, times, seed: int = 0, precision: str = "32") -
     for t_value in times:
         g = torch.Generator().manual_seed(seed)
         t = torch.full((batch.n_mol,), float(t_value))
-        xt, ht, _, _ = module.sde.perturb(batch.x, batch.h, t, batch.batch, batch.n_mol, g)
+        noisy, _ = module.sde.perturb(batch.state(), t, g)
+        xt, ht = noisy.pos, noisy.atom_type
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
-            px, ph = eps_fn(xt, ht, t, batch.batch, batch.n_mol)
+            px, ph = eps_fn(noisy, t).values()
         a, s = module.sde.alpha(t, batch.batch), module.sde.sigma(t, batch.batch)
         x0, h0 = (xt - s * px) / a, (ht - s * ph) / a
         decoded = MoleculeSet(layout.decode_numbers(h0), x0.double().numpy(), offsets)

@@ -46,15 +46,14 @@ def sweep(module, n: int, seed: int, steps: int, split: float, variants: list[tu
     for b, chunk in enumerate(torch.split(sizes, BATCH)):
         g = torch.Generator().manual_seed(int(seed) * 100_003 + b)
         batch, m = sizes_to_batch(chunk)
-        x, h = sde.prior(batch, m, layout.dim, torch.float32, g)
-        x, h = walk(ancestral_step, eps, sde, x, h, grid[: k + 1], batch, m, g)
-        state = g.get_state()
+        head = walk(ancestral_step, eps, sde, sde.prior(batch, m, layout.dim, torch.float32, g), grid[: k + 1], g)
+        rng = g.get_state()
         offsets = np.concatenate([[0], np.cumsum(chunk.numpy())])
         for late_noise, late_t in variants:
-            g.set_state(state)
-            xv, hv = walk(ancestral_step, eps, sde, x, h, grid[k:], batch, m, g, late_noise=late_noise, late_t=late_t)
-            xv, hv = denoise(eps, sde, xv, hv, grid[-1], batch, m)
-            parts[(late_noise, late_t)].append(MoleculeSet(layout.decode_numbers(hv), xv.float().numpy(), offsets))
+            g.set_state(rng)
+            tail = walk(ancestral_step, eps, sde, head, grid[k:], g, late_noise=late_noise, late_t=late_t)
+            out = denoise(eps, sde, tail, grid[-1])
+            parts[(late_noise, late_t)].append(MoleculeSet(layout.decode_numbers(out.atom_type), out.pos.float().numpy(), offsets))
     out, keys = {}, ("atom_stability", "molecule_stability", "validity")
     for v, ps in parts.items():
         mols = MoleculeSet.concatenate(ps)

@@ -39,7 +39,8 @@ def maes(module, split: str, t: float = 0.0, seed: int = 0, batch_size: int = 50
             b = ds[np.arange(start, min(start + batch_size, len(ds)))]
             x, h, tt = b.x, b.h, torch.full((b.n_mol,), float(t))
             if t > 0:
-                x, h, _, _ = module.sde.perturb(x, h, tt, b.batch, b.n_mol, g)
+                noisy, _ = module.sde.perturb(b.state(), tt, g)
+                x, h = noisy.pos, noisy.atom_type
             pred = module.net.predict(x, h, tt, b.batch, b.n_mol)
             err.append((pred - b.y.view(b.n_mol, -1)).abs().double())
     mae = torch.cat(err).mean(0).tolist()

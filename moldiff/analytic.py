@@ -4,7 +4,8 @@ Positions: x_0 = P (eps D), P the per-molecule centring projection, D = diag(axi
 on the spatial axis, so each axis of a molecule is N(0, d_a^2 I) inside the (N - 1)-dimensional
 zero-CoM subspace. Features: N(0, feat_std^2) per dimension. Under the VP process the marginal
 stays Gaussian with per-axis variance v_a(t) = alpha_t^2 d_a^2 + sigma_t^2, hence the exact
-eps(z_t, t) = sigma_t z_t / v(t). Samplers, likelihoods and bridges are tested against it.
+eps(z_t, t) = sigma_t z_t / v(t). Samplers, likelihoods and bridges are tested against it. Molecules
+are ``MolState`` batches as the Gaussian model's (positions ``pos``, features ``atom_type``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 
 from moldiff.geometry import atom_counts, remove_mean, segment_sum
 from moldiff.noise.vp_sde import VPSDE
+from moldiff.state import MolState
 
 
 class GaussianPointClouds:
@@ -27,10 +29,10 @@ class GaussianPointClouds:
     def feat_dim(self) -> int:
         return len(self.feat_std)
 
-    def sample(self, batch, n, generator=None, dtype=torch.float64):
+    def sample(self, batch, n, generator=None, dtype=torch.float64) -> MolState:
         x = torch.randn((len(batch), 3), generator=generator, dtype=dtype) * self.axis_std.to(dtype)
         h = torch.randn((len(batch), self.feat_dim), generator=generator, dtype=dtype) * self.feat_std.to(dtype)
-        return remove_mean(x, batch, n), h
+        return MolState(batch, n, pos=remove_mean(x, batch, n), atom_type=h)
 
     def variances(self, t, batch, dtype):
         a2 = self.sde.schedule.alpha2(t)[batch, None].to(dtype)
@@ -38,15 +40,17 @@ class GaussianPointClouds:
         vh = a2 * self.feat_std.to(dtype) ** 2 + (1 - a2)
         return vx, vh
 
-    def eps(self, x, h, t, batch, n):
-        """The exact eps-prediction E[eps | z_t] (an ``eps_fn`` for every sampler)."""
+    def eps(self, state: MolState, t):
+        """The exact eps-prediction E[eps | z_t] per field (an ``eps_fn`` for every sampler)."""
+        x, h, batch, n = state.pos, state.atom_type, state.batch, state.n_mol
         vx, vh = self.variances(t, batch, x.dtype)
         sg = self.sde.sigma(t, batch).to(x.dtype)
-        return sg * remove_mean(x, batch, n) / vx, sg * h / vh
+        return {"pos": sg * remove_mean(x, batch, n) / vx, "atom_type": sg * h / vh}
 
-    def log_prob(self, x, h, batch, n, t=None):
+    def log_prob(self, state: MolState, t=None):
         """Exact log-density per molecule (M,) w.r.t. Lebesgue measure on the zero-CoM subspace
         ((N - 1) * 3 dims) times R^(N * F); at time t if given, else of the data."""
+        x, h, batch, n = state.pos, state.atom_type, state.batch, state.n_mol
         dtype = x.dtype
         if t is None:
             vx = (self.axis_std.to(dtype) ** 2).expand(len(batch), 3)

@@ -109,6 +109,11 @@ class MolState:
         return MolState(**{f.name: (v.to(device) if isinstance(v, torch.Tensor) else v)
                            for f in fields(self) for v in [getattr(self, f.name)]})
 
+    def take(self, names) -> dict[str, torch.Tensor]:
+        """``{name: field}`` of the named fields: the state's values in the shape of a prediction
+        (a denoiser returns one tensor per field it models)."""
+        return {name: getattr(self, name) for name in names}
+
     def field_batch(self, name: str) -> torch.Tensor:
         """The molecule index of each item of field ``name`` (atoms or pairs)."""
         return self.pair_batch if name in PAIR_FIELDS else self.batch

@@ -14,7 +14,9 @@ from moldiff.bridge.reference import bridge_sample, forward_step, pinned_gaussia
 from moldiff.geometry import atom_counts, max_com, remove_mean
 from moldiff.noise.schedules import LinearSchedule
 from moldiff.noise.vp_sde import VPSDE
+from moldiff.nn.denoiser import state_denoiser
 from moldiff.sampling.base import sizes_to_batch
+from moldiff.state import MolState
 
 SDE = VPSDE(LinearSchedule())
 T = 0.35  # alpha_T^2 = 0.29: the reference is far from N(0, I) at the horizon
@@ -34,8 +36,9 @@ class AxisLinear(nn.Module):
         return c[:, :3] * x, c[:, 3:] * h
 
 
-def _moments(x0, h0, xT, hT, batch, n):
+def _moments(clean, end, n):
     """Per axis / feature: variance of x_0 and Cov(x_0, x_T), per dimension of the zero-CoM subspace."""
+    x0, h0, xT, hT, batch = clean.pos, clean.atom_type, end.pos, end.atom_type, clean.batch
     dof = float((atom_counts(batch, n) - 1).sum())
     return (x0**2).sum(0) / dof, (x0 * xT).sum(0) / dof, (h0**2).mean(0), (h0 * hT).mean(0)
 
@@ -70,11 +73,13 @@ def test_bridge_samples_have_the_reference_bridge_moments_and_zero_com():
     sizes = [5] * 4000
     batch, n = sizes_to_batch(sizes)
     g = torch.Generator().manual_seed(0)
-    x0, h0 = DATA.sample(batch, n, g)
+    clean = DATA.sample(batch, n, g)
+    x0, h0 = clean.pos, clean.atom_type
     t, TT = torch.full((n,), 0.2, dtype=torch.float64), torch.full((n,), T, dtype=torch.float64)
-    eps_x, eps_h = SDE.noise(batch, n, 2, x0, g)
+    eps_x, eps_h = SDE.noise(clean, g).values()
     xT, hT = SDE.alpha(TT, batch) * x0 + SDE.sigma(TT, batch) * eps_x, SDE.alpha(TT, batch) * h0 + SDE.sigma(TT, batch) * eps_h
-    zx, zh = bridge_sample(SDE, x0, h0, xT, hT, t, TT, batch, n, g)
+    z = bridge_sample(SDE, clean, MolState(batch, n, pos=xT, atom_type=hT), t, TT, g)
+    zx, zh = z.pos, z.atom_type
     assert max_com(zx, batch, n) < 1e-12
     # marginalised over the pinned ends the bridge is the reference marginal at t: variance alpha_t^2 d^2 + sigma_t^2
     vx, vh = DATA.variances(t, batch, torch.float64)
@@ -94,18 +99,18 @@ def test_forward_step_is_equivariant_and_keeps_com_zero():
     t, u, TT = (torch.full((n,), v, dtype=torch.float64) for v in (0.1, 0.2, T))
     from moldiff.bridge.imf import endpoint_fn
 
-    fn = endpoint_fn(net, SDE, T)
-    noise = SDE.noise(batch, n, 2, x, torch.Generator().manual_seed(1))[0]  # the step's own draw (same seed)
+    fn = endpoint_fn(state_denoiser(net), SDE, T)
+    noise = SDE.noise(MolState(batch, n, pos=x, atom_type=h), torch.Generator().manual_seed(1))["pos"]  # the step's own draw (same seed)
     std = (SDE.sigma(u, batch) ** 2 - (SDE.alpha(u, batch) / SDE.alpha(t, batch) * SDE.sigma(t, batch)) ** 2).sqrt()
 
     def deterministic_part(xi, hi, bi):  # the noise draw is the same in every run: it does not rotate
-        x_next, h_next = forward_step(fn, SDE, xi, hi, t, u, TT, bi, n, torch.Generator().manual_seed(1))
-        return x_next - std * noise, h_next
+        out = forward_step(fn, SDE, MolState(bi, n, pos=xi, atom_type=hi), t, u, TT, torch.Generator().manual_seed(1))
+        return out.pos - std * noise, out.atom_type
 
     # zero-CoM positions in and out: no translation; tolerances as torch.allclose(atol=1e-10)'s
     assert_equivariant(deterministic_part, x, h, batch, n, atol=1e-10, rtol=1e-5, shift=None)
-    a = forward_step(fn, SDE, x, h, t, u, TT, batch, n, torch.Generator().manual_seed(1))
-    assert max_com(a[0], batch, n) < 1e-12
+    a = forward_step(fn, SDE, MolState(batch, n, pos=x, atom_type=h), t, u, TT, torch.Generator().manual_seed(1))
+    assert max_com(a.pos, batch, n) < 1e-12
 
 
 def test_closed_form_coupling_limits():
@@ -125,15 +130,16 @@ def refined():
     sizes = [5] * 1024
     batch, n = sizes_to_batch(sizes)
     fwd, bwd = AxisLinear(5).double(), AxisLinear(5).double()
+    fwd_fn, bwd_fn = state_denoiser(fwd), state_denoiser(bwd)
     backward_eps = DATA.eps  # iteration 0: the pretrained reverse process
     for it in range(3):
         g = torch.Generator().manual_seed(100 + it)
-        x0, h0, xT, hT, batch = simulate_backward(backward_eps, SDE, sizes, 2, steps, t_min, T, g, torch.float64)
-        _fit(fwd, lambda gen: forward_loss(fwd, SDE, x0, h0, xT, hT, batch, n, T, gen), seed=it)
-        dx0, dh0 = DATA.sample(batch, n, g)
-        dxT, dhT = simulate_forward(fwd, SDE, dx0, dh0, batch, n, steps, t_min, T, g)
-        _fit(bwd, lambda gen: backward_loss(bwd, SDE, dx0, dh0, dxT, dhT, batch, n, t_min, T, gen), seed=10 + it)
-        backward_eps = bwd
+        clean, end = simulate_backward(backward_eps, SDE, sizes, 2, steps, t_min, T, g, torch.float64)
+        _fit(fwd, lambda gen: forward_loss(fwd_fn, SDE, clean, end, T, gen), seed=it)
+        data0 = DATA.sample(batch, n, g)
+        data_end = simulate_forward(fwd_fn, SDE, data0, steps, t_min, T, g)
+        _fit(bwd, lambda gen: backward_loss(bwd_fn, SDE, data0, data_end, t_min, T, gen), seed=10 + it)
+        backward_eps = bwd_fn
     return backward_eps, steps, t_min
 
 
@@ -143,8 +149,9 @@ def test_refinement_reaches_the_data_from_the_prior_where_the_base_does_not(refi
     g = torch.Generator().manual_seed(7)
     base = _moments(*simulate_backward(DATA.eps, SDE, sizes, 2, steps, t_min, T, g, torch.float64), len(sizes))
     g = torch.Generator().manual_seed(7)
-    x0, h0, xT, hT, batch = simulate_backward(bwd, SDE, sizes, 2, steps, t_min, T, g, torch.float64)
-    ref = _moments(x0, h0, xT, hT, batch, len(sizes))
+    clean, end = simulate_backward(bwd, SDE, sizes, 2, steps, t_min, T, g, torch.float64)
+    ref = _moments(clean, end, len(sizes))
+    x0, batch = clean.pos, clean.batch
     want_x, want_h = DATA.axis_std**2, DATA.feat_std**2
     base_err = max(float(((base[0] - want_x) / want_x).abs().max()), float(((base[2] - want_h) / want_h).abs().max()))
     ref_err = max(float(((ref[0] - want_x) / want_x).abs().max()), float(((ref[2] - want_h) / want_h).abs().max()))
@@ -219,10 +226,10 @@ def test_elbo_over_a_shorter_horizon_is_still_a_bound():
     sde = VPSDE(PolynomialSchedule())
     data = GaussianPointClouds(sde, axis_std=(0.5, 1.0, 2.0), feat_std=(0.3, 1.5))
     batch, n = sizes_to_batch([5] * 200)
-    x, h = data.sample(batch, n, torch.Generator().manual_seed(0))
-    exact = -data.log_prob(x, h, batch, n)
-    full = elbo(data.eps, sde, x, h, batch, n, T=200, generator=torch.Generator().manual_seed(1))
-    short = elbo(data.eps, sde, x, h, batch, n, T=200, generator=torch.Generator().manual_seed(1), horizon=0.6)
+    clean = data.sample(batch, n, torch.Generator().manual_seed(0))
+    exact = -data.log_prob(clean)
+    full = elbo(data.eps, sde, clean, T=200, generator=torch.Generator().manual_seed(1))
+    short = elbo(data.eps, sde, clean, T=200, generator=torch.Generator().manual_seed(1), horizon=0.6)
     assert float((short["nll"] - exact).mean()) > 0 and float((full["nll"] - exact).mean()) > 0
     assert float(short["prior"].mean()) > float(full["prior"].mean()) + 1
 

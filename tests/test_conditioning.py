@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from equivariance import assert_equivariant
 from moldiff.nn.egnn import EGNN
 from moldiff.nn.context import Context, ContextSlot
+from moldiff.state import MolState
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,8 +68,9 @@ def test_warm_start_from_an_unconditional_model_starts_at_its_predictions(tiny_d
     warm_start(module, tiny_diffusion)
     batch = torch.tensor([0] * 4 + [1] * 3)
     x, h, t = torch.randn(7, 3), torch.randn(7, base.layout.dim), torch.rand(2)
-    ex, eh = base.eps_fn()(x, h, t, batch, 2)
-    cx, ch = module.eps_fn(context=torch.tensor([60.0, 90.0]))(x, h, t, batch, 2)
+    state = MolState(batch, 2, pos=x, atom_type=h)
+    ex, eh = base.eps_fn()(state, t).values()
+    cx, ch = module.eps_fn(context=torch.tensor([60.0, 90.0]))(state, t).values()
     assert torch.allclose(ex, cx, atol=1e-6) and torch.allclose(eh, ch, atol=1e-6)
     with pytest.raises(ValueError, match="conditional on"):
         module.eps_fn()

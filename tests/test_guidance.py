@@ -19,10 +19,13 @@ from moldiff.noise.schedules import PolynomialSchedule
 from moldiff.noise.vp_sde import VPSDE
 from moldiff.nn.egnn import EGNN
 from moldiff.sampling.base import sizes_to_batch
+from moldiff.nn.denoiser import state_denoiser
 from moldiff.sampling.samplers import sample
+from moldiff.state import MolState
 
 SDE = VPSDE(PolynomialSchedule())
 LAYOUT = FeatureLayout(QM9_VOCAB)
+FIELDS = ("pos", "atom_type")
 
 
 class Quadratic(Energy):
@@ -33,7 +36,8 @@ class Quadratic(Energy):
     def __init__(self, c, a=0.0):
         self.c, self.a = c, a
 
-    def energy(self, x, h, t, batch, n, eps=None):
+    def energy(self, state, t, eps=None):
+        x, h, batch, n = state.pos, state.atom_type, state.batch, state.n_mol
         per_atom = 0.5 * (h - self.c).square().sum(1) + 0.5 * (x - self.a).square().sum(1)
         return torch.zeros(n, dtype=x.dtype).index_add_(0, batch, per_atom)
 
@@ -41,12 +45,12 @@ class Quadratic(Energy):
 @pytest.mark.parametrize("sampler", ["ancestral", "pc", "ode_dpm2"])
 def test_zero_scale_reproduces_unguided_sampling_exactly(sampler):
     torch.manual_seed(0)
-    net = EGNN(LAYOUT.dim, hidden=16, layers=2)
+    net = state_denoiser(EGNN(LAYOUT.dim, hidden=16, layers=2))
     pred = PropertyPredictor(LAYOUT.dim, hidden=16, layers=2)
     fn = guided(net, SDE, [(PropertyEnergy(pred, 3.0), Scale(0.0))])
     a = sample(sampler, net, SDE, [4, 6], LAYOUT.dim, steps=5, generator=torch.Generator().manual_seed(1))
     b = sample(sampler, fn, SDE, [4, 6], LAYOUT.dim, steps=5, generator=torch.Generator().manual_seed(1))
-    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert all(torch.equal(u, v) for u, v in zip(a.take(FIELDS).values(), b.take(FIELDS).values()))
     assert fn.report.steps == 0
 
 
@@ -56,9 +60,11 @@ def test_guidance_moves_samples_towards_low_energy_and_keeps_com():
     c = 2.0
     fn = guided(model.eps, SDE, [(Quadratic(c, a=3.0), Scale(1.0))])
     g = torch.Generator().manual_seed(0)
-    x0, h0, batch = sample("ancestral", model.eps, SDE, sizes, model.feat_dim, steps=100, generator=g, dtype=torch.float64)
+    out0 = sample("ancestral", model.eps, SDE, sizes, model.feat_dim, steps=100, generator=g, dtype=torch.float64)
+    h0, batch = out0.atom_type, out0.batch
     g = torch.Generator().manual_seed(0)
-    x1, h1, _ = sample("ancestral", fn, SDE, sizes, model.feat_dim, steps=100, generator=g, dtype=torch.float64)
+    out1 = sample("ancestral", fn, SDE, sizes, model.feat_dim, steps=100, generator=g, dtype=torch.float64)
+    x1, h1 = out1.pos, out1.atom_type
     assert abs(float(h1.mean()) - c) < abs(float(h0.mean()) - c) - 0.5  # pulled towards c
     assert max_com(x1, batch, len(sizes)) < 1e-6  # a translation-variant energy does not move the CoM
 
@@ -68,13 +74,14 @@ def test_failed_and_nan_gradients_are_counted_and_left_unguided():
         name = "flaky"
         last_reasons = None
 
-        def gradient(self, x, h, t, batch, n, eps=None):
+        def gradient(self, state, t, eps=None):
+            x, h, batch, n = state.pos, state.atom_type, state.batch, state.n_mol
             gx, gh = torch.ones_like(x), torch.ones_like(h)
             gx[batch == 1] = float("nan")  # molecule 1: NaN gradient
             ok = torch.ones(n, dtype=torch.bool)
             ok[2] = False  # molecule 2: the energy could not be evaluated
             self.last_reasons = [None, None, "SCF not converged"]
-            return gx, gh, ok
+            return {"pos": gx, "atom_type": gh}, ok
 
     batch, n = sizes_to_batch([3, 3, 3])
     x = remove_mean(torch.randn(9, 3, dtype=torch.float64), batch, n)
@@ -82,8 +89,9 @@ def test_failed_and_nan_gradients_are_counted_and_left_unguided():
     base = GaussianPointClouds(SDE).eps
     fn = guided(base, SDE, [(Flaky(), Scale(1.0))])
     t = torch.full((n,), 0.5, dtype=torch.float64)
-    ex, eh = fn(x, h, t, batch, n)
-    bx, bh = base(x, h, t, batch, n)
+    state = MolState(batch, n, pos=x, atom_type=h)
+    ex, eh = fn(state, t).values()
+    bx, bh = base(state, t).values()
     assert torch.isfinite(ex).all() and torch.isfinite(eh).all()
     assert torch.equal(ex[batch == 1], bx[batch == 1]) and torch.equal(ex[batch == 2], bx[batch == 2])
     assert not torch.equal(eh[batch == 0], bh[batch == 0])
@@ -98,7 +106,8 @@ class Pathological(Energy):
 
     name = "patho"
 
-    def energy(self, x, h, t, batch, n, eps=None):
+    def energy(self, state, t, eps=None):
+        x, h, batch, n = state.pos, state.atom_type, state.batch, state.n_mol
         per_atom = 0.5e-4 * (x.square().sum(1) + h.square().sum(1))
         e = torch.zeros(n, dtype=x.dtype).index_add_(0, batch, per_atom)
         x0, x1 = x[batch == 0], x[batch == 1]
@@ -112,12 +121,13 @@ def test_guided_sampling_never_makes_a_coordinate_non_finite(sampler):
     model = GaussianPointClouds(SDE)
     sizes = [3, 3, 3, 3]
     fn = guided(model.eps, SDE, [(Pathological(), Scale(1e4))])
-    x, h, batch = sample(sampler, fn, SDE, sizes, model.feat_dim, steps=10, generator=torch.Generator().manual_seed(0))
+    out = sample(sampler, fn, SDE, sizes, model.feat_dim, steps=10, generator=torch.Generator().manual_seed(0))
+    x, h, batch = out.pos, out.atom_type, out.batch
     assert torch.isfinite(x).all() and torch.isfinite(h).all()
     steps = fn.report.steps
     assert fn.report.to_dict()["failures"] == {"patho: non-finite gradient": steps, "patho: guidance overflow": steps,
                                                "patho: non-finite energy": steps}
-    x0, _, _ = sample(sampler, model.eps, SDE, sizes, model.feat_dim, steps=10, generator=torch.Generator().manual_seed(0))
+    x0 = sample(sampler, model.eps, SDE, sizes, model.feat_dim, steps=10, generator=torch.Generator().manual_seed(0)).pos
     assert not torch.equal(x[batch == 3], x0[batch == 3])  # the sound molecule is still guided
     assert torch.equal(x[batch < 3], x0[batch < 3])  # the broken ones sample as unguided
 
@@ -125,14 +135,14 @@ def test_guided_sampling_never_makes_a_coordinate_non_finite(sampler):
 def test_non_finite_eps_of_the_model_is_counted_once_not_per_energy():
     base = GaussianPointClouds(SDE).eps
 
-    def broken(x, h, t, batch, n):
-        ex, eh = base(x, h, t, batch, n)
-        return torch.where((batch == 1)[:, None], torch.nan, ex), eh
+    def broken(state, t):
+        ex, eh = base(state, t).values()
+        return {"pos": torch.where((state.batch == 1)[:, None], torch.nan, ex), "atom_type": eh}
 
     batch, n = sizes_to_batch([3, 3])
     x = remove_mean(torch.randn(6, 3, dtype=torch.float64), batch, n)
     fn = guided(broken, SDE, [(Quadratic(1.0), Scale(1.0)), (Pathological(), Scale(0.0))])
-    fn(x, torch.randn(6, 2, dtype=torch.float64), torch.full((n,), 0.5, dtype=torch.float64), batch, n)
+    fn(MolState(batch, n, pos=x, atom_type=torch.randn(6, 2, dtype=torch.float64)), torch.full((n,), 0.5, dtype=torch.float64))
     assert fn.report.to_dict()["failures"] == {"base model: non-finite eps": 1}
 
 
@@ -141,20 +151,21 @@ def test_clip_caps_each_molecules_guidance_at_a_multiple_of_its_eps():
     the same direction, zero CoM kept; one below it is untouched (bitwise); the capped pairs are
     counted; clip=None is the uncapped guidance."""
     torch.manual_seed(0)
-    net = EGNN(LAYOUT.dim, hidden=16, layers=2, dtype=torch.float64)
+    net = state_denoiser(EGNN(LAYOUT.dim, hidden=16, layers=2, dtype=torch.float64))
     batch, n = sizes_to_batch([4, 5])
     g = torch.Generator().manual_seed(0)
     x = remove_mean(torch.randn(9, 3, generator=g, dtype=torch.float64), batch, n)
     h = torch.randn(9, LAYOUT.dim, generator=g, dtype=torch.float64)
     t = torch.full((n,), 0.5, dtype=torch.float64)
+    state = MolState(batch, n, pos=x, atom_type=h)
     # features pulled hard on molecule 0, gently on molecule 1 (positions at the energy's minimum)
     energy = Quadratic(h + torch.where(batch[:, None] == 0, 1e3, 1e-3).double(), a=x.clone())
     free = guided(net, SDE, [(energy, Scale(1.0))])
     capped = guided(net, SDE, [(energy, Scale(1.0))], clip=0.5)
     with torch.no_grad():
-        ex, eh = net(x, h, t, batch, n)
-        fx, fh = free(x, h, t, batch, n)
-        cx, ch = capped(x, h, t, batch, n)
+        ex, eh = net(state, t).values()
+        fx, fh = free(state, t).values()
+        cx, ch = capped(state, t).values()
 
     def norm(a, b, m):
         return float(torch.cat([a[batch == m].flatten(), b[batch == m].flatten()]).norm())
@@ -174,7 +185,7 @@ def test_clip_caps_each_molecules_guidance_at_a_multiple_of_its_eps():
 
 def test_property_guidance_is_equivariant():
     torch.manual_seed(0)
-    net = EGNN(LAYOUT.dim, hidden=16, layers=2, dtype=torch.float64)
+    net = state_denoiser(EGNN(LAYOUT.dim, hidden=16, layers=2, dtype=torch.float64))
     pred = PropertyPredictor(LAYOUT.dim, hidden=16, layers=2).double()
     fn = guided(net, SDE, [(PropertyEnergy(pred, 1.5), Scale(2.0))])
     batch, n = sizes_to_batch([4, 5])
@@ -182,7 +193,8 @@ def test_property_guidance_is_equivariant():
     x = remove_mean(torch.randn(9, 3, generator=g, dtype=torch.float64), batch, n)
     h = torch.randn(9, LAYOUT.dim, generator=g, dtype=torch.float64)
     t = torch.full((n,), 0.3, dtype=torch.float64)
-    assert_equivariant(lambda xi, hi, bi: fn(xi, hi, t, bi, n), x, h, batch, n, atol=1e-10, shift=None)
+    assert_equivariant(lambda xi, hi, bi: tuple(fn(MolState(bi, n, pos=xi, atom_type=hi), t).values()), x, h, batch, n, atol=1e-10,
+                       shift=None)
 
 
 def test_xtb_guidance_on_a_real_molecule_and_a_failure():
@@ -196,9 +208,10 @@ def test_xtb_guidance_on_a_real_molecule_and_a_failure():
     h = LAYOUT.encode_numbers(mols.numbers).double()
     x[batch == 1] = 0.0  # molecule 1: every atom on one point, xTB cannot run
     t = torch.full((2,), 0.01, dtype=torch.float64)
-    zero_eps = (torch.zeros_like(x), torch.zeros_like(h))
+    zero_eps = {"pos": torch.zeros_like(x), "atom_type": torch.zeros_like(h)}
     energy = XTBEnergy(SDE, LAYOUT)
-    gx, gh, ok = energy.gradient(x, h, t, batch, 2, zero_eps)
+    grads, ok = energy.gradient(MolState(batch, 2, pos=x, atom_type=h), t, zero_eps)
+    gx = grads["pos"]
     assert ok.tolist() == [True, False] and energy.last_reasons[1]
     assert torch.isfinite(gx).all() and float(gx[batch == 0].abs().max()) > 0
     # a relaxed QM9 geometry: small forces (Hartree / Angstrom)

@@ -47,8 +47,8 @@ def _run(cls, steps=300, seed=0):
     features = torch.zeros(N * M, data.feat_dim, dtype=torch.float64)
     g = torch.Generator().manual_seed(seed)
     inpaint = cls(sde, fixed, pos, batch, n, g, features=features)
-    x, h, _ = sample("ancestral", data.eps, sde, [N] * M, data.feat_dim, steps, generator=g, dtype=torch.float64, callback=inpaint)
-    final = inpaint.finish(MolState(batch, n, pos=x, atom_type=h))
+    final = inpaint.finish(sample("ancestral", data.eps, sde, [N] * M, data.feat_dim, steps, generator=g, dtype=torch.float64,
+                                  callback=inpaint))
     return final, fixed, data
 
 
@@ -68,8 +68,7 @@ class GuidedInpaint(Inpaint):
         data = GaussianPointClouds(sde)
 
         def estimate(state, t):
-            ex, eh = data.eps(state.pos, state.atom_type, t, state.batch, state.n_mol)
-            return sde.x0_from_eps(state.pos, state.atom_type, ex, eh, t, state.batch)[0]
+            return sde.x0_from_eps(state, data.eps(state, t), t).pos
 
         super().__init__(sde, fixed, pos, batch, n, g, features=features, reconstruction=2.0, estimate=estimate)
 

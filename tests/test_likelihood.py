@@ -16,6 +16,7 @@ from moldiff.likelihood.terms import log_p_atoms, prior_kl
 from moldiff.noise.schedules import LinearSchedule, PolynomialSchedule
 from moldiff.noise.vp_sde import VPSDE
 from moldiff.sampling.base import sizes_to_batch
+from moldiff.state import MolState
 
 SDE = VPSDE(PolynomialSchedule())
 MODEL = GaussianPointClouds(SDE)
@@ -24,21 +25,21 @@ MODEL = GaussianPointClouds(SDE)
 def data(sizes, seed=0):
     g = torch.Generator().manual_seed(seed)
     batch, n = sizes_to_batch(sizes)
-    x, h = MODEL.sample(batch, n, g)
-    exact = -MODEL.log_prob(x, h, batch, n, t=torch.zeros(n, dtype=torch.float64))  # the marginal at t0 = 0
-    return x, h, batch, n, exact, g
+    clean = MODEL.sample(batch, n, g)
+    exact = -MODEL.log_prob(clean, t=torch.zeros(n, dtype=torch.float64))  # the marginal at t0 = 0
+    return clean, exact, g
 
 
 def test_ode_nll_with_exact_divergence_equals_the_exact_density():
-    x, h, batch, n, exact, _ = data([3, 4, 5, 6, 7] * 4)
-    r = ode_nll(MODEL.eps, SDE, x, h, batch, n)
+    clean, exact, _ = data([3, 4, 5, 6, 7] * 4)
+    r = ode_nll(MODEL.eps, SDE, clean)
     assert float((r["nll"] - exact).abs().max()) < 0.05  # measured: 8e-5 nats
     assert r["dims"].tolist()[:5] == [(k - 1) * 3 + 2 * k for k in (3, 4, 5, 6, 7)]
 
 
 def test_hutchinson_estimate_is_within_three_standard_errors():
-    x, h, batch, n, exact, g = data([5] * 40, seed=1)
-    r = ode_nll(MODEL.eps, SDE, x, h, batch, n, divergence="hutchinson", probes=4, generator=g)
+    clean, exact, g = data([5] * 40, seed=1)
+    r = ode_nll(MODEL.eps, SDE, clean, divergence="hutchinson", probes=4, generator=g)
     diff = r["nll"] - exact
     se_mean = float(torch.sqrt((r["nll_se"] ** 2).sum())) / len(diff)  # standard error of the mean over molecules
     assert abs(float(diff.mean())) < 3 * se_mean
@@ -46,10 +47,10 @@ def test_hutchinson_estimate_is_within_three_standard_errors():
 
 
 def test_elbo_bounds_the_nll_and_tightens_with_T():
-    x, h, batch, n, exact, g = data([5] * 300, seed=2)
+    clean, exact, g = data([5] * 300, seed=2)
     gaps = []
     for T in (50, 200, 1000):
-        e = elbo(MODEL.eps, SDE, x, h, batch, n, T=T, generator=g)
+        e = elbo(MODEL.eps, SDE, clean, T=T, generator=g)
         gap = e["nll"] - exact
         se = float(gap.std()) / math.sqrt(len(gap))
         assert float(gap.mean()) > -3 * se, T  # never below the exact NLL
@@ -64,15 +65,15 @@ def test_elbo_estimate_with_few_steps_is_unbiased_per_molecule():
     draw shared by the batch (the old code) it missed by a median of 124 of them (100 repeats)."""
     # 1000 molecules: the first step, 1/T of the draws, carries most of the bound; a few hundred
     # molecules hit it a handful of times and their spread understates the error.
-    x, h, batch, n, _, g = data([4] * 1000, seed=3)
-    full = elbo(MODEL.eps, SDE, x, h, batch, n, T=200, generator=g)["nll"]
+    clean, _, g = data([4] * 1000, seed=3)
+    full = elbo(MODEL.eps, SDE, clean, T=200, generator=g)["nll"]
     seen = []
 
-    def eps_fn(x, h, t, b, m):
+    def eps_fn(state, t):
         seen.append(t)
-        return MODEL.eps(x, h, t, b, m)
+        return MODEL.eps(state, t)
 
-    est = elbo(eps_fn, SDE, x, h, batch, n, T=200, timesteps=10, generator=g)
+    est = elbo(eps_fn, SDE, clean, T=200, timesteps=10, generator=g)
     diff = est["nll"] - full
     assert abs(float(diff.mean())) < 3 * float(diff.std()) / math.sqrt(len(diff))
     assert all(len(t.unique()) > 1 for t in seen[:10])  # the K calls (L_0 follows at t = 0): t per molecule
@@ -85,7 +86,7 @@ def test_prior_kl_closed_form_and_log_pN():
     h = torch.zeros(3, 2, dtype=torch.float64)
     s2 = float(SDE.schedule.sigma2(torch.tensor(1.0, dtype=torch.float64)))
     d = 6 + 6
-    assert abs(float(prior_kl(SDE, x, h, batch, n)) - 0.5 * d * (s2 - 1 - math.log(s2))) < 1e-12
+    assert abs(float(prior_kl(SDE, MolState(batch, n, pos=x, atom_type=h))) - 0.5 * d * (s2 - 1 - math.log(s2))) < 1e-12
     lp = log_p_atoms({3: 1, 5: 3}, *sizes_to_batch([3, 5]))
     assert torch.allclose(lp, torch.tensor([math.log(0.25), math.log(0.75)], dtype=torch.float64))
 
@@ -118,11 +119,11 @@ def test_diffusion_dequantisation_is_the_forward_kernel_and_edm_decoder():
 
 def test_singular_start_is_refused():
     sde = VPSDE(LinearSchedule())
-    x, h, batch, n, _, _ = data([3])
+    clean, _, _ = data([3])
     with pytest.raises(ValueError, match="sigma"):
-        ode_nll(GaussianPointClouds(sde).eps, sde, x, h, batch, n)
+        ode_nll(GaussianPointClouds(sde).eps, sde, clean)
     with pytest.raises(ValueError, match="sigma"):
-        elbo(GaussianPointClouds(sde).eps, sde, x, h, batch, n)
+        elbo(GaussianPointClouds(sde).eps, sde, clean)
 
 
 def test_likelihood_job_writes_values_and_summary(tmp_path, tiny_diffusion):
@@ -171,17 +172,19 @@ def test_likelihood_job_scores_an_sdf_file(tmp_path, tiny_diffusion):
 def test_ode_nll_through_an_egnn_hutchinson_agrees_with_exact():
     """The divergence through a real network (fused EGNN kernels, input gradients), float64."""
     from moldiff.geometry import remove_mean
+    from moldiff.nn.denoiser import state_denoiser
     from moldiff.nn.egnn import EGNN
 
     torch.manual_seed(0)
     net = EGNN(4, hidden=8, layers=1, dtype=torch.float64)
-    eps_fn = lambda x, h, t, b, m: tuple(0.3 * v for v in net(x, h, t, b, m))  # noqa: E731  (a tame vector field)
+    eps_fn = lambda z, t: {k: 0.3 * v for k, v in state_denoiser(net)(z, t).items()}  # noqa: E731  (a tame vector field)
     g = torch.Generator().manual_seed(0)
     batch, n = sizes_to_batch([3, 4])
     x = remove_mean(torch.randn(7, 3, generator=g, dtype=torch.float64), batch, n)
     h = torch.randn(7, 4, generator=g, dtype=torch.float64)
-    exact = ode_nll(eps_fn, SDE, x, h, batch, n, rtol=1e-6, atol=1e-6)["nll"]
-    hutch = ode_nll(eps_fn, SDE, x, h, batch, n, divergence="hutchinson", probes=32, rtol=1e-6, atol=1e-6, generator=g)
+    clean = MolState(batch, n, pos=x, atom_type=h)
+    exact = ode_nll(eps_fn, SDE, clean, rtol=1e-6, atol=1e-6)["nll"]
+    hutch = ode_nll(eps_fn, SDE, clean, divergence="hutchinson", probes=32, rtol=1e-6, atol=1e-6, generator=g)
     assert ((hutch["nll"] - exact).abs() < 3 * hutch["nll_se"] + 1e-6).all()
 
 

@@ -16,7 +16,9 @@ from moldiff.loss.reconstruction import feature_log_prob, position_log_prob
 from moldiff.loss.weights import continuous_vlb_weight, discrete_vlb_weight
 from moldiff.noise.schedules import CosineSchedule, LinearSchedule, PolynomialSchedule
 from moldiff.noise.vp_sde import VPSDE
+from moldiff.nn.denoiser import state_denoiser
 from moldiff.sampling.base import sizes_to_batch
+from moldiff.state import MolState
 
 LAYOUT = FeatureLayout(QM9_VOCAB)
 
@@ -104,9 +106,9 @@ def test_simple_loss_with_exact_eps_is_the_bayes_error():
     g = torch.Generator().manual_seed(0)
     sizes = [6] * 4000
     batch, n = sizes_to_batch(sizes)
-    x0, h0 = model.sample(batch, n, g)
+    clean = model.sample(batch, n, g)
     t = torch.full((n,), 0.5, dtype=torch.float64)
-    err, _ = loss.squared_error(model.eps, x0, h0, t, batch, n, g)
+    err, _ = loss.squared_error(model.eps, clean, t, g)
     a2 = float(sde.schedule.alpha2(torch.tensor(0.5, dtype=torch.float64)))
     mmse = lambda d: a2 * d**2 / (a2 * d**2 + 1 - a2)
     # positions: (N - 1) dims per axis; features: N per dimension
@@ -129,11 +131,12 @@ def test_vlb_loss_is_finite_and_positive_with_an_exact_score(timesteps):
     batch, n = sizes_to_batch([5] * 64)
     x0 = remove_mean(torch.randn(len(batch), 3, generator=g, dtype=torch.float64), batch, n)
     h0 = LAYOUT.encode_indices(torch.randint(0, 5, (len(batch),), generator=g), torch.float64)
-    zero = lambda x, h, t, b, m: (torch.zeros_like(x), torch.zeros_like(h))
-    values, t = loss(zero, x0, h0, batch, n, g)
+    zero = lambda z, t: {"pos": torch.zeros_like(z.pos), "atom_type": torch.zeros_like(z.atom_type)}
+    clean = MolState(batch, n, pos=x0, atom_type=h0)
+    values, t = loss(zero, clean, g)
     assert values.shape == (64,) and torch.isfinite(values).all()
     # the one-sample estimate includes L0 when t = 0 is drawn: force it
-    l0 = loss.reconstruction(zero, x0, h0, torch.zeros(n, dtype=torch.float64), batch, n, g)
+    l0 = loss.reconstruction(zero, clean, torch.zeros(n, dtype=torch.float64), g)
     assert torch.isfinite(l0).all()
 
 
@@ -146,15 +149,16 @@ def _qm9_batch(k=8, repeat=1):
     h = LAYOUT.encode_numbers(mols.numbers)
     xs, hs = x.repeat(repeat, 1), h.repeat(repeat, 1)
     bs = torch.cat([batch + r * k for r in range(repeat)])
-    return xs, hs, bs, k * repeat
+    return MolState(bs, k * repeat, pos=xs, atom_type=hs)
 
 
 def _overfit(steps, fixed_noise, lr):
     from moldiff.nn.egnn import EGNN
 
     torch.manual_seed(0)
-    x, h, batch, n = _qm9_batch()
+    clean = _qm9_batch()
     net = EGNN(LAYOUT.dim, hidden=64, layers=3)
+    eps_fn = state_denoiser(net)
     loss = DiffusionLoss(VPSDE(PolynomialSchedule()), LAYOUT, "simple", timesteps=1000)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
 
@@ -162,12 +166,12 @@ def _overfit(steps, fixed_noise, lr):
         with torch.no_grad():
             draws = 1 if fixed_noise else 8
             g = torch.Generator().manual_seed(1)
-            return float(torch.cat([loss(net, x, h, batch, n, g)[0] for _ in range(draws)]).mean())
+            return float(torch.cat([loss(eps_fn, clean, g)[0] for _ in range(draws)]).mean())
 
     before = evaluate()
     for _ in range(steps):
         g = torch.Generator().manual_seed(1) if fixed_noise else None
-        value = loss(net, x, h, batch, n, g)[0].mean()
+        value = loss(eps_fn, clean, g)[0].mean()
         opt.zero_grad()
         value.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -194,9 +198,10 @@ def test_snr_clip_is_the_simple_error_times_clipped_snr_over_snr():
     batch, n = sizes_to_batch([5] * 200)
     x0 = remove_mean(torch.randn(len(batch), 3, generator=g, dtype=torch.float64), batch, n)
     h0 = LAYOUT.encode_indices(torch.randint(0, 5, (len(batch),), generator=g), torch.float64)
-    zero = lambda x, h, t, b, m: (torch.zeros_like(x), torch.zeros_like(h))  # noqa: E731
-    simple, t1 = DiffusionLoss(sde, LAYOUT, "simple")(zero, x0, h0, batch, n, torch.Generator().manual_seed(0))
-    clipped, t2 = DiffusionLoss(sde, LAYOUT, "snr_clip", snr_clip=(0.05, 1.5))(zero, x0, h0, batch, n, torch.Generator().manual_seed(0))
+    zero = lambda z, t: {"pos": torch.zeros_like(z.pos), "atom_type": torch.zeros_like(z.atom_type)}  # noqa: E731
+    clean = MolState(batch, n, pos=x0, atom_type=h0)
+    simple, t1 = DiffusionLoss(sde, LAYOUT, "simple")(zero, clean, torch.Generator().manual_seed(0))
+    clipped, t2 = DiffusionLoss(sde, LAYOUT, "snr_clip", snr_clip=(0.05, 1.5))(zero, clean, torch.Generator().manual_seed(0))
     assert torch.equal(t1, t2)
     snr = sde.schedule.snr(t1)
     assert torch.allclose(clipped, simple * snr.clamp(0.05, 1.5) / snr, rtol=1e-12)
@@ -231,3 +236,24 @@ def test_lr_decay_factors():
     assert lin(25) == 0.75 and lin(100) == 0.0
     with pytest.raises(ValueError, match="decay"):
         lr_factor("step", 100, 0.1)
+
+
+def test_field_weights_scale_each_fields_error_and_only_where_they_may():
+    """loss.weights: each field's share of the simple loss is its weight times its error; the
+    default (1, 1) is the unweighted loss; the VLB and unknown fields refuse them."""
+    sde = VPSDE(PolynomialSchedule())
+    g = torch.Generator().manual_seed(3)
+    batch, n = sizes_to_batch([5] * 50)
+    clean = MolState(batch, n, pos=remove_mean(torch.randn(len(batch), 3, generator=g, dtype=torch.float64), batch, n),
+                     atom_type=LAYOUT.encode_indices(torch.randint(0, 5, (len(batch),), generator=g), torch.float64))
+    zero = lambda z, t: {"pos": torch.zeros_like(z.pos), "atom_type": torch.zeros_like(z.atom_type)}  # noqa: E731
+    run = lambda **w: DiffusionLoss(sde, LAYOUT, "simple", **w)(zero, clean, torch.Generator().manual_seed(0))[0]  # noqa: E731
+    plain, ones = run(), run(weights={"pos": 1.0, "atom_type": 1.0})
+    pos_only, types_only = run(weights={"atom_type": 0.0}), run(weights={"pos": 0.0})
+    assert torch.equal(plain, ones)
+    assert torch.allclose(pos_only + types_only, plain, rtol=1e-12) and float(types_only.min()) > 0
+    assert torch.allclose(run(weights={"pos": 3.0, "atom_type": 0.4}), 3.0 * pos_only + 0.4 * types_only, rtol=1e-12)
+    with pytest.raises(ValueError, match="unknown fields"):
+        DiffusionLoss(sde, LAYOUT, "simple", weights={"bond": 1.0})
+    with pytest.raises(ValueError, match="VLB"):
+        DiffusionLoss(sde, LAYOUT, "vlb", t0=1e-3, weights={"pos": 2.0})

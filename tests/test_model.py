@@ -16,8 +16,7 @@ from moldiff.sampling.samplers import with_recommended
 def _inputs(model, sizes=(4, 6), seed=0):
     batch, n = sizes_to_batch(list(sizes))
     g = torch.Generator().manual_seed(seed)
-    x, h = model.sde.prior(batch, n, model.layout.dim, torch.float32, g)
-    return x, h, torch.full((n,), 0.4), batch, n
+    return model.sde.prior(batch, n, model.layout.dim, torch.float32, g), torch.full((n,), 0.4)
 
 
 def test_training_checkpoint_loads_and_keeps_its_state_dict_names(tiny_diffusion):
@@ -44,10 +43,10 @@ def test_save_and_load_round_trip(tiny_diffusion, tmp_path):
     model = DiffusionModel.load(tiny_diffusion)
     path = model.save(tmp_path / "copy.ckpt")
     again = DiffusionModel.load(path)
-    x, h, t, batch, n = _inputs(model)
+    state, t = _inputs(model)
     with torch.no_grad():
-        a, b = model.eps_fn()(x, h, t, batch, n), again.eps_fn()(x, h, t, batch, n)
-    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+        a, b = model.eps_fn()(state, t), again.eps_fn()(state, t)
+    assert torch.equal(a["pos"], b["pos"]) and torch.equal(a["atom_type"], b["atom_type"])
     assert again.config == model.config
 
 
@@ -55,10 +54,12 @@ def test_denoise_inverts_the_forward_process_for_the_exact_noise(tiny_diffusion)
     """denoise() is x0 = (z_t - sigma_t eps_hat) / alpha_t: with the network's own eps it must
     give back the z_0 that, noised with that eps, makes z_t."""
     model = DiffusionModel.load(tiny_diffusion)
-    x, h, t, batch, n = _inputs(model)
+    state, t = _inputs(model)
+    x, h, batch = state.pos, state.atom_type, state.batch
     with torch.no_grad():
-        ex, eh = model.eps_fn()(x, h, t, batch, n)
-        x0, h0 = model.denoise(x, h, t, batch, n)
+        ex, eh = model.eps_fn()(state, t).values()
+        clean = model.denoise(state, t)
+        x0, h0 = clean.pos, clean.atom_type
     a, s = model.sde.alpha(t, batch), model.sde.sigma(t, batch)
     assert torch.allclose(a * x0 + s * ex, x, atol=1e-5) and torch.allclose(a * h0 + s * eh, h, atol=1e-5)
 
@@ -69,11 +70,11 @@ def test_prediction_target_is_converted_to_epsilon(tiny_diffusion):
     eps_model = DiffusionModel(hp["model"], hp["noise"], hp["features"], hp["size_histogram"], ema_decay=0)
     x0_model = DiffusionModel(hp["model"], {**hp["noise"], "prediction": "x0"}, hp["features"], hp["size_histogram"], ema_decay=0)
     x0_model.load_state_dict(eps_model.state_dict())
-    x, h, t, batch, n = _inputs(eps_model)
+    state, t = _inputs(eps_model)
     with torch.no_grad():
-        out = eps_model.eps_fn()(x, h, t, batch, n)
-        ex, eh = x0_model.eps_fn()(x, h, t, batch, n)
-    rx, rh = eps_model.sde.eps_from_x0(x, h, out[0], out[1], t, batch)
+        out = eps_model.eps_fn()(state, t)
+        ex, eh = x0_model.eps_fn()(state, t).values()
+    rx, rh = eps_model.sde.eps_from_x0(state, out, t).values()
     assert torch.equal(ex, rx) and torch.equal(eh, rh)
 
 

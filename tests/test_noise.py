@@ -8,6 +8,7 @@ from scipy.integrate import quad
 from moldiff.geometry import max_com
 from moldiff.noise import VPSDE, get_schedule
 from moldiff.sampling.base import sizes_to_batch
+from moldiff.state import MolState
 
 SCHEDULES = ["linear", "cosine", "polynomial"]
 
@@ -74,7 +75,8 @@ def test_perturb_keeps_centre_of_mass_and_marginal():
     x0 = remove_mean(x0, batch, n)
     h0 = torch.randn(len(batch), 4, generator=g, dtype=torch.float64)
     t = torch.rand(n, generator=g, dtype=torch.float64)
-    xt, ht, ex, eh = sde.perturb(x0, h0, t, batch, n, g)
+    noisy, eps = sde.perturb(MolState(batch, n, pos=x0, atom_type=h0), t, g)
+    xt, ht, ex, eh = noisy.pos, noisy.atom_type, eps["pos"], eps["atom_type"]
     assert max_com(xt, batch, n) < 1e-6 and max_com(ex, batch, n) < 1e-6
     a, s = sde.alpha(t, batch), sde.sigma(t, batch)
     assert torch.allclose(xt, a * x0 + s * ex) and torch.allclose(ht, a * h0 + s * eh)
@@ -93,15 +95,17 @@ def test_parameterisation_round_trips(prediction):
     g = torch.Generator().manual_seed(0)
     x0, h0 = torch.randn(12, 3, generator=g, dtype=torch.float64), torch.randn(12, 6, generator=g, dtype=torch.float64)
     t = torch.tensor([0.3, 0.8], dtype=torch.float64)
-    xt, ht, ex, eh = sde.perturb(x0, h0, t, batch, n, g)
+    noisy, eps = sde.perturb(MolState(batch, n, pos=x0, atom_type=h0), t, g)
+    xt, ht, ex, eh = noisy.pos, noisy.atom_type, eps["pos"], eps["atom_type"]
     a, s = sde.alpha(t, batch), sde.sigma(t, batch)
     target = {"eps": (ex, eh), "x0": (x0, h0), "v": (a * ex - s * x0, a * eh - s * h0)}[prediction]
-    px, ph = sde.eps_from_output(*target, xt, ht, t, batch)
+    px, ph = sde.eps_from_output(dict(zip(("pos", "atom_type"), target)), noisy, t).values()
     assert torch.allclose(px, ex, atol=1e-12) and torch.allclose(ph, eh, atol=1e-12)
-    rx, rh = sde.x0_from_eps(xt, ht, ex, eh, t, batch)
+    clean = sde.x0_from_eps(noisy, eps, t)
+    rx, rh = clean.pos, clean.atom_type
     assert torch.allclose(rx, x0, atol=1e-12) and torch.allclose(rh, h0, atol=1e-12)
-    sx, sh = sde.score(ex, eh, t, batch)
-    dx, dh = sde.pf_drift(xt, ht, ex, eh, t, batch)
+    sx, sh = sde.score(eps, t, batch).values()
+    dx, dh = sde.pf_drift(noisy, eps, t).values()
     beta = sde.beta(t, batch)
     assert torch.allclose(dx, -0.5 * beta * xt - 0.5 * beta * sx, atol=1e-12)
     assert torch.allclose(dh, -0.5 * beta * ht - 0.5 * beta * sh, atol=1e-12)

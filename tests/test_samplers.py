@@ -33,7 +33,8 @@ def test_sampler_matches_gaussian_data(schedule, name, steps, opts):
     sde = VPSDE(get_schedule(schedule))
     data = GaussianPointClouds(sde)
     g = torch.Generator().manual_seed(1)
-    x, h, batch = sample(name, data.eps, sde, [N_ATOMS] * N_MOL, data.feat_dim, steps, generator=g, dtype=torch.float64, **opts)
+    out = sample(name, data.eps, sde, [N_ATOMS] * N_MOL, data.feat_dim, steps, generator=g, dtype=torch.float64, **opts)
+    x, h, batch = out.pos, out.atom_type, out.batch
     n = N_MOL
     assert max_com(x, batch, n) < 1e-6
     # Per axis, centred coordinates have variance d_a^2 (N - 1) / N; features feat_std^2.
@@ -58,7 +59,7 @@ def test_few_step_solvers_are_second_order(name):
     data = GaussianPointClouds(sde)
     run = lambda sampler, steps, **o: sample(  # noqa: E731
         sampler, data.eps, sde, [N_ATOMS] * 200, 2, steps, generator=torch.Generator().manual_seed(4), dtype=torch.float64, **o
-    )[0]
+    ).pos
     exact = run("ode_adaptive", 1, rtol=1e-9, atol=1e-9)
     errs = [float((run(name, k, grid="logsnr") - exact).abs().max()) for k in (10, 20, 40)]
     assert errs[1] < errs[0] / 3 and errs[2] < errs[1] / 3, errs
@@ -70,7 +71,7 @@ def test_untrained_eps_is_detected():
     wrong = GaussianPointClouds(sde, axis_std=(0.6, 1.2, 2.4))
     true = GaussianPointClouds(sde)
     g = torch.Generator().manual_seed(1)
-    x, _, _ = sample("ode_dpm2", wrong.eps, sde, [N_ATOMS] * N_MOL, 2, 20, generator=g, dtype=torch.float64)
+    x = sample("ode_dpm2", wrong.eps, sde, [N_ATOMS] * N_MOL, 2, 20, generator=g, dtype=torch.float64).pos
     target = true.axis_std**2 * (N_ATOMS - 1) / N_ATOMS
     assert not torch.allclose((x**2).mean(0), target, rtol=0.05)
 
@@ -80,11 +81,14 @@ def test_probability_flow_ode_round_trip():
     data = GaussianPointClouds(sde)
     g = torch.Generator().manual_seed(2)
     batch, n = sizes_to_batch([3, 5, 8, 12])
-    x0, h0 = data.sample(batch, n, g)
+    start = data.sample(batch, n, g)
+    x0, h0 = start.pos, start.atom_type
     fwd = torch.tensor([1e-3, 1.0], dtype=torch.float64)
-    x1, h1 = solve_adaptive(data.eps, sde, x0, h0, fwd, batch, n, rtol=1e-8, atol=1e-8)
+    end = solve_adaptive(data.eps, sde, start, fwd, rtol=1e-8, atol=1e-8)
+    x1 = end.pos
     assert max_com(x1, batch, n) < 1e-6
-    xb, hb = solve_adaptive(data.eps, sde, x1, h1, fwd.flip(0), batch, n, rtol=1e-8, atol=1e-8)
+    back = solve_adaptive(data.eps, sde, end, fwd.flip(0), rtol=1e-8, atol=1e-8)
+    xb, hb = back.pos, back.atom_type
     err = max(float((xb - x0).abs().max()), float((hb - h0).abs().max()))
     assert err <= 1e-3
     assert float((x1 - x0).abs().max()) > 0.1  # it did move
@@ -100,7 +104,7 @@ def test_ancestral_late_noise_is_an_exact_no_op_at_one_and_shrinks_spread_below_
     sde = VPSDE(get_schedule("polynomial"))
     data = GaussianPointClouds(sde)
     run = lambda **o: sample("ancestral", data.eps, sde, [N_ATOMS] * 500, 2, 100, generator=torch.Generator().manual_seed(2),  # noqa: E731
-                             dtype=torch.float64, **o)[0]
+                             dtype=torch.float64, **o).pos
     assert torch.equal(run(), run(late_noise=1.0, late_t=0.5))
     assert float(run(late_noise=0.0, late_t=0.5).var()) < 0.97 * float(run().var())
 
@@ -123,8 +127,8 @@ def test_every_sampler_calls_back_after_each_step_and_takes_its_state(name):
     def watch(i, t, s, state, prediction):
         seen.append((i, t, s, state.pos.shape, state.atom_type.shape, state.n_mol))
 
-    x0, h0, _ = run()
-    x1, h1, _ = run(callback=watch)
+    x0, h0 = run().take(("pos", "atom_type")).values()
+    x1, h1 = run(callback=watch).take(("pos", "atom_type")).values()
     assert [e[0] for e in seen] == list(range(5)) and all(e[1] > e[2] for e in seen)
     assert seen[0][3:] == ((6 * N_ATOMS, 3), (6 * N_ATOMS, data.feat_dim), 6)
     close = (lambda a, b: torch.allclose(a, b, atol=1e-5)) if name == "ode_adaptive" else torch.equal
@@ -135,5 +139,5 @@ def test_every_sampler_calls_back_after_each_step_and_takes_its_state(name):
         h[0] = 0.25
         return state.replace(atom_type=h)
 
-    _, h2, _ = run(callback=pin)
+    h2 = run(callback=pin).atom_type
     assert not torch.allclose(h2, h0)

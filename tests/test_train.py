@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_dir
 
 from moldiff.data.loader import EpochBatchSampler, MoleculeDataset
 from moldiff.jobs import train as train_run
+from moldiff.state import MolState
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -208,8 +209,9 @@ def test_compact_export_loads_and_warm_starts_like_the_full_one(tmp_path):
     x = x - torch.zeros(2, 3).index_add_(0, batch, x)[batch] / n[batch, None]
     h = torch.randn(12, full.layout.dim)
     t = torch.full((2,), 0.3)
-    ef, _ = full.eps_fn()(x, h, t, batch, 2)
-    ec, _ = compact.eps_fn()(x, h, t, batch, 2)
+    state = MolState(batch, 2, pos=x, atom_type=h)
+    ef = full.eps_fn()(state, t)["pos"]
+    ec = compact.eps_fn()(state, t)["pos"]
     assert (ef - ec).abs().max() < 2e-3 * ef.abs().max()
     train_run.run_training(tiny_cfg(tmp_path / "b", "trainer.max_steps=1", f"init_from={tmp_path / 'compact.ckpt'}"), tmp_path / "b")
 

@@ -29,41 +29,51 @@ from moldiff.bridge.reference import bridge_sample, forward_step, reference_endp
 from moldiff.geometry import atom_counts, remove_mean, segment_sum
 from moldiff.sampling.base import molecule_times, sizes_to_batch, time_grid
 from moldiff.sampling.samplers import sample
+from moldiff.state import MolState
 
 
-def _per_molecule_mse(ex, eh, tx, th, batch, n):
+def _per_molecule_mse(pred: dict, target: dict, batch, n):
     """Mean over molecules of the squared error per dimension (positions: (N - 1) * 3 dimensions)."""
+    ex, eh = pred["pos"], pred["atom_type"]
     counts = atom_counts(batch, n).to(ex.dtype)
     dims = (counts - 1) * 3 + counts * eh.shape[1]
-    err = segment_sum((ex - tx).square().sum(1) + (eh - th).square().sum(1), batch, n)
+    err = segment_sum((ex - target["pos"]).square().sum(1) + (eh - target["atom_type"]).square().sum(1), batch, n)
     return (err / dims).mean()
 
 
-def backward_loss(eps_fn, sde, x0, h0, xT, hT, batch, n, t_min: float, T: float, generator=None):
-    """Denoising loss on reference-bridge samples between the coupled (x_0, x_T)."""
-    t = t_min + (T - t_min) * torch.rand(n, generator=generator, dtype=x0.dtype, device=x0.device)
-    zx, zh = bridge_sample(sde, x0, h0, xT, hT, t, molecule_times(T, n, x0), batch, n, generator)
-    ex, eh = eps_fn(zx, zh, t, batch, n)
-    return _per_molecule_mse(remove_mean(ex, batch, n), eh, *sde.eps_from_x0(zx, zh, remove_mean(x0, batch, n), h0, t, batch), batch, n)
+def _centred(pred: dict, state: MolState) -> dict:
+    """The prediction with its positions projected to zero CoM."""
+    return {**pred, "pos": remove_mean(pred["pos"], state.batch, state.n_mol)}
 
 
-def forward_loss(residual_fn, sde, x0, h0, xT, hT, batch, n, T: float, generator=None):
+def backward_loss(eps_fn, sde, clean: MolState, end: MolState, t_min: float, T: float, generator=None):
+    """Denoising loss on reference-bridge samples between the coupled states (clean at 0, end at T)."""
+    n, like = clean.n_mol, clean.pos
+    t = t_min + (T - t_min) * torch.rand(n, generator=generator, dtype=like.dtype, device=like.device)
+    z = bridge_sample(sde, clean, end, t, molecule_times(T, n, like), generator)
+    target = sde.eps_from_x0(z, _centred(clean.take(sde.names), clean), t)
+    return _per_molecule_mse(_centred(eps_fn(z, t), z), target, clean.batch, n)
+
+
+def forward_loss(residual_fn, sde, clean: MolState, end: MolState, T: float, generator=None):
     """Regression of the forward network's residual r on (x_T - alpha_{T|t} z_t) / sigma_{T|t}."""
-    t = T * (1 - 1e-3) * torch.rand(n, generator=generator, dtype=x0.dtype, device=x0.device)
-    TT = molecule_times(T, n, x0)
-    zx, zh = bridge_sample(sde, x0, h0, xT, hT, t, TT, batch, n, generator)
-    a, v = sde.transition(t, TT, batch)
+    n, like = clean.n_mol, clean.pos
+    t = T * (1 - 1e-3) * torch.rand(n, generator=generator, dtype=like.dtype, device=like.device)
+    TT = molecule_times(T, n, like)
+    z = bridge_sample(sde, clean, end, t, TT, generator)
+    a, v = sde.transition(t, TT, clean.batch)
     s = v.clamp_min(1e-12).sqrt()
-    rx, rh = residual_fn(zx, zh, t, batch, n)
-    return _per_molecule_mse(remove_mean(rx, batch, n), rh, (xT - a * zx) / s, (hT - a * zh) / s, batch, n)
+    r = residual_fn(z, t)
+    target = {k: (getattr(end, k) - a * getattr(z, k)) / s for k in sde.names}
+    return _per_molecule_mse(_centred(r, z), target, clean.batch, n)
 
 
 def endpoint_fn(residual_fn, sde, T: float):
-    """The forward network as a predictor of x_T (for ``reference.forward_step``)."""
+    """The forward network as a predictor of the end state x_T (for ``reference.forward_step``)."""
 
-    def fn(x, h, t, batch, n):
-        rx, rh = residual_fn(x, h, t, batch, n)
-        return reference_endpoint(sde, x, h, t, molecule_times(T, n, x), batch, remove_mean(rx, batch, n), rh)
+    def fn(state: MolState, t):
+        r = residual_fn(state, t)
+        return reference_endpoint(sde, state, t, molecule_times(T, state.n_mol, state.pos), _centred(r, state))
 
     return fn
 
@@ -74,24 +84,26 @@ def forward_grid(steps: int, t_min: float, T: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def simulate_forward(residual_fn, sde, x0, h0, batch, n, steps: int, t_min: float, T: float, generator=None):
-    """x_T of the forward process started at the data (x_0, h_0)."""
-    x, h = remove_mean(x0, batch, n), h0
+def simulate_forward(residual_fn, sde, clean: MolState, steps: int, t_min: float, T: float, generator=None) -> MolState:
+    """The end state x_T of the forward process started at the data ``clean``."""
+    state = clean.replace(pos=remove_mean(clean.pos, clean.batch, clean.n_mol))
     fn = endpoint_fn(residual_fn, sde, T)
     grid = forward_grid(steps, t_min, T)
+    n, like = state.n_mol, state.pos
     for t, u in zip(grid[:-1], grid[1:]):
-        x, h = forward_step(fn, sde, x, h, molecule_times(t, n, x), molecule_times(u, n, x), molecule_times(T, n, x), batch, n, generator)
-    return x, h
+        state = forward_step(fn, sde, state, molecule_times(t, n, like), molecule_times(u, n, like), molecule_times(T, n, like), generator)
+    return state
 
 
 @torch.no_grad()
-def simulate_backward(eps_fn, sde, sizes, feat_dim: int, steps: int, t_min: float, T: float, generator=None, dtype=torch.float32):
-    """(x_0, h_0, x_T, h_T, batch): the backward process (ancestral) from N(0, I) at the horizon T."""
+def simulate_backward(eps_fn, sde, sizes, feat_dim: int, steps: int, t_min: float, T: float, generator=None,
+                      dtype=torch.float32) -> tuple[MolState, MolState]:
+    """(clean, end): the backward process (ancestral) from the end state ~ N(0, I) at the horizon T."""
     batch, n = sizes_to_batch(sizes)
-    xT, hT = sde.prior(batch, n, feat_dim, dtype, generator)
-    x0, h0, _ = sample("ancestral", eps_fn, sde, sizes, feat_dim, steps=steps, t_min=t_min, t_max=T, generator=generator, dtype=dtype,
-                       x_init=xT, h_init=hT)
-    return x0, h0, xT, hT, batch
+    end = sde.prior(batch, n, feat_dim, dtype, generator)
+    clean = sample("ancestral", eps_fn, sde, sizes, feat_dim, steps=steps, t_min=t_min, t_max=T, generator=generator, dtype=dtype,
+                   init=end)
+    return clean, end
 
 
 def closed_form_coupling_covariance(data_var: float, alpha_T: float, sigma2_T: float, prior_var: float = 1.0) -> float:

@@ -24,11 +24,15 @@ from torch import nn
 from moldiff.bridge.imf import backward_loss, forward_loss, simulate_backward, simulate_forward
 from moldiff.model import build
 from moldiff.model.diffusion import DiffusionModel
+from moldiff.nn.denoiser import state_denoiser
 from moldiff.sampling.base import sample_sizes, sizes_to_batch
+from moldiff.state import MolState
 
 
 class Coupling:
-    """Simulated (x_0, h_0, x_T, h_T) molecule pairs, gathered into minibatches by molecule index."""
+    """Simulated (clean, end) molecule pairs, gathered into minibatches by molecule index. The
+    pairs are kept as flat per-atom tensors (x_0, h_0, x_T, h_T) for the gather; ``batch`` hands
+    out states."""
 
     def __init__(self, x0, h0, xT, hT, sizes: torch.Tensor):
         self.x0, self.h0, self.xT, self.hT = x0, h0, xT, hT
@@ -38,11 +42,14 @@ class Coupling:
     def __len__(self) -> int:
         return len(self.sizes)
 
-    def batch(self, idx: torch.Tensor):
+    def batch(self, idx: torch.Tensor, device=None) -> tuple[MolState, MolState]:
+        """(clean, end) states of the molecules ``idx``."""
         counts = self.sizes[idx]
         atoms = torch.cat([torch.arange(int(self.offsets[i]), int(self.offsets[i + 1])) for i in idx.tolist()])
         batch, n = sizes_to_batch(counts)
-        return self.x0[atoms], self.h0[atoms], self.xT[atoms], self.hT[atoms], batch, n
+        clean = MolState(batch, n, pos=self.x0[atoms], atom_type=self.h0[atoms])
+        end = MolState(batch, n, pos=self.xT[atoms], atom_type=self.hT[atoms])
+        return (clean, end) if device is None else (clean.to(device), end.to(device))
 
 
 class Gated(nn.Module):
@@ -108,9 +115,9 @@ class BridgeModule(pl.LightningModule):
         if phase % 2 == 0:  # backward samples from the prior, for the forward fit
             sizes = sample_sizes(build_histogram(hp.base), hp.coupling, torch.Generator().manual_seed(hp.seed * 1_000_003 + phase))
             for chunk in torch.split(sizes, hp.sim_batch_size):
-                x0, h0, xT, hT, _ = simulate_backward(self.backward_model.network(ema=True), self.sde, chunk.to(self.device),
-                                                      self.layout.dim, hp.steps, hp.t_min, hp.horizon, g)
-                parts.append((x0.cpu(), h0.cpu(), xT.cpu(), hT.cpu(), chunk))
+                clean, end = simulate_backward(state_denoiser(self.backward_model.network(ema=True)), self.sde, chunk.to(self.device),
+                                               self.layout.dim, hp.steps, hp.t_min, hp.horizon, g)
+                parts.append((clean.pos.cpu(), clean.atom_type.cpu(), end.pos.cpu(), end.atom_type.cpu(), chunk))
         else:  # forward trajectories from the data, for the backward fit
             if self.data is None:
                 raise RuntimeError("BridgeModule.data: attach the training molecules before fitting")
@@ -118,9 +125,8 @@ class BridgeModule(pl.LightningModule):
             idx = torch.from_numpy(rng.choice(len(self.data), size=hp.coupling, replace=hp.coupling > len(self.data)))
             for chunk in torch.split(idx, hp.sim_batch_size):
                 b = self.data[chunk.numpy()].to(self.device)
-                xT, hT = simulate_forward(self.forward_network(), self.sde, b.x, b.h, b.batch, b.n_mol, hp.steps, hp.t_min,
-                                          hp.horizon, g)
-                parts.append((b.x.cpu(), b.h.cpu(), xT.cpu(), hT.cpu(), torch.bincount(b.batch, minlength=b.n_mol).cpu()))
+                end = simulate_forward(state_denoiser(self.forward_network()), self.sde, b.state(), hp.steps, hp.t_min, hp.horizon, g)
+                parts.append((b.x.cpu(), b.h.cpu(), end.pos.cpu(), end.atom_type.cpu(), torch.bincount(b.batch, minlength=b.n_mol).cpu()))
         return Coupling(*(torch.cat([p[k] for p in parts]) for k in range(5)))
 
     def coupling(self) -> Coupling:
@@ -139,13 +145,15 @@ class BridgeModule(pl.LightningModule):
         key = (hp.seed * 1_000_003 + self.global_step) % (2**63)
         idx = torch.randint(len(coupling), (min(hp.batch_size, len(coupling)),), generator=torch.Generator().manual_seed(key))
         g = torch.Generator(device=self.device).manual_seed(key)
-        x0, h0, xT, hT, batch, n = (v.to(self.device) if torch.is_tensor(v) else v for v in coupling.batch(idx))
+        clean, end = coupling.batch(idx, self.device)
+        n = clean.n_mol
         opt_f, opt_b = self.optimizers()
         opt, net = (opt_f, self.forward_net) if fit_forward else (opt_b, self.backward_net)
+        # the raw networks as denoisers of states (the backward one read as an eps network, as before)
         if fit_forward:
-            loss = forward_loss(net, self.sde, x0, h0, xT, hT, batch, n, hp.horizon, g)
+            loss = forward_loss(state_denoiser(net), self.sde, clean, end, hp.horizon, g)
         else:
-            loss = backward_loss(net, self.sde, x0, h0, xT, hT, batch, n, hp.t_min, hp.horizon, g)
+            loss = backward_loss(state_denoiser(net), self.sde, clean, end, hp.t_min, hp.horizon, g)
         opt.zero_grad()
         self.manual_backward(loss)
         self.clip_gradients(opt, gradient_clip_val=hp.clip, gradient_clip_algorithm="norm")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from moldiff.geometry import remove_mean
+from moldiff.state import MolState
 
 
 def pinned_gaussian(sde, s, t, r, batch):
@@ -32,33 +33,41 @@ def pinned_gaussian(sde, s, t, r, batch):
     return a_ts * v_rt / denom, a_rt * v_ts / denom, v_ts * v_rt / denom
 
 
-def bridge_sample(sde, x0, h0, xT, hT, t, T, batch, n, generator=None):
-    """z_t of the reference bridge from (x0, h0) at time 0 to (xT, hT) at time T; t, T per molecule (M,)."""
+def _pinned(sde, w_a, a: MolState, w_b, b: dict, std, noise: dict) -> MolState:
+    """w_a a + w_b b + std noise, field by field of ``a``'s state (centred fields re-centred before the noise)."""
+    out = {}
+    for field in sde.fields:
+        k = field.name
+        mean = w_a * getattr(a, k) + w_b * b[k]
+        out[k] = (remove_mean(mean, a.batch, a.n_mol) if field.centred else mean) + std * noise[k]
+    return a.replace(**out)
+
+
+def bridge_sample(sde, clean: MolState, end: MolState, t, T, generator=None) -> MolState:
+    """z_t of the reference bridge from the state ``clean`` at time 0 to ``end`` at time T; t, T per molecule (M,)."""
     zero = torch.zeros_like(t)
-    w0, wT, var = pinned_gaussian(sde, zero, t, T, batch)
-    ex, eh = sde.noise(batch, n, h0.shape[1], x0, generator)
-    std = var.sqrt()
-    return remove_mean(w0 * x0 + wT * xT, batch, n) + std * ex, w0 * h0 + wT * hT + std * eh
+    w0, wT, var = pinned_gaussian(sde, zero, t, T, clean.batch)
+    noise = sde.noise(clean, generator)
+    return _pinned(sde, w0, clean, wT, end.take(sde.names), var.sqrt(), noise)
 
 
-def forward_step(endpoint_fn, sde, x, h, t, u, T, batch, n, generator=None):
+def forward_step(endpoint_fn, sde, state: MolState, t, u, T, generator=None) -> MolState:
     """One step t -> u (<= T) of the forward process whose network predicts the endpoint:
-    ``endpoint_fn(x, h, t, batch, n) -> (xT_hat, hT_hat)``. The mean is the reference bridge's from
+    ``endpoint_fn(state, t) -> predicted end state``. The mean is the reference bridge's from
     z_t to the predicted endpoint; the spread is the reference's own transition sigma_{u|t}, not the
     pinned bridge's: the endpoint is only predicted, and a Markov process with the reference's
     diffusion has the reference's small-step variance (the bridge's would shrink every step; measured
     on Gaussian clouds: x_T variance 0.9 instead of 1 at 40 steps)."""
-    xT, hT = endpoint_fn(x, h, t, batch, n)
-    wt, wT, _ = pinned_gaussian(sde, t, u, T, batch)
-    _, var = sde.transition(t, u, batch)
-    ex, eh = sde.noise(batch, n, h.shape[1], x, generator)
-    std = var.sqrt()
-    return remove_mean(wt * x + wT * xT, batch, n) + std * ex, wt * h + wT * hT + std * eh
+    end = endpoint_fn(state, t)
+    wt, wT, _ = pinned_gaussian(sde, t, u, T, state.batch)
+    _, var = sde.transition(t, u, state.batch)
+    noise = sde.noise(state, generator)
+    return _pinned(sde, wt, state, wT, end.take(sde.names), var.sqrt(), noise)
 
 
-def reference_endpoint(sde, x, h, t, T, batch, residual_x, residual_h):
+def reference_endpoint(sde, state: MolState, t, T, residual: dict) -> MolState:
     """The forward network's parameterisation: xT_hat = alpha_{T|t} z_t + sigma_{T|t} r, the
     reference's own mean plus a correction r on the noise scale (r = 0: the reference process)."""
-    a, v = sde.transition(t, T, batch)
+    a, v = sde.transition(t, T, state.batch)
     s = v.sqrt()
-    return a * x + s * residual_x, a * h + s * residual_h
+    return state.replace(**{k: a * getattr(state, k) + s * residual[k] for k in sde.names})

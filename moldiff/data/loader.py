@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from moldiff.data.features import FeatureLayout
 from moldiff.data.molecules import MoleculeSet
+from moldiff.state import MolState
 
 
 @dataclass
@@ -42,6 +43,12 @@ class MoleculeBatch:
 
     def __len__(self) -> int:
         return self.n_mol
+
+    def state(self) -> MolState:
+        """The batch as the Gaussian model's ``MolState``: positions and the continuous features
+        (EDM's scaled one-hot types and charge channel) as ``atom_type``. A conditional model's raw
+        targets ``y`` stay here: its denoiser reads them through a ``ContextSlot``."""
+        return MolState(self.batch, self.n_mol, pos=self.x, atom_type=self.h)
 
 
 class MoleculeDataset(Dataset):

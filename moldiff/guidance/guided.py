@@ -1,9 +1,10 @@
 """Guided epsilon functions: score <- score - s(t) grad E(z_t, t) for any sampler.
 
 With score = -eps / sigma_t, subtracting s(t) grad E from the score is adding sigma_t s(t) grad E
-to eps. The position gradient is projected to zero centre of mass (the energy may not be
-translation invariant, the process lives in the zero-CoM subspace). Several energies add up, each
-with its own scale schedule.
+to eps, field by field of the state: an energy takes the noised ``MolState`` and gives one
+gradient per field. The gradient of a centred field (positions) is projected to zero centre of
+mass (the energy may not be translation invariant, the process lives in the zero-CoM subspace).
+Several energies add up, each with its own scale schedule.
 
 Failures are molecule-level outcomes, never a crash: an energy may report molecules it could not
 evaluate (xTB not converging, a non-finite energy), and a non-finite gradient or a guidance term
@@ -18,11 +19,14 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import reduce
+from operator import add
 from typing import Callable
 
 import torch
 
 from moldiff.geometry import remove_mean
+from moldiff.state import MolState
 
 
 BASE_MODEL = "base model"  # the report's name for failures of the guided eps function itself
@@ -70,26 +74,27 @@ class Scale:
 
 
 class Energy:
-    """E(z_t, t) per molecule. ``gradient`` returns (grad_x, grad_h, ok) with ok (M,) bool;
-    the default differentiates ``energy`` with autograd."""
+    """E(z_t, t) per molecule, of the noised state. ``gradient(state, t, eps)`` returns
+    ({field: gradient}, ok) with ok (M,) bool; the default differentiates ``energy`` with autograd
+    with respect to the state's ``fields``."""
 
     name = "energy"
+    fields = ("pos", "atom_type")
 
-    def energy(self, x, h, t, batch, n, eps=None) -> torch.Tensor:
+    def energy(self, state: MolState, t, eps=None) -> torch.Tensor:
         raise NotImplementedError
 
-    def gradient(self, x, h, t, batch, n, eps=None):
+    def gradient(self, state: MolState, t, eps=None):
         with torch.enable_grad():
-            xg, hg = x.detach().requires_grad_(True), h.detach().requires_grad_(True)
-            e = self.energy(xg, hg, t, batch, n, eps)
-            gx, gh = torch.autograd.grad(e.sum(), (xg, hg), allow_unused=True)
-        gx = torch.zeros_like(x) if gx is None else gx
-        gh = torch.zeros_like(h) if gh is None else gh
+            leaves = {k: getattr(state, k).detach().requires_grad_(True) for k in self.fields}
+            e = self.energy(state.replace(**leaves), t, eps)
+            grads = torch.autograd.grad(e.sum(), tuple(leaves.values()), allow_unused=True)
+        grads = {k: torch.zeros_like(v) if g is None else g for (k, v), g in zip(leaves.items(), grads)}
         # An infinite energy (overflow, a molecule outside the energy's domain) can come with a
         # finite gradient, which then means nothing: a failure, not a direction.
         ok = torch.isfinite(e.detach())
         self.last_reasons = [None if good else "non-finite energy" for good in ok.tolist()]
-        return gx, gh, ok
+        return grads, ok
 
 
 def _finite_molecules(batch, n, *tensors) -> torch.Tensor:
@@ -100,10 +105,11 @@ def _finite_molecules(batch, n, *tensors) -> torch.Tensor:
     return bad == 0
 
 
-def _molecule_norm(a, b, batch, n) -> torch.Tensor:
-    """(M,) norm of each molecule's (A, 3) and (A, F) rows together."""
-    sq = torch.zeros(n, dtype=a.dtype, device=a.device)
-    sq.index_add_(0, batch, a.square().sum(1) + b.square().sum(1))
+def _molecule_norm(values: dict, batch, n) -> torch.Tensor:
+    """(M,) norm of each molecule's rows of every field together."""
+    first = next(iter(values.values()))
+    sq = torch.zeros(n, dtype=first.dtype, device=first.device)
+    sq.index_add_(0, batch, reduce(add, [v.square().sum(1) for v in values.values()]))
     return sq.sqrt()
 
 
@@ -114,7 +120,8 @@ def check_clip(clip) -> None:
 
 def guided(eps_fn: Callable, sde, terms: list[tuple[Energy, Scale]], report: GuidanceReport | None = None,
            clip: float | None = None) -> Callable:
-    """An eps function for the samplers: ``eps_fn`` plus the guidance of every (energy, scale).
+    """A denoiser for the samplers, ``fn(state, t) -> {field: eps}``: ``eps_fn`` plus the guidance
+    of every (energy, scale), on the fields ``sde`` declares.
 
     ``clip``: each energy's guidance term is capped, per molecule and step, at ``clip`` times the
     norm of the unguided eps (a rescaling, so its direction and the zero CoM are kept). A sharp
@@ -124,51 +131,55 @@ def guided(eps_fn: Callable, sde, terms: list[tuple[Energy, Scale]], report: Gui
     report = report if report is not None else GuidanceReport()
     check_clip(clip)
 
-    def fn(x, h, t, batch, n):
-        ex, eh = eps_fn(x, h, t, batch, n)
+    def fn(state: MolState, t):
+        batch, n = state.batch, state.n_mol
+        eps = eps_fn(state, t)
         active = [(e, s(t)) for e, s in terms]
         active = [(e, w) for e, w in active if bool((w != 0).any())]
         if not active:
-            return ex, eh
+            return eps
         report.steps += 1
         # A molecule the model itself gives a non-finite eps (e.g. pushed off its domain by earlier
         # steps) cannot be helped here: counted once, not once per energy.
-        alive = _finite_molecules(batch, n, ex, eh)
+        alive = _finite_molecules(batch, n, *eps.values())
         report.record(BASE_MODEL, "non-finite eps", torch.nonzero(~alive).flatten().tolist())
-        sigma = sde.sigma(t, batch).to(x.dtype)
+        sigma = sde.sigma(t, batch).to(state.pos.dtype)
         # the cap's yardstick: the unguided eps, once per step whatever the number of energies
-        limit = None if clip is None else clip * _molecule_norm(ex, eh, batch, n)
+        limit = None if clip is None else clip * _molecule_norm(eps, batch, n)
         for energy, w in active:
-            gx, gh, ok = energy.gradient(x, h, t, batch, n, (ex, eh))
+            grads, ok = energy.gradient(state, t, dict(eps))
             reasons = getattr(energy, "last_reasons", None)  # per-molecule failure reasons, if the energy keeps them
             for m in torch.nonzero(alive & ~ok).flatten().tolist():
                 report.record(energy.name, (reasons[m] if reasons and reasons[m] else "energy evaluation failed"), [m])
-            finite = _finite_molecules(batch, n, gx, gh)
+            grads = {k: grads[k] for k in sde.names}
+            finite = _finite_molecules(batch, n, *grads.values())
             report.record(energy.name, "non-finite gradient", torch.nonzero(alive & ok & ~finite).flatten().tolist())
             use = ok & finite
             mask = use[batch, None]
-            # Zeroed before the centring, which mixes the atoms of a molecule.
-            gx = remove_mean(torch.where(mask, gx, torch.zeros_like(gx)), batch, n)
-            gh = torch.where(mask, gh, torch.zeros_like(gh))
-            wa = sigma * w[batch, None].to(x.dtype)
-            tx, th = wa * gx, wa * gh
+            wa = sigma * w[batch, None].to(state.pos.dtype)
+            terms_ = {}
+            for spec in sde.fields:
+                g = torch.where(mask, grads[spec.name], torch.zeros_like(grads[spec.name]))
+                if spec.centred:  # zeroed before the centring, which mixes the atoms of a molecule
+                    g = remove_mean(g, batch, n)
+                terms_[spec.name] = wa * g
             if limit is not None:
                 # factor < 1 only where the term exceeds the cap; a zero or non-finite term is left
                 # as it is (the overflow check below handles the latter)
-                term = _molecule_norm(tx, th, batch, n)
+                term = _molecule_norm(terms_, batch, n)
                 factor = limit / term
                 factor = torch.where(torch.isfinite(term) & (term > 0) & (factor < 1), factor, torch.ones_like(factor))
                 capped = alive & use & (factor < 1)
                 report.clipped[energy.name] += int(capped.sum())
-                tx, th = tx * factor[batch, None], th * factor[batch, None]
-            gx, gh = ex + tx, eh + th
+                terms_ = {k: v * factor[batch, None] for k, v in terms_.items()}
+            moved = {k: eps[k] + terms_[k] for k in sde.names}
             # A finite gradient can still overflow once scaled and added: the molecule then keeps
             # the eps it had, never a non-finite one.
-            fits = _finite_molecules(batch, n, gx, gh)
+            fits = _finite_molecules(batch, n, *moved.values())
             report.record(energy.name, "guidance overflow", torch.nonzero(alive & use & ~fits).flatten().tolist())
             keep = (use & fits)[batch, None]
-            ex, eh = torch.where(keep, gx, ex), torch.where(keep, gh, eh)
-        return ex, eh
+            eps = {k: torch.where(keep, moved[k], eps[k]) for k in sde.names}
+        return eps
 
     fn.report = report
     return fn

@@ -18,7 +18,9 @@ class PropertyEnergy(Energy):
             raise ValueError(f"column {column} out of range: the predictor has {len(predictor.mean)} outputs")
         self.predictor, self.target, self.name, self.column = predictor, target, name, column
 
-    def energy(self, x, h, t, batch, n, eps=None):
+    def energy(self, state, t, eps=None):
+        x, n = state.pos, state.n_mol
         mean, std = self.predictor.mean[self.column].to(x.dtype), self.predictor.std[self.column].to(x.dtype)
         c = (torch.as_tensor(self.target, dtype=x.dtype, device=x.device).expand(n) - mean) / std
-        return (self.predictor(x, h, t, batch, n)[:, self.column] - c).square()
+        # the predictor is a network on tensors (moldiff.nn.property): the state is unpacked at its boundary
+        return (self.predictor(x, state.atom_type, t, state.batch, n)[:, self.column] - c).square()

@@ -54,11 +54,11 @@ class XTBEnergy(Energy):
     def __del__(self):
         self.close()
 
-    def gradient(self, x, h, t, batch, n, eps=None):
-        ex, eh = eps
-        x0, h0 = self.sde.x0_from_eps(x, h, ex, eh, t, batch)
-        x0 = x0.detach().cpu().double().numpy()
-        numbers = self.layout.decode_numbers(h0)
+    def gradient(self, state, t, eps=None):
+        x, batch, n = state.pos, state.batch, state.n_mol
+        clean = self.sde.x0_from_eps(state, eps, t)
+        x0 = clean.pos.detach().cpu().double().numpy()
+        numbers = self.layout.decode_numbers(clean.atom_type)
         b = batch.cpu().numpy()
         jobs = [(numbers[b == m], x0[b == m], self.closed) for m in range(n)]
         if self.workers > 1:
@@ -76,4 +76,4 @@ class XTBEnergy(Energy):
                 continue
             gx[b == m] = g
         gx = torch.from_numpy(gx).to(x) / self.sde.alpha(t, batch)  # d E(x0_hat) / d x_t = grad E / alpha_t
-        return gx, torch.zeros_like(h), torch.from_numpy(ok).to(x.device)
+        return {"pos": gx, "atom_type": torch.zeros_like(state.atom_type)}, torch.from_numpy(ok).to(x.device)

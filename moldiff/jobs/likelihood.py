@@ -94,23 +94,25 @@ def load_data(spec: str, layout, n: int, seed: int, target=None):
 def score_batch(module, method: str, batch, cfg, generator) -> dict[str, np.ndarray]:
     # a conditional model scores p(molecule | its own properties)
     eps_fn = module.eps_fn(ema=bool(cfg.ema), context=None if module.context is None else batch.y.double())
-    x, h, b, m = batch.x.double(), batch.h.double(), batch.batch, batch.n_mol
+    state = batch.state()
+    clean = state.replace(pos=state.pos.double(), atom_type=state.atom_type.double())
+    b, m = clean.batch, clean.n_mol
     net = module.network(bool(cfg.ema))
     net.double()
     try:
         if method == "elbo":
             timesteps = "all" if cfg.elbo.timesteps == "all" else int(cfg.elbo.timesteps)
             with torch.no_grad():
-                out = elbo(eps_fn, module.sde, x, h, b, m, T=int(cfg.elbo.T), timesteps=timesteps, layout=module.layout,
+                out = elbo(eps_fn, module.sde, clean, T=int(cfg.elbo.T), timesteps=timesteps, layout=module.layout,
                            histogram=module.size_histogram, generator=generator, horizon=module.horizon)
         else:
             o = cfg.ode
-            out = ode_nll(eps_fn, module.sde, x, h, b, m, layout=module.layout, histogram=module.size_histogram, divergence=o.divergence,
+            out = ode_nll(eps_fn, module.sde, clean, layout=module.layout, histogram=module.size_histogram, divergence=o.divergence,
                           probes=int(o.probes), t0=float(o.t0), rtol=float(o.rtol), atol=float(o.atol), generator=generator,
                           dequantization=str(o.dequantization), t1=module.horizon)
     finally:
         net.float()
-    out["dims"] = dimensions(b, m, h.shape[1])
+    out["dims"] = dimensions(b, m, clean.atom_type.shape[1])
     out["n_atoms"] = torch.bincount(b, minlength=m)
     return {k: v.detach().cpu().numpy() for k, v in out.items()}
 

@@ -28,18 +28,20 @@ from moldiff.likelihood.terms import log_p_atoms, prior_kl
 from moldiff.loss.objective import noised_error
 from moldiff.loss.reconstruction import l0_from_pieces
 from moldiff.loss.weights import discrete_vlb_weight
+from moldiff.state import MolState
 
 
-def reconstruction_nll(eps_fn, sde, x0, h0, batch, n, layout=None, generator=None):
+def reconstruction_nll(eps_fn, sde, clean: MolState, layout=None, generator=None):
     """L_0 (M,) at t = 0, constants included."""
-    t = torch.zeros(n, dtype=x0.dtype, device=x0.device)
-    _, (_, ht, ex, eh, px, ph) = noised_error(eps_fn, sde, x0, h0, t, batch, n, generator)
-    return l0_from_pieces(sde, h0, t, ht, ex, eh, px, ph, batch, n, layout)
+    t = torch.zeros(clean.n_mol, dtype=clean.pos.dtype, device=clean.pos.device)
+    _, pieces = noised_error(eps_fn, sde, clean, t, generator)
+    return l0_from_pieces(sde, clean, t, *pieces, layout)
 
 
-def elbo(eps_fn, sde, x0, h0, batch, n, T: int = 1000, timesteps="all", layout=None, histogram=None, generator=None, progress=None,
+def elbo(eps_fn, sde, clean: MolState, T: int = 1000, timesteps="all", layout=None, histogram=None, generator=None, progress=None,
          horizon: float = 1.0):
-    """Per-molecule terms (M,) of the negative ELBO and their sum ``nll``; ``timesteps``: "all"
+    """Per-molecule terms (M,) of the negative ELBO of the molecules ``clean`` (a state: positions
+    and scaled features) and their sum ``nll``; ``timesteps``: "all"
     (every step; T network calls) or an int K (unbiased estimate from K uniform steps per molecule,
     K network calls; then also ``nll_se`` (M,), the estimate's standard error from the spread of the
     K terms, for K >= 2).
@@ -47,7 +49,8 @@ def elbo(eps_fn, sde, x0, h0, batch, n, T: int = 1000, timesteps="all", layout=N
     sched = sde.schedule
     if float(sched.sigma(torch.tensor(0.0, dtype=torch.float64))) == 0.0:
         raise ValueError("the ELBO's L_0 needs sigma(0) > 0: use a schedule with precision > 0 (polynomial, cosine)")
-    dtype, device = x0.dtype, x0.device
+    batch, n = clean.batch, clean.n_mol
+    dtype, device = clean.pos.dtype, clean.pos.device
     if timesteps == "all":
         steps, scale = torch.arange(1, T + 1, device=device)[:, None].expand(T, n), 1.0
     else:
@@ -58,16 +61,16 @@ def elbo(eps_fn, sde, x0, h0, batch, n, T: int = 1000, timesteps="all", layout=N
     for row in steps:
         # i * horizon / T in float64 first, as a Python float would be: "all" stays bit-identical
         t = (row.double() * horizon / T).to(dtype)
-        err, _ = noised_error(eps_fn, sde, x0, h0, t, batch, n, generator)
+        err, _ = noised_error(eps_fn, sde, clean, t, generator)
         term = discrete_vlb_weight(sched, t, T, horizon) * err
         diffusion = diffusion + scale * term
         draws.append(term)
         if progress is not None:
             progress(1)
     terms = {
-        "prior": prior_kl(sde, x0, h0, batch, n, horizon),
+        "prior": prior_kl(sde, clean, horizon),
         "diffusion": diffusion,
-        "reconstruction": reconstruction_nll(eps_fn, sde, x0, h0, batch, n, layout, generator),
+        "reconstruction": reconstruction_nll(eps_fn, sde, clean, layout, generator),
     }
     if timesteps != "all" and len(draws) > 1:
         # the K terms are i.i.d. given the molecule: T * their spread / sqrt(K) is the estimate's SE

@@ -42,6 +42,7 @@ from moldiff.geometry import atom_counts, remove_mean, segment_sum
 from moldiff.likelihood.terms import dimensions, log_p_atoms, standard_normal_log_prob
 from moldiff.loss.reconstruction import feature_log_prob
 from moldiff.sampling.ode import pf_drift
+from moldiff.state import MolState
 
 
 def dequantize(h0, layout, batch, n, generator=None):
@@ -101,17 +102,21 @@ def _divergence_hutchinson(fx, fh, x, h, batch, n, vx, vh):
 
 
 def ode_log_likelihood(
-    eps_fn, sde, x0, h0, batch, n, t0: float = 0.0, t1: float = 1.0, divergence: str = "exact",
+    eps_fn, sde, state: MolState, t0: float = 0.0, t1: float = 1.0, divergence: str = "exact",
     rtol: float = 1e-5, atol: float = 1e-5, method: str = "dopri5", generator=None,
 ):
-    """(log p_t0(x0, h0) (M,), z(1)): one ODE solve; ``h0`` continuous (dequantise first)."""
+    """(log p_t0(state) (M,), the state z(1)): one ODE solve; the state's features continuous
+    (dequantise first). Inside, the solve and the divergences work on the flat tensors torchdiffeq
+    and autograd need (a state is rebuilt around each drift evaluation)."""
     from torchdiffeq import odeint
+
+    batch, n, h0 = state.batch, state.n_mol, state.atom_type
 
     if divergence not in ("exact", "hutchinson"):
         raise ValueError(f"divergence must be 'exact' or 'hutchinson', got {divergence!r}")
     if float(sde.schedule.sigma(torch.tensor(float(t0), dtype=torch.float64))) == 0.0:
         raise ValueError(f"sigma({t0}) = 0 for this schedule: the ODE is singular there; start at t0 > 0")
-    x0 = remove_mean(x0, batch, n)
+    x0 = remove_mean(state.pos, batch, n)
     nx, nh = x0.numel(), h0.numel()
     slots = _atom_slots(batch, n)
     n_max = int(atom_counts(batch, n).max())
@@ -126,8 +131,8 @@ def ode_log_likelihood(
         with torch.enable_grad():
             x = y[:nx].view_as(x0).detach().requires_grad_(True)
             h = y[nx : nx + nh].view_as(h0).detach().requires_grad_(True)
-            dx, dh = pf_drift(eps_fn, sde, remove_mean(x, batch, n), h, t, batch, n)
-            dx = remove_mean(dx, batch, n)
+            drift = pf_drift(eps_fn, sde, MolState(batch, n, pos=remove_mean(x, batch, n), atom_type=h), t)
+            dx, dh = remove_mean(drift["pos"], batch, n), drift["atom_type"]
             if divergence == "exact":
                 div = _divergence_exact(dx, dh, x, h, batch, n, slots, n_max)
             else:
@@ -137,15 +142,15 @@ def ode_log_likelihood(
     y0 = torch.cat([x0.reshape(-1), h0.reshape(-1), torch.zeros(n, dtype=x0.dtype, device=x0.device)])
     ts = torch.tensor([lo, hi], dtype=x0.dtype, device=x0.device)
     y1 = odeint(f, y0, ts, rtol=rtol, atol=atol, method=method, options={"step_t": ts[1:]} if method == "dopri5" else None)[-1]
-    x1, h1, integral = y1[:nx].view_as(x0), y1[nx : nx + nh].view_as(h0), y1[nx + nh :]
-    return standard_normal_log_prob(x1, h1, batch, n) + integral, (x1, h1)
+    end = MolState(batch, n, pos=y1[:nx].view_as(x0), atom_type=y1[nx : nx + nh].view_as(h0))
+    return standard_normal_log_prob(end) + y1[nx + nh :], end
 
 
 def ode_nll(
-    eps_fn, sde, x0, h0, batch, n, layout=None, histogram=None, divergence: str = "exact", probes: int = 1,
+    eps_fn, sde, clean: MolState, layout=None, histogram=None, divergence: str = "exact", probes: int = 1,
     t0: float = 0.0, rtol: float = 1e-5, atol: float = 1e-5, generator=None, dequantization: str = "diffusion", t1: float = 1.0,
 ) -> dict:
-    """Per-molecule negative log-likelihood (M,) in nats, with its pieces:
+    """Per-molecule negative log-likelihood (M,) in nats of the molecules ``clean`` (a state), with its pieces:
 
     ``nll`` = -(mean over probes of log p) + dequantisation volume - log p(N), ``nll_se`` the
     standard error over probes (Hutchinson; 0 for one probe or exact divergence). ``t1``: where
@@ -153,6 +158,7 @@ def ode_nll(
     network's score under the reference, an approximation of the bridge's own probability flow)."""
     if dequantization not in ("diffusion", "uniform"):
         raise ValueError(f"dequantization must be 'diffusion' or 'uniform', got {dequantization!r}")
+    x0, h0, batch, n = clean.pos, clean.atom_type, clean.batch, clean.n_mol
     values = []
     for _ in range(max(1, int(probes)) if divergence == "hutchinson" else 1):
         if layout is None:  # continuous features: nothing to dequantise
@@ -161,7 +167,7 @@ def ode_nll(
             h, volume = dequantize(h0, layout, batch, n, generator)
         else:
             h, volume = diffusion_dequantize(h0, sde, layout, batch, n, t0, generator)
-        logp, _ = ode_log_likelihood(eps_fn, sde, x0, h, batch, n, t0=t0, t1=t1, divergence=divergence, rtol=rtol, atol=atol,
+        logp, _ = ode_log_likelihood(eps_fn, sde, clean.replace(atom_type=h), t0=t0, t1=t1, divergence=divergence, rtol=rtol, atol=atol,
                                      generator=generator)
         values.append(-logp + volume)
     stack = torch.stack(values)

@@ -7,6 +7,7 @@ import math
 import torch
 
 from moldiff.geometry import atom_counts, segment_sum
+from moldiff.state import MolState
 
 
 def dimensions(batch, n, feat_dim: int) -> torch.Tensor:
@@ -15,19 +16,24 @@ def dimensions(batch, n, feat_dim: int) -> torch.Tensor:
     return (counts - 1) * 3 + counts * feat_dim
 
 
-def standard_normal_log_prob(x, h, batch, n) -> torch.Tensor:
+def _squared_norm(state: MolState) -> torch.Tensor:
+    """(M,) |z|^2 over positions and features."""
+    return segment_sum(state.pos.square().sum(1) + state.atom_type.square().sum(1), state.batch, state.n_mol)
+
+
+def standard_normal_log_prob(state: MolState) -> torch.Tensor:
     """log N(z; 0, I) on the zero-CoM subspace times R^(N F) (the prior p_1)."""
-    dims = dimensions(batch, n, h.shape[1]).to(x.dtype)
-    sq = segment_sum(x.square().sum(1) + h.square().sum(1), batch, n)
-    return -0.5 * (sq + dims * math.log(2 * math.pi))
+    dims = dimensions(state.batch, state.n_mol, state.atom_type.shape[1]).to(state.pos.dtype)
+    return -0.5 * (_squared_norm(state) + dims * math.log(2 * math.pi))
 
 
-def prior_kl(sde, x0, h0, batch, n, t1: float = 1.0) -> torch.Tensor:
+def prior_kl(sde, clean: MolState, t1: float = 1.0) -> torch.Tensor:
     """KL(q(z_1 | z_0) || N(0, I)) over the same dimensions: 1/2 (d s^2 + a^2 |z_0|^2 - d - d log s^2)."""
+    x0, n = clean.pos, clean.n_mol
     t = torch.full((n,), t1, dtype=x0.dtype, device=x0.device)
     a2, s2 = sde.schedule.alpha2(t), sde.schedule.sigma2(t)
-    dims = dimensions(batch, n, h0.shape[1]).to(x0.dtype)
-    sq = segment_sum(x0.square().sum(1) + h0.square().sum(1), batch, n)
+    dims = dimensions(clean.batch, n, clean.atom_type.shape[1]).to(x0.dtype)
+    sq = _squared_norm(clean)
     return 0.5 * (dims * s2 + a2 * sq - dims - dims * torch.log(s2))
 
 

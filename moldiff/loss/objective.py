@@ -1,8 +1,11 @@
 """The training loss: draw a time per molecule, noise the molecule, score the epsilon prediction.
 
-``DiffusionLoss(sde, layout, weighting, timesteps)(eps_fn, x0, h0, batch, n)`` returns the
-per-molecule loss (M,) and the times used. ``eps_fn`` is any ``(x, h, t, batch, n) -> (eps_x,
-eps_h)``; a network or an analytic model.
+``DiffusionLoss(sde, layout, weighting, timesteps)(eps_fn, clean)`` returns the per-molecule loss
+(M,) and the times used, for a batch of clean molecules as a ``MolState`` (``pos``, the continuous
+``atom_type`` features). ``eps_fn`` is any denoiser ``(state, t) -> {field: eps}``; a network
+(``nn.denoiser.state_denoiser``) or an analytic model. The error is summed over the fields the
+noise process declares (``noise/gaussian_fields.py``), each with its loss weight (1 by default;
+``weights`` overrides them for the simple and SNR-clipped losses).
 
 * ``weighting="simple"``: the mean squared epsilon error per dimension (DDPM's L_simple; EDM's
   ``l2`` training loss), t uniform on the grid i / T, i = 1..T, or on (0, 1] when continuous.
@@ -20,6 +23,9 @@ Prior KL and log p(N) do not depend on the network and are left to the likelihoo
 
 from __future__ import annotations
 
+from functools import reduce
+from operator import add
+
 import torch
 
 from moldiff.data.features import FeatureLayout
@@ -27,15 +33,23 @@ from moldiff.geometry import segment_sum
 from moldiff.loss.reconstruction import l0_from_pieces
 from moldiff.loss.weights import continuous_vlb_weight, discrete_vlb_weight, snr_clip_weight
 from moldiff.noise.vp_sde import VPSDE
+from moldiff.state import MolState
 
 
-def noised_error(eps_fn, sde, x0, h0, t, batch, n, generator=None):
-    """(M,) ||eps - eps_hat||^2 over positions and features at times t, and the pieces
-    (x_t, h_t, eps_x, eps_h, eps_x_hat, eps_h_hat) the reconstruction terms need."""
-    xt, ht, ex, eh = sde.perturb(x0, h0, t, batch, n, generator)
-    px, ph = eps_fn(xt, ht, t, batch, n)
-    err = segment_sum((ex - px).square().sum(1) + (eh - ph).square().sum(1), batch, n)
-    return err, (xt, ht, ex, eh, px, ph)
+def squared_errors(eps: dict, pred: dict, batch, n, weights: dict | None = None) -> torch.Tensor:
+    """(M,) sum over fields and atoms of ``weight * ||eps - eps_hat||^2`` (weight 1 unless given)."""
+    per_atom = [(eps[k] - pred[k]).square().sum(1) for k in eps]
+    if weights:
+        per_atom = [v if weights.get(k, 1.0) == 1.0 else weights[k] * v for k, v in zip(eps, per_atom)]
+    return segment_sum(reduce(add, per_atom), batch, n)
+
+
+def noised_error(eps_fn, sde, clean: MolState, t, generator=None, weights: dict | None = None):
+    """(M,) ||eps - eps_hat||^2 over every field at times t, and the pieces (the noised state, the
+    noise, the prediction) the reconstruction terms need."""
+    noisy, eps = sde.perturb(clean, t, generator)
+    pred = eps_fn(noisy, t)
+    return squared_errors(eps, pred, clean.batch, clean.n_mol, weights), (noisy, eps, pred)
 
 
 WEIGHTINGS = ("simple", "snr_clip", "vlb")
@@ -43,7 +57,7 @@ WEIGHTINGS = ("simple", "snr_clip", "vlb")
 
 class DiffusionLoss:
     def __init__(self, sde: VPSDE, layout: FeatureLayout, weighting: str = "simple", timesteps: int | None = 1000, t0: float = 0.0,
-                 snr_clip: tuple[float, float] = (0.05, 1.5), low_t: tuple[float, float] = (0.0, 0.05)):
+                 snr_clip: tuple[float, float] = (0.05, 1.5), low_t: tuple[float, float] = (0.0, 0.05), weights: dict | None = None):
         if weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
         if not 0.0 < float(snr_clip[0]) <= float(snr_clip[1]):
@@ -61,6 +75,14 @@ class DiffusionLoss:
             raise ValueError(f"the VLB needs sigma(t0) > 0 for its L0 term; this schedule has sigma({t0}) = 0: set t0 > 0")
         self.T = None if timesteps is None else int(timesteps)
         self.t0 = float(t0)
+        unknown = set(weights or {}) - set(sde.names)
+        if unknown:
+            raise ValueError(f"loss weights: unknown fields {sorted(unknown)}; this model's are {list(sde.names)}")
+        self.weights = {f.name: float(f.weight) for f in sde.fields} | {k: float(v) for k, v in (weights or {}).items()}
+        if any(not w >= 0 for w in self.weights.values()):
+            raise ValueError(f"loss weights must be >= 0, got {self.weights}")
+        if weighting == "vlb" and any(w != 1.0 for w in self.weights.values()):
+            raise ValueError(f"the VLB weighs every dimension 1; field weights {self.weights} apply to simple and snr_clip")
 
     # --- time ---------------------------------------------------------------------------------
     def sample_times(self, n: int, like: torch.Tensor, generator=None) -> torch.Tensor:
@@ -80,37 +102,38 @@ class DiffusionLoss:
         i = torch.randint(low, max(low, round(t_max * self.T)) + 1, (n,), generator=generator, device=like.device)
         return i.to(like.dtype) / self.T
 
-    # --- terms --------------------------------------------------------------------------------
-    def squared_error(self, eps_fn, x0, h0, t, batch, n, generator=None):
-        """(M,) ||eps - eps_hat||^2 and the pieces (h_t, eps_x, eps_h, eps_x_hat, eps_h_hat) L0 needs."""
-        err, (_, ht, ex, eh, px, ph) = noised_error(eps_fn, self.sde, x0, h0, t, batch, n, generator)
-        return err, (ht, ex, eh, px, ph)
+    # --- terms ---------------------------------------------------------------------------------
+    def squared_error(self, eps_fn, clean: MolState, t, generator=None, weights: dict | None = None):
+        """(M,) ||eps - eps_hat||^2 and the pieces (noised state, noise, prediction) L0 needs."""
+        return noised_error(eps_fn, self.sde, clean, t, generator, weights)
 
-    def reconstruction_terms(self, h0, t, pieces, batch, n):
+    def reconstruction_terms(self, clean: MolState, t, pieces):
         """(M,) L0 = -log p(x, h | z_t) at time t (EDM's t = 0) from one network call's pieces."""
-        return l0_from_pieces(self.sde, h0, t, *pieces, batch, n, self.layout)
+        return l0_from_pieces(self.sde, clean, t, *pieces, self.layout)
 
-    def reconstruction(self, eps_fn, x0, h0, t, batch, n, generator=None):
+    def reconstruction(self, eps_fn, clean: MolState, t, generator=None):
         """(M,) L0 at times t (M,), constants included."""
-        _, pieces = self.squared_error(eps_fn, x0, h0, t, batch, n, generator)
-        return self.reconstruction_terms(h0, t, pieces, batch, n)
+        _, pieces = self.squared_error(eps_fn, clean, t, generator)
+        return self.reconstruction_terms(clean, t, pieces)
 
     # --- the loss -----------------------------------------------------------------------------
-    def __call__(self, eps_fn, x0, h0, batch, n, generator=None):
-        t = self.sample_times(n, x0, generator)
-        err, pieces = self.squared_error(eps_fn, x0, h0, t, batch, n, generator)
+    def __call__(self, eps_fn, clean: MolState, generator=None):
+        batch, n = clean.batch, clean.n_mol
+        t = self.sample_times(n, clean.pos, generator)
         if self.weighting in ("simple", "snr_clip"):
-            dims = torch.bincount(batch, minlength=n).to(err.dtype) * (3 + h0.shape[1])
+            err, _ = self.squared_error(eps_fn, clean, t, generator, self.weights)
+            dims = torch.bincount(batch, minlength=n).to(err.dtype) * sum(getattr(clean, k).shape[1] for k in self.sde.names)
             if self.weighting == "snr_clip":
                 err = err * snr_clip_weight(self.sde.schedule, t, *self.snr_clip)
             return err / dims, t
+        err, pieces = self.squared_error(eps_fn, clean, t, generator)
         sched = self.sde.schedule
         if self.T is None:
             loss = continuous_vlb_weight(sched, t) * err
             t0 = torch.full_like(t, self.t0)
-            return loss + self.reconstruction(eps_fn, x0, h0, t0, batch, n, generator), t
+            return loss + self.reconstruction(eps_fn, clean, t0, generator), t
         loss = discrete_vlb_weight(sched, t, self.T) * err
         at_zero = t == 0
         if bool(at_zero.any()):  # the network already saw z_0 for these molecules
-            loss = torch.where(at_zero, self.reconstruction_terms(h0, t, pieces, batch, n), loss)
+            loss = torch.where(at_zero, self.reconstruction_terms(clean, t, pieces), loss)
         return (self.T + 1) * loss, t

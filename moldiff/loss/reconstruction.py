@@ -59,13 +59,17 @@ def feature_log_prob(h0, z_h, sigma0, layout: FeatureLayout, batch, n):
     return segment_sum(per_atom, batch, n)
 
 
-def l0_from_pieces(sde, h0, t, ht, ex, eh, px, ph, batch, n, layout: FeatureLayout | None = None):
+def l0_from_pieces(sde, clean, t, noisy, eps, pred, layout: FeatureLayout | None = None):
     """(M,) L0 = -log p(x, h | z_t), constants included, from one network call at times t (EDM's
-    t = 0): the loss's VLB weighting and the ELBO share it. ``layout=None``: continuous features,
+    t = 0): the clean state, the noised one, the noise and the prediction (one value per field);
+    the loss's VLB weighting and the ELBO share it. ``layout=None``: continuous features,
     Gaussian like the positions on N * F dimensions."""
+    batch, n = clean.batch, clean.n_mol
     log_s_over_a = -0.5 * sde.schedule.log_snr(t)
-    logp = position_log_prob(ex, px, log_s_over_a, batch, n)
+    logp = position_log_prob(eps["pos"], pred["pos"], log_s_over_a, batch, n)
+    h0 = clean.atom_type
     if layout is not None:
-        return -(logp + feature_log_prob(h0, ht, sde.sigma(t, batch), layout, batch, n))
+        return -(logp + feature_log_prob(h0, noisy.atom_type, sde.sigma(t, batch), layout, batch, n))
     dof = torch.bincount(batch, minlength=n).to(h0.dtype) * h0.shape[1]
-    return -(logp - 0.5 * segment_sum((eh - ph).square().sum(1), batch, n) - dof * (log_s_over_a + 0.5 * math.log(2 * math.pi)))
+    sq = segment_sum((eps["atom_type"] - pred["atom_type"]).square().sum(1), batch, n)
+    return -(logp - 0.5 * sq - dof * (log_s_over_a + 0.5 * math.log(2 * math.pi)))

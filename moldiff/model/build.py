@@ -71,7 +71,8 @@ def same_noise(a: dict[str, Any], b: dict[str, Any]) -> bool:
 def loss(loss_cfg: dict[str, Any], process: VPSDE, layout: FeatureLayout) -> DiffusionLoss:
     low_t = loss_cfg.get("low_t") or {}
     return DiffusionLoss(process, layout, loss_cfg["weighting"], loss_cfg.get("timesteps"), loss_cfg.get("t0", 0.0),
-                         tuple(loss_cfg.get("snr_clip", (0.05, 1.5))), (low_t.get("fraction", 0.0), low_t.get("t_max", 0.05)))
+                         tuple(loss_cfg.get("snr_clip", (0.05, 1.5))), (low_t.get("fraction", 0.0), low_t.get("t_max", 0.05)),
+                         dict(loss_cfg.get("weights") or {}))
 
 
 def check(model: dict, noise: dict, loss_cfg: dict, features: dict) -> None:

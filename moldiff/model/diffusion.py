@@ -2,8 +2,9 @@
 
 It holds the network and its EMA weights, the noise process (``VPSDE``, with its
 parameterisation), the feature layout, the context normalisation of a conditional model and the
-training atom-count histogram. Samplers, likelihoods, guidance and bridges take its ``eps_fn()``
-(or the model itself); the LightningModule in ``moldiff.train`` is only a training wrapper around it.
+training atom-count histogram. Samplers, likelihoods, guidance and bridges take its ``eps_fn()``,
+a denoiser of ``MolState`` batches (positions and continuous features) that returns epsilon per
+field (or the model itself); the LightningModule in ``moldiff.train`` is only a training wrapper around it.
 
     model = DiffusionModel.load("shipped")
     mols = model.sample(100, seed=0)                 # a MoleculeSet
@@ -30,8 +31,10 @@ from moldiff.model import build
 from moldiff.model.checkpoint import read_checkpoint, write_checkpoint
 from moldiff.nn.context import Context, ContextSlot, conditioned
 from moldiff.nn.cpu_tuning import tune_once
+from moldiff.nn.denoiser import state_denoiser
 from moldiff.sampling.generate import generate
 from moldiff.sampling.samplers import with_recommended
+from moldiff.state import MolState
 
 # the hyperparameters the model itself needs; a training checkpoint carries more (loss, optim, seed)
 MODEL_KEYS = ("model", "noise", "features", "size_histogram", "ema_decay", "context", "horizon")
@@ -79,39 +82,41 @@ class DiffusionModel(nn.Module):
 
     # --- epsilon functions ---------------------------------------------------------------------------
     def _as_eps(self, net):
-        """The network as an epsilon function, whatever it predicts (``noise.prediction``)."""
+        """The network as a denoiser of states predicting epsilon per field, whatever it outputs
+        (``noise.prediction``)."""
+        fn = state_denoiser(net)
         if self.sde.prediction == "eps":
-            return net
+            return fn
         sde = self.sde
 
-        def eps(x, h, t, batch, n, **kw):
-            return sde.eps_from_output(*net(x, h, t, batch, n, **kw), x, h, t, batch)
+        def eps(state, t, **kw):
+            return sde.eps_from_output(fn(state, t, **kw), state, t)
 
         return eps
 
     def eps_fn(self, ema: bool = True, context=None):
-        """``eps_fn(x, h, t, batch, n) -> (eps_x, eps_h)`` for samplers, likelihoods and guidance.
+        """``eps_fn(state, t) -> {"pos": eps, "atom_type": eps}`` for samplers, likelihoods and
+        guidance: a ``MolState`` of positions and continuous features, per-molecule times ``t`` (M,).
         ``context``: a conditional model's raw targets, (M, K) or (M,) for one property, or a
         ``ContextSlot`` set batch by batch (``generate`` and guidance do that)."""
-        net = self._as_eps(self.network(ema))
+        net = self.network(ema)
         if self.context is None:
             if context is not None:
                 raise ValueError("this model is unconditional: it takes no targets (context)")
-            return lambda x, h, t, batch, n: net(x, h, t, batch, n)
+            return self._as_eps(net)
         if context is None:
             raise ValueError(f"this model is conditional on {self.context.names}: give their targets (context=...)")
-        return conditioned(net, self.context, context if isinstance(context, ContextSlot) else ContextSlot(context))
+        return self._as_eps(conditioned(net, self.context, context if isinstance(context, ContextSlot) else ContextSlot(context)))
 
     def batch_eps_fn(self, ema: bool, y):
         """The epsilon function as the training loss calls it: with the batch's own properties ``y``
         for a conditional model."""
-        net = self._as_eps(self.network(ema))
-        return net if self.context is None else conditioned(net, self.context, ContextSlot(y))
+        net = self.network(ema)
+        return self._as_eps(net if self.context is None else conditioned(net, self.context, ContextSlot(y)))
 
-    def denoise(self, x, h, t, batch, n, ema: bool = True, context=None):
-        """One-step estimate of the clean molecule (x0, h0) from z_t at per-molecule times ``t`` (M,)."""
-        ex, eh = self.eps_fn(ema, context)(x, h, t, batch, n)
-        return self.sde.x0_from_eps(x, h, ex, eh, t, batch)
+    def denoise(self, state: MolState, t, ema: bool = True, context=None) -> MolState:
+        """One-step estimate of the clean molecule (a state) from z_t at per-molecule times ``t`` (M,)."""
+        return self.sde.x0_from_eps(state, self.eps_fn(ema, context)(state, t), t)
 
     # --- sampling for Python users -------------------------------------------------------------------
     @torch.no_grad()

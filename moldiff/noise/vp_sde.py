@@ -1,33 +1,41 @@
-"""The variance-preserving SDE dz = -1/2 beta(t) z dt + sqrt(beta(t)) dw on z = (positions, features),
-and the one place where its epsilon parameterisation is turned into everything else.
+"""The variance-preserving SDE dz = -1/2 beta(t) z dt + sqrt(beta(t)) dw on the Gaussian fields of a
+``MolState`` (positions and continuous features, ``gaussian_fields.py``), and the one place where
+its epsilon parameterisation is turned into everything else.
 
 Positions live in the zero-centre-of-mass subspace (noise is projected there, and so is every
 drift and score built from it); features are ordinary Euclidean. The marginal is
-z_t = alpha_t z_0 + sigma_t eps. Time is per molecule: ``t`` has shape (M,) and is broadcast to
-atoms through ``batch``.
+z_t = alpha_t z_0 + sigma_t eps, field by field with one schedule. Time is per molecule: ``t`` has
+shape (M,) and is broadcast to atoms through the state's ``batch``.
 
-Every consumer (samplers, guidance energies, bridges, likelihoods) speaks epsilon and converts
-with the methods below: ``x0_from_eps``, ``eps_from_x0``, ``score``, ``pf_drift`` and
+A denoiser is ``eps_fn(state, t) -> {field: eps}``: one prediction per field. Every consumer
+(samplers, guidance energies, bridges, likelihoods) speaks epsilon and converts with the methods
+below: ``x0_from_eps`` (a state), ``eps_from_x0``, ``score``, ``pf_drift`` (one value per field),
 ``transition``. What the network itself outputs is a switch here too (``prediction``: eps, x0 or
 v); ``eps_from_output`` turns its output into epsilon, so nothing downstream changes with it.
+The per-field formulas are exactly the ones this module applied to the pair (x, h) before the
+state existed, field by field in the same order, so seeded runs give the same numbers.
 """
 
 from __future__ import annotations
 
 import torch
 
-from moldiff.geometry import centered_noise
+from moldiff.noise.gaussian_fields import GAUSSIAN_FIELDS, GaussianField
 from moldiff.noise.schedules import Schedule
+from moldiff.state import MolState
 
 PREDICTIONS = ("eps", "x0", "v")
+Prediction = dict  # {field name: (A, ...) tensor}, one entry per Gaussian field
 
 
 class VPSDE:
-    def __init__(self, schedule: Schedule, prediction: str = "eps"):
+    def __init__(self, schedule: Schedule, prediction: str = "eps", fields: tuple[GaussianField, ...] = GAUSSIAN_FIELDS):
         if prediction not in PREDICTIONS:
             raise ValueError(f"noise.prediction: use one of {PREDICTIONS}, got {prediction!r}")
         self.schedule = schedule
         self.prediction = prediction
+        self.fields = tuple(fields)
+        self.names = tuple(f.name for f in self.fields)
 
     # Per-atom coefficients (A, 1) from per-molecule times (M,).
     def alpha(self, t, batch):
@@ -46,50 +54,51 @@ class VPSDE:
         v = self.sigma(t, batch) ** 2 - a**2 * self.sigma(s, batch) ** 2
         return a, v.clamp_min(0.0)
 
-    # --- the epsilon parameterisation -------------------------------------------------------------
-    def x0_from_eps(self, x, h, eps_x, eps_h, t, batch):
-        """z_0 estimate (z_t - sigma_t eps) / alpha_t (positions not re-centred)."""
-        a, s = self.alpha(t, batch), self.sigma(t, batch)
-        return (x - s * eps_x) / a, (h - s * eps_h) / a
+    # --- the epsilon parameterisation (field by field) ---------------------------------------------
+    def x0_from_eps(self, state: MolState, eps: Prediction, t) -> MolState:
+        """z_0 estimate (z_t - sigma_t eps) / alpha_t as a state (positions not re-centred)."""
+        a, s = self.alpha(t, state.batch), self.sigma(t, state.batch)
+        return state.replace(**{k: (getattr(state, k) - s * eps[k]) / a for k in self.names})
 
-    def eps_from_x0(self, x, h, x0, h0, t, batch):
-        """The noise that takes z_0 to z_t: (z_t - alpha_t z_0) / sigma_t."""
-        a, s = self.alpha(t, batch), self.sigma(t, batch)
-        return (x - a * x0) / s, (h - a * h0) / s
+    def eps_from_x0(self, state: MolState, clean: Prediction, t) -> Prediction:
+        """The noise that takes z_0 (``clean``, one value per field) to z_t: (z_t - alpha_t z_0) / sigma_t."""
+        a, s = self.alpha(t, state.batch), self.sigma(t, state.batch)
+        return {k: (getattr(state, k) - a * clean[k]) / s for k in self.names}
 
-    def score(self, eps_x, eps_h, t, batch):
+    def score(self, eps: Prediction, t, batch) -> Prediction:
         """grad log p_t(z) = -eps / sigma_t."""
         s = self.sigma(t, batch)
-        return -eps_x / s, -eps_h / s
+        return {k: -eps[k] / s for k in self.names}
 
-    def pf_drift(self, x, h, eps_x, eps_h, t, batch):
+    def pf_drift(self, state: MolState, eps: Prediction, t) -> Prediction:
         """The probability-flow ODE's dz/dt = f(z, t) - 1/2 g(t)^2 score = -1/2 beta(t) (z - eps / sigma_t)."""
-        beta, s = self.beta(t, batch), self.sigma(t, batch)
-        return -0.5 * beta * (x - eps_x / s), -0.5 * beta * (h - eps_h / s)
+        beta, s = self.beta(t, state.batch), self.sigma(t, state.batch)
+        return {k: -0.5 * beta * (getattr(state, k) - eps[k] / s) for k in self.names}
 
-    def eps_from_output(self, out_x, out_h, x, h, t, batch):
+    def eps_from_output(self, out: Prediction, state: MolState, t) -> Prediction:
         """Epsilon from the network's output under ``prediction``: eps itself; x0 (through
         ``eps_from_x0``); or v = alpha_t eps - sigma_t z_0, for which eps = alpha_t v + sigma_t z_t."""
         if self.prediction == "eps":
-            return out_x, out_h
+            return out
         if self.prediction == "x0":
-            return self.eps_from_x0(x, h, out_x, out_h, t, batch)
-        a, s = self.alpha(t, batch), self.sigma(t, batch)
-        return a * out_x + s * x, a * out_h + s * h
+            return self.eps_from_x0(state, out, t)
+        a, s = self.alpha(t, state.batch), self.sigma(t, state.batch)
+        return {k: a * out[k] + s * getattr(state, k) for k in self.names}
 
     # --- drawing ------------------------------------------------------------------------------------
-    def noise(self, batch, n, feat_dim, like: torch.Tensor, generator=None):
-        """(eps_x, eps_h): standard Gaussian, positions projected to zero CoM."""
-        eps_x = centered_noise(batch, n, generator, like.dtype)
-        eps_h = torch.randn((len(batch), feat_dim), generator=generator, dtype=like.dtype, device=like.device)
-        return eps_x, eps_h
+    def noise(self, state: MolState, generator=None) -> Prediction:
+        """Standard Gaussian noise shaped like the state's fields (positions projected to zero CoM),
+        drawn field by field in the declared order."""
+        return {f.name: f.draw(state.batch, state.n_mol, getattr(state, f.name).shape[1], getattr(state, f.name).dtype, generator)
+                for f in self.fields}
 
-    def perturb(self, x0, h0, t, batch, n, generator=None):
-        """Sample z_t | z_0: returns (x_t, h_t, eps_x, eps_h)."""
-        eps_x, eps_h = self.noise(batch, n, h0.shape[1], x0, generator)
-        a, s = self.alpha(t, batch), self.sigma(t, batch)
-        return a * x0 + s * eps_x, a * h0 + s * eps_h, eps_x, eps_h
+    def perturb(self, clean: MolState, t, generator=None) -> tuple[MolState, Prediction]:
+        """Sample z_t | z_0: (the noised state, the noise drawn)."""
+        eps = self.noise(clean, generator)
+        a, s = self.alpha(t, clean.batch), self.sigma(t, clean.batch)
+        return clean.replace(**{k: a * getattr(clean, k) + s * eps[k] for k in self.names}), eps
 
-    def prior(self, batch, n, feat_dim, dtype=torch.float32, generator=None):
-        """z_1 ~ N(0, I) (positions in the zero-CoM subspace)."""
-        return self.noise(batch, n, feat_dim, torch.empty(0, dtype=dtype, device=batch.device), generator)
+    def prior(self, batch, n, feat_dim, dtype=torch.float32, generator=None) -> MolState:
+        """z_1 ~ N(0, I) as a state (positions in the zero-CoM subspace); ``feat_dim`` the width of
+        the fields whose width is the feature layout's."""
+        return MolState(batch, n, **{f.name: f.draw(batch, n, f.width or feat_dim, dtype, generator) for f in self.fields})

@@ -1,5 +1,5 @@
-"""Samplers. Each takes any eps function ``eps_fn(x, h, t, batch, n) -> (eps_x, eps_h)`` (a network,
-an analytic score, or a guided one) and a ``VPSDE``; none knows which it was given.
+"""Samplers. Each steps a ``MolState`` with any denoiser ``eps_fn(state, t) -> {field: eps}`` (a
+network, an analytic score, or a guided one) and a ``VPSDE``; none knows which it was given.
 
 * ``ancestral.py``: DDPM ancestral sampling.
 * ``reverse_sde.py``: reverse-SDE Euler-Maruyama and predictor-corrector (Langevin corrector).

@@ -1,6 +1,10 @@
 """What every sampler shares: batches from atom counts, the time grid, the final denoising step,
 and the loop that walks a step function down the grid. The samplers themselves and the
-``sample`` driver are in ``samplers.py``."""
+``sample`` driver are in ``samplers.py``.
+
+Samplers step a ``MolState`` (the Gaussian model's: ``pos`` and the continuous ``atom_type``
+features) with a denoiser ``eps_fn(state, t) -> {field: eps}``; a step is
+``step(eps_fn, sde, state, t, s, generator, **options) -> state``."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from moldiff.geometry import remove_mean
 from moldiff.noise.vp_sde import VPSDE
 from moldiff.state import MolState
 
-EpsFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+EpsFn = Callable[[MolState, torch.Tensor], dict]  # (state, per-molecule times (M,)) -> {field: eps}
 
 
 def sizes_to_batch(sizes) -> tuple[torch.Tensor, int]:
@@ -58,27 +62,27 @@ def molecule_times(t: torch.Tensor | float, n: int, like: torch.Tensor) -> torch
     return torch.full((n,), float(t), dtype=like.dtype, device=like.device)
 
 
-def denoise(eps_fn: EpsFn, sde: VPSDE, x, h, t, batch, n):
+def denoise(eps_fn: EpsFn, sde: VPSDE, state: MolState, t) -> MolState:
     """z_0 estimate (z_t - sigma_t eps) / alpha_t: the last step of every sampler."""
-    tt = molecule_times(t, n, x)
-    x0, h0 = sde.x0_from_eps(x, h, *eps_fn(x, h, tt, batch, n), tt, batch)
-    return remove_mean(x0, batch, n), h0
+    tt = molecule_times(t, state.n_mol, state.pos)
+    x0 = sde.x0_from_eps(state, eps_fn(state, tt), tt)
+    return x0.replace(pos=remove_mean(x0.pos, state.batch, state.n_mol))
 
 
-def after_step(callback, i: int, t: float, s: float, x, h, batch, n):
+def after_step(callback, i: int, t: float, s: float, state: MolState) -> MolState:
     """The per-step hook every sampler calls after step i (t -> s), as k-diffusion's samplers do:
-    ``callback(i, t, s, state, prediction)`` sees the state as a ``MolState`` (positions, and the
-    Gaussian model's continuous features as ``atom_type``; prediction None) and may return a state
-    to continue from (inpainting puts fixed atoms back this way), or None to leave it."""
+    ``callback(i, t, s, state, prediction)`` sees the state (positions, and the Gaussian model's
+    continuous features as ``atom_type``; prediction None) and may return a state to continue from
+    (inpainting puts fixed atoms back this way), or None to leave it."""
     if callback is None:
-        return x, h
-    out = callback(i, t, s, MolState(batch, n, pos=x, atom_type=h), None)
-    return (x, h) if out is None else (out.pos, out.atom_type)
+        return state
+    out = callback(i, t, s, state, None)
+    return state if out is None else out
 
 
-def walk(step, eps_fn, sde, x, h, grid, batch, n, generator, callback=None, **options):
-    """Apply ``step(eps_fn, sde, x, h, t, s, batch, n, generator)`` along consecutive grid times."""
+def walk(step, eps_fn, sde, state: MolState, grid, generator, callback=None, **options) -> MolState:
+    """Apply ``step(eps_fn, sde, state, t, s, generator)`` along consecutive grid times."""
     for i, (t, s) in enumerate(zip(grid[:-1], grid[1:])):
-        x, h = step(eps_fn, sde, x, h, float(t), float(s), batch, n, generator, **options)
-        x, h = after_step(callback, i, float(t), float(s), x, h, batch, n)
-    return x, h
+        state = step(eps_fn, sde, state, float(t), float(s), generator, **options)
+        state = after_step(callback, i, float(t), float(s), state)
+    return state

@@ -122,21 +122,18 @@ def generate(
                     restep = None
                     if resample > 1:
                         def restep(state, t, s, g=g):
-                            x, h = ancestral_step(eps_fn, module.sde, state.pos, state.atom_type, t, s, state.batch, state.n_mol, g, **{
+                            return ancestral_step(eps_fn, module.sde, state, t, s, g, **{
                                 k_: v for k_, v in options.items() if k_ in ("late_noise", "late_t")})
-                            return state.replace(pos=x, atom_type=h)
                     def estimate(state, t):  # the clean positions, differentiable: reconstruction guidance
-                        ex, eh = eps_fn(state.pos, state.atom_type, t, state.batch, state.n_mol)
-                        return module.sde.x0_from_eps(state.pos, state.atom_type, ex, eh, t, state.batch)[0]
+                        return module.sde.x0_from_eps(state, eps_fn(state, t), t).pos
 
                     inpaint = fragment_inpaint(module.sde, fragment, chunk.to(device), g, features=layout.encode_numbers(fragment.numbers),
                                                resample=resample, restep=restep, reconstruction=reconstruction, estimate=estimate)
-                x, h, batch = sample(sampler, eps_fn, module.sde, chunk.to(device), layout.dim, steps=steps, generator=g,
-                                     callback=inpaint or callback, **options)
+                state = sample(sampler, eps_fn, module.sde, chunk.to(device), layout.dim, steps=steps, generator=g,
+                               callback=inpaint or callback, **options)
                 if inpaint is not None:
-                    done_state = inpaint.finish(MolState(batch, len(chunk), pos=x, atom_type=h))
-                    x, h = done_state.pos, done_state.atom_type
-                parts.append(_decode(x, h, chunk, layout, None if inpaint is None else inpaint.fixed))
+                    state = inpaint.finish(state)
+                parts.append(_decode(state, chunk, layout))
                 if on_batch is not None:
                     on_batch(k, parts[-1])
             if bar is not None:
@@ -186,10 +183,12 @@ def warn_untrained_sizes(sizes, histogram: dict[int, int]) -> None:
     )
 
 
-def _decode(x, h, sizes, layout, fixed=None) -> MoleculeSet:
-    numbers = layout.decode_numbers(h)
+def _decode(state: MolState, sizes, layout) -> MoleculeSet:
+    """Elements by argmax of the continuous type features, positions as sampled, the fixed atoms' marks."""
+    numbers = layout.decode_numbers(state.atom_type)
     offsets = np.concatenate([[0], np.cumsum(sizes.cpu().numpy())])
-    return MoleculeSet(numbers, x.float().cpu().numpy(), offsets, fixed=None if fixed is None else fixed.cpu().numpy())
+    fixed = state.fixed
+    return MoleculeSet(numbers, state.pos.float().cpu().numpy(), offsets, fixed=None if fixed is None else fixed.cpu().numpy())
 
 
 def _progress(batches, n, enabled):

@@ -19,41 +19,45 @@ import torch
 from moldiff.sampling.base import after_step, molecule_times
 
 
-def _eps(eps_fn, sde, xt, ht, s, batch, n):
-    """eps_hat at noise level s for the VE variables (x~, h~): the network sees z = alpha x~."""
+def _scaled(state, names, c):
+    """The state with its diffused fields multiplied by c (between z and the VE variable x~ = z / alpha)."""
+    return state.replace(**{k: c * getattr(state, k) for k in names})
+
+
+def _eps(eps_fn, sde, ve, s):
+    """eps_hat at noise level s for the VE state x~: the network sees z = alpha x~."""
     t = float(sde.schedule.t_of_log_snr(torch.tensor(-2.0 * math.log(s), dtype=torch.float64)))
     a = float(sde.schedule.alpha(torch.tensor(t, dtype=torch.float64)))
-    return eps_fn(a * xt, a * ht, molecule_times(t, n, xt), batch, n)
+    return eps_fn(_scaled(ve, sde.names, a), molecule_times(t, ve.n_mol, ve.pos))
 
 
-def karras(eps_fn, sde, x, h, grid, batch, n, generator=None, churn: float = 0.0, s_noise: float = 1.0,
+def karras(eps_fn, sde, state, grid, generator=None, churn: float = 0.0, s_noise: float = 1.0,
            s_tmin: float = 0.0, s_tmax: float = float("inf"), heun: bool = True, callback=None):
-    sch = sde.schedule
+    sch, names = sde.schedule, sde.names
     g64 = grid.to(torch.float64)
     levels = (sch.sigma(g64) / sch.alpha(g64)).tolist()  # s_t along the grid
     steps = len(levels) - 1
     a0 = float(sch.alpha(g64[0]))
-    xt, ht = x / a0, h / a0
+    ve = state.replace(**{k: getattr(state, k) / a0 for k in names})  # x~ = z / alpha
     alphas = sch.alpha(g64).tolist()
     for i, (s_cur, s_next) in enumerate(zip(levels[:-1], levels[1:])):
         gamma = min(churn / steps, math.sqrt(2) - 1) if s_tmin <= s_cur <= s_tmax else 0.0
         s_hat = s_cur * (1 + gamma)
         if gamma > 0:
-            zx, zh = sde.noise(batch, n, h.shape[1], x, generator)
+            z = sde.noise(state, generator)
             extra = s_noise * math.sqrt(s_hat**2 - s_cur**2)
-            xt, ht = xt + extra * zx, ht + extra * zh
-        ex, eh = _eps(eps_fn, sde, xt, ht, s_hat, batch, n)
-        x_next, h_next = xt + (s_next - s_hat) * ex, ht + (s_next - s_hat) * eh
+            ve = ve.replace(**{k: getattr(ve, k) + extra * z[k] for k in names})
+        e1 = _eps(eps_fn, sde, ve, s_hat)
+        nxt = ve.replace(**{k: getattr(ve, k) + (s_next - s_hat) * e1[k] for k in names})
         if heun:
-            ex2, eh2 = _eps(eps_fn, sde, x_next, h_next, s_next, batch, n)
-            x_next = xt + (s_next - s_hat) * 0.5 * (ex + ex2)
-            h_next = ht + (s_next - s_hat) * 0.5 * (eh + eh2)
-        xt, ht = x_next, h_next
+            e2 = _eps(eps_fn, sde, nxt, s_next)
+            nxt = ve.replace(**{k: getattr(ve, k) + (s_next - s_hat) * 0.5 * (e1[k] + e2[k]) for k in names})
+        ve = nxt
         if callback is not None:  # the hook sees z = alpha x~ at the step's end time, as every sampler's does
             a = alphas[i + 1]
-            zx, zh = a * xt, a * ht
-            nx, nh = after_step(callback, i, float(g64[i]), float(g64[i + 1]), zx, zh, batch, n)
-            if nx is not zx or nh is not zh:  # only a returned state moves x~ (no round trip through alpha)
-                xt, ht = nx / a, nh / a
+            z_state = _scaled(ve, names, a)
+            out = after_step(callback, i, float(g64[i]), float(g64[i + 1]), z_state)
+            if out is not z_state:  # only a returned state moves x~ (no round trip through alpha)
+                ve = out.replace(**{k: getattr(out, k) / a for k in names})
     a_end = float(sch.alpha(g64[-1]))
-    return a_end * xt, a_end * ht
+    return _scaled(ve, names, a_end)

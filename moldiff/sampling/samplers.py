@@ -21,6 +21,7 @@ from moldiff.sampling.base import EpsFn, denoise, sizes_to_batch, time_grid, wal
 from moldiff.sampling.karras import karras
 from moldiff.sampling.ode import dpm2_step, heun_step, solve_adaptive
 from moldiff.sampling.reverse_sde import euler_maruyama_step, pc_step
+from moldiff.state import MolState
 
 SAMPLERS: dict[str, Callable] = {
     "ancestral": partial(walk, ancestral_step),
@@ -59,28 +60,29 @@ def sample(
     grid: str | None = None,
     generator: torch.Generator | None = None,
     dtype=torch.float32,
-    x_init=None,
-    h_init=None,
+    init: MolState | None = None,
     callback=None,
     **options,
-):
-    """Samples of molecules with the given atom counts: (x (A, 3), h (A, F), batch (A,)).
+) -> MolState:
+    """Samples of molecules with the given atom counts, as a ``MolState`` (``pos`` (A, 3), the
+    continuous features ``atom_type`` (A, F), the layout ``batch`` (A,)).
 
     ``name`` is a key of ``SAMPLERS``; ``options`` go to its step (e.g. ``snr``, ``corrector_steps``
-    for ``pc``; ``rtol``/``atol`` for ``ode_adaptive``). ``x_init``/``h_init`` replace the prior
-    draw (the ODE encodes data this way and back). ``grid``: ``uniform`` or ``logsnr`` time
-    steps; by default log-SNR for DPM-Solver-2, Karras's rho-spaced grid for ``karras``, uniform for the rest. ``t_max``: where sampling
+    for ``pc``; ``rtol``/``atol`` for ``ode_adaptive``). ``eps_fn(state, t) -> {field: eps}``.
+    ``init`` (a state of these sizes) replaces the prior draw (the ODE encodes data this way and
+    back). ``grid``: ``uniform`` or ``logsnr`` time steps; by default log-SNR for DPM-Solver-2,
+    Karras's rho-spaced grid for ``karras``, uniform for the rest. ``t_max``: where sampling
     starts from N(0, I) (below 1 for a model refined as a bridge over a shorter horizon).
     ``callback(i, t, s, state, prediction)``: the per-step hook (``base.after_step``), for every sampler.
     """
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; use one of {sorted(SAMPLERS)}")
     batch, n = sizes_to_batch(sizes)
-    if x_init is None:
-        x, h = sde.prior(batch, n, feat_dim, dtype, generator)
+    if init is None:
+        state = sde.prior(batch, n, feat_dim, dtype, generator)
     else:
-        x, h = remove_mean(x_init.to(dtype), batch, n), h_init.to(dtype)
+        state = MolState(batch, n, **{k: getattr(init, k).to(dtype) for k in sde.names})
+        state = state.replace(pos=remove_mean(state.pos, batch, n))
     times = time_grid(steps, t_min, t_max, kind=grid or DEFAULT_GRID.get(name, "uniform"), schedule=sde.schedule)
-    x, h = SAMPLERS[name](eps_fn, sde, x, h, times, batch, n, generator, callback=callback, **options)
-    x, h = denoise(eps_fn, sde, x, h, times[-1], batch, n)
-    return x, h, batch
+    state = SAMPLERS[name](eps_fn, sde, state, times, generator, callback=callback, **options)
+    return denoise(eps_fn, sde, state, times[-1])

@@ -92,7 +92,7 @@ class DiffusionModule(pl.LightningModule):
     # --- training -------------------------------------------------------------------------------
     def batch_loss(self, batch: MoleculeBatch, ema: bool, generator) -> torch.Tensor:
         """(M,) loss of a batch with the training (``ema=False``) or EMA network."""
-        values, _ = self.objective(self.model.batch_eps_fn(ema, batch.y), batch.x, batch.h, batch.batch, batch.n_mol, generator)
+        values, _ = self.objective(self.model.batch_eps_fn(ema, batch.y), batch.state(), generator)
         return values
 
     def _generator(self, device) -> torch.Generator:

@@ -68,8 +68,8 @@ class PropertyModule(pl.LightningModule):
         if not noisy:
             return batch.x, batch.h, torch.zeros(n, dtype=batch.x.dtype, device=batch.x.device)
         t = torch.rand(n, generator=generator, dtype=batch.x.dtype, device=batch.x.device)
-        xt, ht, _, _ = self.sde.perturb(batch.x, batch.h, t, batch.batch, n, generator)
-        return xt, ht, t
+        noisy, _ = self.sde.perturb(batch.state(), t, generator)
+        return noisy.pos, noisy.atom_type, t
 
     def _generator(self, device, offset: int) -> torch.Generator:
         return torch.Generator(device=device).manual_seed((self.hparams.seed * 1_000_003 + offset) % (2**63))
