@@ -203,6 +203,7 @@ def xtb_part(mols: MoleculeSet, n: int, valid_and_connected, workers: int = 1, f
     else:
         outcomes = [_relax_one(job) for job in jobs]
     failures, delta_e, deviations = [], [math.nan] * n, {"bond_length": [], "bond_angle": [], "torsion": []}
+    relaxed: list = [None] * n
     n_unconverged = 0
     for i, out in enumerate(outcomes):
         name = names[i] if names is not None else str(i)
@@ -210,6 +211,7 @@ def xtb_part(mols: MoleculeSet, n: int, valid_and_connected, workers: int = 1, f
             failures.append([name, out])
             continue
         positions, e_before, e_after, converged = out
+        relaxed[i] = positions
         if not converged:  # xtb reports no energy gain for an optimisation that does not converge
             n_unconverged += 1
             failures.append([name, f"relaxation did not reach fmax={fmax} eV/Å in {steps} steps"])
@@ -232,7 +234,7 @@ def xtb_part(mols: MoleculeSet, n: int, valid_and_connected, workers: int = 1, f
         "fmax_eV_per_angstrom": fmax,
         "max_steps": steps,
         "seconds": time.perf_counter() - t,
-        "per_molecule_delta_e_kcal_mol": delta_e,
+        "per_molecule": {"delta_e_kcal_mol": delta_e, "relaxed_positions": relaxed},
     }
     return out
 
@@ -246,5 +248,5 @@ def revisited(mols: MoleculeSet, n_total: int | None = None, xtb: int = 0, worke
         result["xtb"] = xtb_part(mols, xtb, result["per_molecule"]["valid_and_connected"], workers, names=names)
     if not per_molecule:
         result.pop("per_molecule")
-        result.get("xtb", {}).pop("per_molecule_delta_e_kcal_mol", None)
+        result.get("xtb", {}).pop("per_molecule", None)
     return result
