@@ -205,11 +205,12 @@ def test_evaluate_cli_prints_the_revisited_column_and_xtb_line(tmp_path):
     root = Path(__file__).resolve().parents[1]
     args = [sys.executable, str(root / "scripts" / "evaluate.py"), f"input={sdf}", "reference=null", "novelty=null",
             "protocols=[revisited]", f"output={tmp_path / 'm.json'}"]
-    p = subprocess.run(args, capture_output=True, text=True)
+    p = subprocess.run(args, capture_output=True, text=True, check=False)
     assert p.returncode == 0, p.stderr
     assert "valid & connected" in p.stdout and "GEOM-Drugs Revisited xTB" in p.stdout and "not computed" in p.stdout
     assert json.loads((tmp_path / "m.json").read_text())["revisited"]["valid_and_connected"] == 1.0
-    p = subprocess.run(args[:-2] + ["protocols=[edm]", "revisited_xtb=2"], capture_output=True, text=True)
+    p = subprocess.run(args[:-2] + ["protocols=[edm]", "revisited_xtb=2", f"output={tmp_path / 'n.json'}"], capture_output=True,
+                       text=True, check=False)
     assert p.returncode != 0 and "revisited_xtb" in p.stderr
 
 

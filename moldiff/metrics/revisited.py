@@ -87,7 +87,7 @@ def graph_part(mols: MoleculeSet, n_total: int | None = None) -> dict:
         mol = _sanitized(record_mol(mols, i))
         valid.append(mol is not None)
         connected.append(mol is not None and len(Chem.GetMolFrags(mol)) == 1)
-    rate = lambda c: c / n_total if n_total else None  # noqa: E731
+    rate = lambda c: c / n_total if n_total else None
     return {
         "atom_stability": atoms_ok / atoms if atoms else None,
         "molecule_stability": rate(sum(stable)),
@@ -151,7 +151,7 @@ def geometry_deviations(numbers, bonds, before, after) -> dict[str, np.ndarray]:
     bonds = np.asarray(bonds, np.int64).reshape(-1, 3)
     before, after = np.asarray(before, np.float64), np.asarray(after, np.float64)
     n = len(numbers)
-    length = lambda x: np.linalg.norm(x[bonds[:, 0]] - x[bonds[:, 1]], axis=1)  # noqa: E731
+    length = lambda x: np.linalg.norm(x[bonds[:, 0]] - x[bonds[:, 1]], axis=1)
     t, q = angle_triples(n, bonds), torsion_quads(n, bonds)
     dt = np.abs(_dihedrals(before, q) - _dihedrals(after, q))
     return {
