@@ -78,7 +78,7 @@ def evaluate(
     report = report if report is not None else InputReport()
     if report.n_records == 0:
         report.n_records = len(mols)
-    mols = mols.checked(vocab, report, names)
+    mols, kept_index = mols.checked(vocab, report, names, return_index=True)
     n_total = len(mols) + report.n_rejected
     result: dict = {"n_molecules": n_total, "n_evaluated": len(mols), "vocabulary": vocab.name, "input": report.to_dict()}
     timings = {}
@@ -106,7 +106,8 @@ def evaluate(
                              "give an SDF whose records have bonds (XYZ files and dataset caches have none)")
         t = time.perf_counter()
         w = default_workers() if workers is None else max(1, workers)
-        result["revisited"] = revisited(mols, n_total, revisited_xtb, w, names) if len(mols) else {}
+        kept = None if names is None else [names[k] for k in kept_index]  # names of the molecules left after the checks
+        result["revisited"] = revisited(mols, n_total, revisited_xtb, w, kept) if len(mols) else {}
         timings["revisited"] = time.perf_counter() - t
     if reference is not None and len(mols):
         t = time.perf_counter()
