@@ -7,6 +7,7 @@ figure is ``null`` (``n/a`` in the table).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -146,8 +147,6 @@ def revisited_line(r: dict) -> str:
     """The revisited protocol's xTB figures, or why there are none."""
     x = r.get("xtb")
     if x is None:
-        import importlib.util
-
         why = ("tblite is not installed: `pip install tblite ase`" if importlib.util.find_spec("tblite") is None
                else "revisited_xtb=N relaxes the first N molecules with GFN2-xTB, ~20 s each for drug-sized ones")
         return f"GEOM-Drugs Revisited xTB (ΔE_relax, geometry deviations): not computed ({why})"

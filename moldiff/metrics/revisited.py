@@ -32,6 +32,7 @@ import numpy as np
 from rdkit import Chem
 
 from moldiff.chem.determine_bonds import geom_valency_table
+from moldiff.chem.xtb import relax, require_tblite
 from moldiff.data.molecules import MoleculeSet
 from moldiff.metrics.graph import _sanitized, written_mol
 
@@ -168,8 +169,6 @@ def _relax_one(args):
     """One molecule's relaxation in a worker: (relaxed positions, E before, E after, converged) or
     the error's text; any failure is this molecule's, reported, not raised."""
     numbers, positions, charge, fmax, steps = args
-    from moldiff.chem.xtb import relax
-
     try:
         r = relax(numbers, positions, steps=steps, fmax=fmax, charge=charge)
     except ImportError:
@@ -189,8 +188,6 @@ def xtb_part(mols: MoleculeSet, n: int, valid_and_connected, workers: int = 1, f
              names=None) -> dict:
     """ΔE_relax and the geometry deviations for the first ``n`` molecules (module docstring).
     ``valid_and_connected``: per molecule, from :func:`graph_part`."""
-    from moldiff.chem.xtb import require_tblite
-
     require_tblite()
     n = min(int(n), len(mols))
     jobs = [(mols[i][0], mols[i][1], int(mols.charges_of(i).sum()), fmax, steps) for i in range(n)]
