@@ -18,7 +18,7 @@ TRAINERS = {
     "gpu": ("gpu", 1, "auto", 32),
     "gpu_amp": ("gpu", 1, "auto", "bf16-mixed"),
 }
-EVALUATION_KEYS = {"vocabulary", "protocols", "reference", "reference_max", "novelty", "workers", "posebusters", "posebusters_timeout", "xtb"}
+EVALUATION_KEYS = {"vocabulary", "protocols", "reference", "reference_max", "novelty", "workers", "posebusters", "posebusters_timeout", "xtb", "revisited_xtb"}
 
 
 def _compose(name, overrides=()):

@@ -124,7 +124,7 @@ def test_documented_command_composes_and_passes_its_checks(where, script, args, 
 # the commands that run in seconds once shrunk (model size and data stay as written)
 SHRINK = {
     "sample": ["n=2", "steps=2", "batch_size=2", "evaluation=null"],
-    "evaluate": ["reference=null", "novelty=null", "workers=1", "posebusters=0", "xtb=0"],
+    "evaluate": ["reference=null", "novelty=null", "workers=1", "posebusters=0", "xtb=0", "revisited_xtb=0"],
     "likelihood": ["n=2", "batch_size=2", "elbo.timesteps=2", "ode.rtol=1e-2", "ode.atol=1e-2", "ode.probes=1"],
     "guide": ["n=2", "steps=2", "batch_size=2", "evaluation=null", "xtb.workers=1"],  # the shipped guide and evaluator
 }

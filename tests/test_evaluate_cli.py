@@ -177,4 +177,4 @@ def test_an_sdf_input_is_told_that_its_bonds_are_re_derived(tmp_path, capsys):
                                    f"output={tmp_path / 'm.json'}"])
     run_evaluation(cfg, tmp_path)
     assert SDF_NOTE in capsys.readouterr().out.splitlines()
-    assert SDF_NOTE.startswith("input bonds: the protocols derive bonds from the coordinates")
+    assert SDF_NOTE.startswith("input bonds: the edm and corrected protocols derive bonds from the coordinates")

@@ -7,6 +7,7 @@ figure is ``null`` (``n/a`` in the table).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -18,7 +19,7 @@ from moldiff.data.elements import VOCABULARIES, vocabulary
 from moldiff.data.sources import load_source
 from moldiff.io.writers import atomic_write
 from moldiff.jobs.cli import require_package
-from moldiff.metrics.evaluate import PROTOCOLS, evaluate
+from moldiff.metrics.evaluate import COORDINATE_PROTOCOLS, PROTOCOLS, evaluate
 from moldiff.metrics.novelty import training_smiles
 from moldiff.metrics.posebusters_checks import check_timeout
 from moldiff.metrics.reference import reference_stats
@@ -31,13 +32,15 @@ ROWS = [
     ("valid_and_unique", "valid & unique"),
     ("novelty", "novelty"),
     ("connectivity", "connected"),
+    ("valid_and_connected", "valid & connected"),
 ]
 
 
-# Both protocols derive bonds from the coordinates; only the written-graph line reads an SDF's own (docs/evaluation.md)
-SDF_NOTE = ("input bonds: the protocols derive bonds from the coordinates (EDM's from distances, the corrected one by RDKit "
-            "perception); only the written-graph line judges the records' own bonds and formal charges, which also give "
-            "each molecule's total charge")
+# EDM's and the corrected protocol derive bonds from the coordinates; the written-graph line and the
+# revisited protocol read an SDF's own (docs/evaluation.md)
+SDF_NOTE = ("input bonds: the edm and corrected protocols derive bonds from the coordinates (EDM's from distances, the "
+            "corrected one by RDKit perception); the written-graph line and the revisited protocol judge the records' own "
+            "bonds and formal charges, which also give each molecule's total charge")
 
 
 def strict_json(obj):
@@ -79,10 +82,13 @@ def check_config(cfg) -> dict:
         raise ValueError(f"protocols: unknown {bad}; choose from {list(PROTOCOLS)}")
     if cfg.vocabulary != "auto" and cfg.vocabulary not in VOCABULARIES:
         raise ValueError(f"unknown vocabulary {cfg.vocabulary!r}; use one of {', '.join(VOCABULARIES)} or auto")
-    counts = {key: count(cfg, key) for key in ("posebusters", "xtb")}
-    for key, package in (("posebusters", "posebusters"), ("xtb", "tblite")):
+    counts = {key: count(cfg, key) for key in ("posebusters", "xtb", "revisited_xtb")}
+    for key, package in (("posebusters", "posebusters"), ("xtb", "tblite"), ("revisited_xtb", "tblite")):
         if counts[key]:
             require_package(package, f"{key}={counts[key]}")
+    if counts["revisited_xtb"] and "revisited" not in cfg.protocols:
+        raise ValueError(f"revisited_xtb={counts['revisited_xtb']} relaxes molecules for the revisited protocol; "
+                         "add it: protocols=[edm,corrected,revisited]")
     counts["reference_max"] = count(cfg, "reference_max", least=1)
     check_timeout(cfg.posebusters_timeout, "posebusters_timeout")
     if cfg.novelty is not None and cfg.novelty not in ("qm9:train", "qm9_noh:train"):
@@ -116,6 +122,8 @@ def format_table(result: dict) -> str:
                      f"molecules stable {_number(g['molecule_stable'], '.2f', 100, ' %')} | "
                      f"atoms stable {_number(g['atom_stable'], '.2f', 100, ' %')} | unique {_number(g['unique'], '.2f', 100, ' %')} | "
                      f"geometry gives the same graph {_number(g.get('geometry_agrees'), '.2f', 100, ' %')}")
+    if "revisited" in result:
+        lines += ["", revisited_line(result["revisited"])]
     pb = result.get("posebusters")
     if pb:
         lines.append("")
@@ -135,6 +143,22 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def revisited_line(r: dict) -> str:
+    """The revisited protocol's xTB figures, or why there are none."""
+    x = r.get("xtb")
+    if x is None:
+        why = ("tblite is not installed: `pip install tblite ase`" if importlib.util.find_spec("tblite") is None
+               else "revisited_xtb=N relaxes the first N molecules with GFN2-xTB, ~20 s each for drug-sized ones")
+        return f"GEOM-Drugs Revisited xTB (ΔE_relax, geometry deviations): not computed ({why})"
+    e, bl, ba, tq = (x[k] for k in ("delta_e_relax_kcal_mol", "bond_length_deviation_angstrom",
+                                     "bond_angle_deviation_degree", "torsion_deviation_degree"))
+    failed = f"; {x['n_failed']} failed or did not converge" if x["n_failed"] else ""
+    return (f"GEOM-Drugs Revisited xTB, {x['n_relaxed']} of {x['n_requested']} relaxed{failed}: "
+            f"ΔE_relax median {_number(e['median'], '.2f')} / mean {_number(e['mean'], '.2f')} kcal/mol "
+            f"({e['n']} valid & connected) | mean deviation: bond length {_number(bl['mean'], '.4f', unit=' Å')}, "
+            f"angle {_number(ba['mean'], '.3f', unit='°')}, torsion {_number(tq['mean'], '.3f', unit='°')}")
+
+
 def run_evaluation(cfg, output_dir: str | Path) -> dict:
     counts = check_config(cfg)
     report = InputReport()
@@ -149,10 +173,10 @@ def run_evaluation(cfg, output_dir: str | Path) -> dict:
     train = None
     if cfg.novelty:
         remove_h = cfg.novelty.startswith("qm9_noh")
-        train = {p: training_smiles(p, remove_h=remove_h, workers=cfg.workers) for p in cfg.protocols}
+        train = {p: training_smiles(p, remove_h=remove_h, workers=cfg.workers) for p in cfg.protocols if p in COORDINATE_PROTOCOLS}
     result = evaluate(
         mols, vocab, report, reference, train, tuple(cfg.protocols), cfg.workers, counts["posebusters"], counts["xtb"], names,
-        posebusters_timeout=cfg.posebusters_timeout,
+        posebusters_timeout=cfg.posebusters_timeout, revisited_xtb=counts["revisited_xtb"],
     )
     result["source"] = cfg.input
     print(format_table(result))

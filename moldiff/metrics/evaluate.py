@@ -9,7 +9,9 @@ The corrected protocol takes each molecule's total charge from the input where i
 formal charges) and searches it otherwise; ``result["corrected"]["charge"]`` counts both.
 Both protocols read only elements and coordinates. Records that carry their own bonds (an SDF)
 are also judged as written (``result["written_graph"]``: validity, one piece, stability with
-formal charges, uniqueness, and agreement with the bonds perceived from the coordinates).
+formal charges, uniqueness, and agreement with the bonds perceived from the coordinates), and on
+request by "GEOM-Drugs Revisited"'s protocol (``"revisited"``, ``metrics/revisited.py``), which
+needs those bonds.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from moldiff.metrics.distribution import GeometryStats, distribution_distances, 
 from moldiff.metrics.posebusters_checks import DEFAULT_TIMEOUT, posebusters_summary
 from moldiff.metrics.protocols import ProtocolOutcome, default_workers, molecule_charges, run_corrected, run_edm, valence_rule
 
-PROTOCOLS = ("edm", "corrected")
+PROTOCOLS = ("edm", "corrected", "revisited")
+COORDINATE_PROTOCOLS = ("edm", "corrected")  # those that derive bonds from the coordinates
 
 
 def _rate(count, of: int) -> float | None:
@@ -57,22 +60,25 @@ def evaluate(
     report: InputReport | None = None,
     reference: GeometryStats | None = None,
     train_smiles: dict[str, set[str]] | None = None,
-    protocols=PROTOCOLS,
+    protocols=COORDINATE_PROTOCOLS,
     workers: int | None = None,
     posebusters: int = 0,
     xtb: int = 0,
     names=None,
     posebusters_timeout: float | None = DEFAULT_TIMEOUT,
+    revisited_xtb: int = 0,
 ) -> dict:
     """Metrics for ``mols``. ``report`` counts bad input (``mols`` is checked against ``vocab`` here).
 
     ``posebusters`` / ``xtb``: how many molecules (the first ones) get the optional checks;
     ``posebusters_timeout``: seconds one molecule may take in PoseBusters (see ``posebusters_summary``).
+    ``revisited_xtb``: how many molecules (the first ones) the ``"revisited"`` protocol relaxes with
+    GFN2-xTB for ΔE_relax and the geometry deviations (0: those are skipped).
     """
     report = report if report is not None else InputReport()
     if report.n_records == 0:
         report.n_records = len(mols)
-    mols = mols.checked(vocab, report, names)
+    mols, kept_index = mols.checked(vocab, report, names, return_index=True)
     n_total = len(mols) + report.n_rejected
     result: dict = {"n_molecules": n_total, "n_evaluated": len(mols), "vocabulary": vocab.name, "input": report.to_dict()}
     timings = {}
@@ -80,6 +86,8 @@ def evaluate(
     for name in protocols:
         if name not in PROTOCOLS:
             raise ValueError(f"unknown protocol {name!r}; use {PROTOCOLS}")
+        if name == "revisited":
+            continue  # judged on the written bonds, below
         t = time.perf_counter()
         outcomes[name] = run_edm(mols, vocab) if name == "edm" else run_corrected(mols, workers, valences=valence_rule(vocab))
         timings[name] = time.perf_counter() - t
@@ -90,6 +98,17 @@ def evaluate(
         t = time.perf_counter()
         result["written_graph"] = graph_metrics(mols, geometry=True, valences=valence_rule(vocab), n_total=n_total)
         timings["written_graph"] = time.perf_counter() - t
+    if "revisited" in protocols:
+        from moldiff.metrics.revisited import revisited
+
+        if not mols.has_bonds:
+            raise ValueError("protocol revisited judges the records' own bonds and this input carries none: "
+                             "give an SDF whose records have bonds (XYZ files and dataset caches have none)")
+        t = time.perf_counter()
+        w = default_workers() if workers is None else max(1, workers)
+        kept = None if names is None else [names[k] for k in kept_index]  # names of the molecules left after the checks
+        result["revisited"] = revisited(mols, n_total, revisited_xtb, w, kept) if len(mols) else {}
+        timings["revisited"] = time.perf_counter() - t
     if reference is not None and len(mols):
         t = time.perf_counter()
         bonds = (outcomes.get("corrected") or run_corrected(mols, workers, valences=valence_rule(vocab))).bonds
