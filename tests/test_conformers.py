@@ -11,6 +11,7 @@ import pytest
 
 from moldiff.chem import conformers as C
 from moldiff.jobs import build_conformers as B
+from chunked_build import count_chunks, interrupt_at
 from moldiff.data import MoleculeSet
 from moldiff.data.geom import cache_dtypes, load_geom, load_geom_formal_charges, load_geom_smiles
 from moldiff.data.sources import load_source
@@ -84,21 +85,12 @@ def test_resume_after_interruption_is_bit_identical(smiles_file, tmp_path, monke
     _build(smiles_file, whole)
 
     out = tmp_path / "cut" / "mols.npz"
-    real, calls = B.build_chunk, []
-
-    def interrupted(task):
-        if task[0] == 1:
-            raise KeyboardInterrupt  # as a ^C in the middle of the build
-        return real(task)
-
-    monkeypatch.setattr(B, "build_chunk", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        _build(smiles_file, out)
+    interrupt_at(monkeypatch, B, 1, lambda: _build(smiles_file, out))
     parts = out.with_name(out.name + ".parts")
     assert not out.exists() and sorted(p.name for p in parts.glob("chunk_*")) == ["chunk_00000.npz"]
     (parts / "chunk_00001.npz.abc.tmp").write_bytes(b"half a shard")  # a worker killed while writing
 
-    monkeypatch.setattr(B, "build_chunk", lambda task: calls.append(task[0]) or real(task))
+    calls = count_chunks(monkeypatch, B)
     s = _build(smiles_file, out, overwrite=True)  # overwrite too resumes an unfinished build of the same settings
     assert calls == [1, 2] and s["chunks_resumed"] == 1  # chunk 0 was not built again
     assert _files(out) == _files(whole)

@@ -15,6 +15,7 @@ from moldiff.data import moses as M
 from moldiff.data.geom import load_geom_formal_charges, load_geom_smiles
 from moldiff.data.molecules import MoleculeSet
 from moldiff.jobs import build_conformers as B
+from chunked_build import count_chunks, interrupt_at
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLITS = {
@@ -151,22 +152,14 @@ def test_resume_after_an_interruption_gives_the_same_bytes(wheel, tmp_path, monk
     whole = tmp_path / "whole" / "m.npz"
     _build(wheel, whole)
     out = tmp_path / "cut" / "m.npz"
-    real, calls = B.build_chunk, []
-
-    def interrupted(task):
-        if task[0] == 2:
-            raise KeyboardInterrupt
-        return real(task)
-
-    monkeypatch.setattr(B, "build_chunk", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        _build(wheel, out)
+    real = B.build_chunk  # put back below, for the spawned-process rebuild
+    interrupt_at(monkeypatch, B, 2, lambda: _build(wheel, out))
     parts = out.with_name(out.name + ".parts")
     assert sorted(p.name for p in parts.glob("chunk_*")) == ["chunk_00000.npz", "chunk_00001.npz"]
     assert _files(out.parent) == {}  # no cache, not even a partial one
     (parts / ".chunk_00002.npz.x.tmp").write_bytes(b"half a shard")
 
-    monkeypatch.setattr(B, "build_chunk", lambda task: calls.append(task[0]) or real(task))
+    calls = count_chunks(monkeypatch, B)
     s = _build(wheel, out)
     assert calls == [2, 3, 4] and s["chunks_resumed"] == 2
     assert _files(out.parent) == _files(whole.parent)

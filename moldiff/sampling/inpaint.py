@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from moldiff.geometry import segment_sum
+from moldiff.geometry import remove_mean, segment_sum
 from moldiff.state import MolState
 
 
@@ -136,7 +136,7 @@ class Inpaint:
             loss = torch.where(f[:, None], err, torch.zeros_like(err)).square().sum()
             (grad,) = torch.autograd.grad(loss, z)
         grad = torch.where(f[:, None], torch.zeros_like(grad), grad)
-        grad = grad - _centroid(grad, torch.ones_like(f), b, n)[b]  # a uniform shift: zero CoM kept, shape untouched
+        grad = remove_mean(grad, b, n)  # a uniform shift: zero CoM kept, shape untouched
         return state.replace(pos=state.pos - self.reconstruction * self.sde.alpha(ss, b) / 2 * grad)
 
     def _replace(self, state: MolState, s: float) -> MolState:
@@ -153,7 +153,7 @@ class Inpaint:
         tt = torch.full((n,), float(t), dtype=state.pos.dtype, device=state.device)
         a, var = self.sde.transition(ss, tt, b)
         eps = torch.randn(state.pos.shape, generator=self.generator, dtype=state.pos.dtype, device=state.device)
-        eps = eps - segment_sum(eps, b, n)[b] / torch.bincount(b, minlength=n).clamp_min(1)[b, None].to(eps.dtype)
+        eps = remove_mean(eps, b, n)
         changes = {"pos": a * state.pos + var.sqrt() * eps}
         if self.features is not None:
             z = torch.randn(state.atom_type.shape, generator=self.generator, dtype=state.atom_type.dtype, device=state.device)
