@@ -6,6 +6,16 @@ from moldiff.jobs.resolvers import register_resolvers
 register_resolvers()  # the configs' Hydra sections use them, as the scripts do
 
 
+@pytest.fixture
+def plain_linear(monkeypatch):
+    """Inference products through ``F.linear`` instead of oneDNN: the golden tests pin the maths of
+    commits whose sampling used it, bit for bit; oneDNN sums in another order (a 1e-7 relative
+    difference that a 4-step sampler amplifies). ``test_egnn.py`` checks the two paths agree."""
+    from moldiff.nn import egnn_kernels
+
+    monkeypatch.setattr(egnn_kernels, "ONEDNN", False)
+
+
 @pytest.fixture(scope="session")
 def qm9_test():
     from moldiff.data.qm9 import load_qm9

@@ -7,6 +7,7 @@ import torch
 
 from equivariance import assert_equivariant
 from moldiff.nn.egnn import EGNN
+from moldiff.nn import egnn_kernels
 from moldiff.nn.egnn_kernels import EdgeMLP, Graph
 from moldiff.nn.graph import fully_connected_edges, radius_graph
 
@@ -267,3 +268,16 @@ def test_bf16_autocast_is_close_to_float32_and_equivariant():
     with torch.no_grad():
         assert_equivariant(lambda xi, hi, bi: bf16(model, xi), x, h, batch, n, atol=5e-2, relative=True, seed=3,
                            reference=(ex0, eh0))
+
+
+@pytest.mark.skipif(not egnn_kernels.ONEDNN, reason="this torch build has no usable oneDNN linear")
+def test_onednn_inference_agrees_with_plain_linear(monkeypatch):
+    """Sampling's products go through oneDNN (fused activations); they agree with F.linear's."""
+    model = make_model(dtype=torch.float32)
+    x, h, t, batch, n = make_batch(dtype=torch.float32)
+    with torch.no_grad():
+        fast = model(x, h, t, batch, n)
+        monkeypatch.setattr(egnn_kernels, "ONEDNN", False)
+        plain = model(x, h, t, batch, n)
+    for a, b in zip(fast, plain):
+        assert (a - b).abs().max() < 1e-5 * max(1.0, b.abs().max().item())

@@ -18,6 +18,7 @@ from moldiff.data.qm9 import load_qm9
 from moldiff.model.diffusion import DiffusionModel
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("plain_linear")
 GOLDEN = json.loads((Path(__file__).parent / "data" / "gaussian_path_fc00479.json").read_text())
 
 

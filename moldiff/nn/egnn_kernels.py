@@ -15,8 +15,11 @@ This module makes them fast (``docs/performance.md`` has the figures):
   (``EdgeMLP``). Sums over incoming / outgoing edges are ``embedding_bag`` segment sums on
   dst-grouped edges (no temporaries, no atomics), small-N products avoid MKL's slow skinny GEMMs,
   the SiLU backward runs in place, and no (E, H) tensor is materialised twice.
-* Products are plain ``F.linear``; oneDNN's private ``mkldnn._linear_pointwise`` was no faster
-  and kept per-shape state that grew a training run's memory (every batch has a new edge count).
+* Products are plain ``F.linear`` in training: oneDNN's private ``mkldnn._linear_pointwise``
+  keeps per-shape state that grew a training run's memory (every batch has a new edge count).
+  Without gradients (sampling, likelihoods) the float32 edge products go through oneDNN with the
+  SiLU / sigmoid fused in: a sampling run keeps one edge count per batch for all its steps, so
+  the state stays small, and oneDNN is faster there (``docs/performance.md``).
 * On CUDA the same kernels run, except that the sums over the whole edge set (weight gradients of
   the attention / phi layer and of w_d, w_0) are plain products there: as one ``embedding_bag``
   bag they are serial per feature on a GPU, which made a 4 x 128 training step of 24 molecules of
@@ -43,8 +46,27 @@ from torch.nn import functional as F
 __all__ = ["EdgeMLP", "Graph", "PlainGraph", "edge_mlp", "edge_table"]
 
 
-def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, act: str = "none") -> torch.Tensor:
-    """``act(x @ w.T + b)`` (act: "none", "swish" = SiLU, "sigmoid"), activations in place. No autograd."""
+def _onednn_available() -> bool:
+    """Whether oneDNN's fused linear exists in this torch build and agrees with ``F.linear``."""
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return False
+        x, w, b = torch.randn(3, 4), torch.randn(2, 4), torch.randn(2)
+        y = torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+        return bool(torch.allclose(y, F.linear(x, w, b), atol=1e-5))
+    except Exception:  # a private op: missing or broken in some builds, then plain F.linear
+        return False
+
+
+ONEDNN = _onednn_available()
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, act: str = "none",
+            inference: bool = False) -> torch.Tensor:
+    """``act(x @ w.T + b)`` (act: "none", "swish" = SiLU, "sigmoid"), activations in place. No
+    autograd. ``inference``: float32 on CPU goes through oneDNN with the activation fused."""
+    if inference and ONEDNN and x.dtype == torch.float32 and x.device.type == "cpu" and x.shape[0] > 0:
+        return torch.ops.mkldnn._linear_pointwise(x, w.contiguous(), b, act, [], "")
     y = F.linear(x, w, b)
     if act == "swish":
         return F.silu(y, inplace=True)
@@ -219,7 +241,7 @@ def _first_layer(table, d, d0, graph: Graph) -> torch.Tensor:
 
 def _edge_mlp_inference(table, d, d0, w2, b2, graph: Graph) -> torch.Tensor:
     g = _first_layer(table, d, d0, graph)
-    return _linear(F.silu(g, inplace=True), w2, b2, "swish")
+    return _linear(F.silu(g, inplace=True), w2, b2, "swish", inference=True)
 
 
 def edge_mlp(table, d, d0, w2, b2, wo, bo, graph: Graph, mode: str) -> torch.Tensor:
@@ -230,9 +252,9 @@ def edge_mlp(table, d, d0, w2, b2, wo, bo, graph: Graph, mode: str) -> torch.Ten
     table, d, d0, w2, b2, wo, bo = _cast((table, d, d0, w2, b2, wo, bo), graph.compute_dtype)
     m = _edge_mlp_inference(table, d, d0, w2, b2, graph)
     if mode == "phi":
-        out = _linear(m, wo)[:, 0]
+        out = _linear(m, wo, inference=True)[:, 0]
     elif mode == "att":
-        out = graph.sum_into_dst(m, _linear(m, wo, bo, "sigmoid")[:, 0])
+        out = graph.sum_into_dst(m, _linear(m, wo, bo, "sigmoid", inference=True)[:, 0])
     else:
         out = graph.sum_into_dst(m)
     return out.to(dtype)
