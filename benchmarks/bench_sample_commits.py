@@ -29,7 +29,7 @@ def sample_seconds(tree: Path, overrides: list[str]) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "PYTHONPATH": str(tree)}
         p = subprocess.run([sys.executable, "scripts/sample.py", f"output={tmp}", f"hydra.run.dir={tmp}/h", *overrides],
-                           capture_output=True, text=True, cwd=tree, env=env)
+                           capture_output=True, text=True, cwd=tree, env=env, check=False)
     m = re.search(r"sampled \d+ molecules in ([\d.]+) s", p.stdout + p.stderr)
     if p.returncode != 0 or m is None:
         sys.exit(f"{tree}: sample.py failed\n{(p.stdout + p.stderr)[-3000:]}")
@@ -43,8 +43,8 @@ def main():
     ap.add_argument("--data", default=str(ROOT / "benchmarks" / "results_sampling_speed.json"))
     a, overrides = ap.parse_known_args()
     overrides = overrides or ["n=200", "steps=300"]
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=ROOT).stdout.strip())
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=ROOT, check=True).stdout.strip())
     with tempfile.TemporaryDirectory() as tmp:
         old = Path(tmp) / "old"
         subprocess.run(["git", "worktree", "add", "--detach", str(old), a.old], check=True, capture_output=True, cwd=ROOT)
@@ -56,7 +56,7 @@ def main():
                     times[name].append(sample_seconds(tree, overrides))
                     print(f"{name}: {times[name][-1]} s", flush=True)
         finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT)
+            subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT, check=False)
     path = Path(a.data)
     data = json.loads(path.read_text()) if path.is_file() else {"about": __doc__.strip().splitlines()[0], "runs": []}
     data["runs"].append({"command": "python benchmarks/bench_sample_commits.py " + " ".join([f"--old {a.old}", f"--reps {a.reps}", *overrides]),

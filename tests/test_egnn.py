@@ -4,10 +4,10 @@ import copy
 
 import pytest
 import torch
-
 from equivariance import assert_equivariant
-from moldiff.nn.egnn import EGNN
+
 from moldiff.nn import egnn_kernels
+from moldiff.nn.egnn import EGNN
 from moldiff.nn.egnn_kernels import EdgeMLP, Graph
 from moldiff.nn.graph import fully_connected_edges, radius_graph
 
