@@ -158,10 +158,30 @@ def test_bond_model_keeps_elements_charges_positions_and_bonds(tmp_path):
         b = mols.bonds_of(i)
         among_fixed = sorted(tuple(r) for r in b.tolist() if r[1] < 3)
         assert among_fixed == sorted(FRAG_BONDS)
+        # anchors="auto": only C (valence 3 of 4) may bond to new atoms; O and H are full
+        assert {r[0] for r in b.tolist() if r[0] < 3 <= r[1]} <= {0}
+    chosen = _model().sample(5, steps=4, seed=1, fragment=sdf, n_atoms=6, anchors=[1])
+    assert all({r[0] for r in chosen.bonds_of(i).tolist() if r[0] < 3 <= r[1]} <= {1} for i in range(5))
     xyz = tmp_path / "frag.xyz"
     xyz.write_text("3\n\n" + "".join(f"{s} {a} {b} {c}\n" for s, (a, b, c) in zip("COH", FRAG_X)))
     with pytest.raises(ValueError, match="an XYZ has none"):
         _model().sample(2, steps=2, fragment=xyz, n_atoms=5)
+
+
+def test_fragment_anchors_are_the_atoms_with_an_open_valence():
+    from pathlib import Path
+
+    from moldiff.data.fragment import fragment_anchors, load_fragment
+
+    root = Path(__file__).resolve().parents[1]
+    frag = load_fragment(root / "datasets" / "examples" / "qm9_test_5777_fragment.sdf")
+    # three heavy atoms were cut from QM9 test molecule 5777: C1 lost one neighbour, C4 two, C5 one
+    assert np.flatnonzero(fragment_anchors(frag)).tolist() == [1, 4, 5]
+    assert fragment_anchors(frag, "all").all() and np.flatnonzero(fragment_anchors(frag, [0, 13])).tolist() == [0, 13]
+    with pytest.raises(ValueError, match="from 0 to 13"):
+        fragment_anchors(frag, [14])
+    with pytest.raises(ValueError, match="'auto', 'all' or a list"):
+        fragment_anchors(frag, "some")
 
 
 def test_bad_fragments_get_one_line_each(tmp_path):

@@ -63,28 +63,7 @@ from rdkit import Chem
 from rdkit.Chem import rdDetermineBonds
 
 from moldiff.chem.rdkit_mol import make_mol
-from moldiff.data.elements import ATOMIC_NUMBER
-
-# Allowed (formal charge -> valences) per element; valence includes bonds to explicit H.
-_ALLOWED = {
-    "H": {0: (1,)},
-    "B": {0: (3,), -1: (4,)},
-    "C": {0: (4,)},
-    "N": {0: (3,), 1: (4,), -1: (2,)},
-    "O": {0: (2,), 1: (3,), -1: (1,)},
-    "F": {0: (1,)},
-    "Al": {0: (3,), -1: (4,)},
-    "Si": {0: (4,)},
-    "P": {0: (3, 5), 1: (4,)},
-    "S": {0: (2, 4, 6), 1: (3,), -1: (1,)},
-    "Cl": {0: (1,)},
-    "As": {0: (3, 5), 1: (4,)},
-    "Br": {0: (1,)},
-    "I": {0: (1,)},
-    "Hg": {0: (2,)},
-    "Bi": {0: (3, 5)},
-}
-ALLOWED_VALENCES = {ATOMIC_NUMBER[s]: v for s, v in _ALLOWED.items()}
+from moldiff.data.elements import ALLOWED_VALENCES, ATOMIC_NUMBER
 
 VALENCE_RULES = ("kekule", "geom")
 # Total charges tried, in this order, when a molecule's is unknown. Beyond |2| a drug-like

@@ -18,6 +18,34 @@ SYMBOLS = (
 ATOMIC_NUMBER = {s: z for z, s in enumerate(SYMBOLS) if z > 0}
 
 
+# Allowed (formal charge -> valences) per element, the corrected protocol's Kekulé table
+# (chem/determine_bonds.py); valence includes bonds to explicit H.
+_ALLOWED = {
+    "H": {0: (1,)},
+    "B": {0: (3,), -1: (4,)},
+    "C": {0: (4,)},
+    "N": {0: (3,), 1: (4,), -1: (2,)},
+    "O": {0: (2,), 1: (3,), -1: (1,)},
+    "F": {0: (1,)},
+    "Al": {0: (3,), -1: (4,)},
+    "Si": {0: (4,)},
+    "P": {0: (3, 5), 1: (4,)},
+    "S": {0: (2, 4, 6), 1: (3,), -1: (1,)},
+    "Cl": {0: (1,)},
+    "As": {0: (3, 5), 1: (4,)},
+    "Br": {0: (1,)},
+    "I": {0: (1,)},
+    "Hg": {0: (2,)},
+    "Bi": {0: (3, 5)},
+}
+ALLOWED_VALENCES = {ATOMIC_NUMBER[s]: v for s, v in _ALLOWED.items()}
+
+
+def highest_valence(number: int, charge: int = 0) -> int | None:
+    """The largest allowed valence of an element at a formal charge; None where the table has none."""
+    return max(ALLOWED_VALENCES.get(int(number), {}).get(int(charge), ()), default=None)
+
+
 def symbol_to_number(symbol: str) -> int:
     """Atomic number of an element symbol (case-insensitive first letter); 0 if unknown."""
     s = symbol.strip()

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from moldiff.data import report as R
-from moldiff.data.elements import Vocabulary
+from moldiff.data.elements import Vocabulary, highest_valence
 from moldiff.data.molecules import MoleculeSet
 from moldiff.data.user import read_molecules
 
@@ -47,6 +47,35 @@ def load_fragment(path, vocab: Vocabulary | None = None) -> MoleculeSet:
         if d[i, j] < MIN_DISTANCE:
             raise ValueError(f"fragment {path}: atoms {min(i, j)} and {max(i, j)} overlap ({d[i, j]:.2f} Å apart)")
     return mols
+
+
+def fragment_anchors(fragment: MoleculeSet, spec="auto") -> np.ndarray:
+    """(k,) which fragment atoms may bond to the atoms the sampler makes (the bond model's
+    fragment: every other fixed atom keeps "no bond" to them, so a full-valence atom, a hydrogen
+    say, cannot take one more). ``spec``: "auto", the atoms whose valence in the file (aromatic
+    bonds 1.5) is below the highest their element and formal charge allow (elements outside the
+    table count as open); "all"; or a list of 0-based atom indices of the record."""
+    k = len(fragment.numbers)
+    if isinstance(spec, str) and spec in ("auto", "all"):
+        if spec == "all" or not fragment.has_bonds:
+            return np.ones(k, bool)
+        valence = np.zeros(k)
+        for i, j, order in fragment.bonds_of(0).tolist():
+            v = 1.5 if order == 4 else float(order)
+            valence[i] += v
+            valence[j] += v
+        charges = fragment.charges_of(0)
+        limits = [highest_valence(z, q) for z, q in zip(fragment.numbers.tolist(), charges.tolist())]
+        return np.array([lim is None or valence[a] < lim - 0.25 for a, lim in enumerate(limits)], bool)
+    try:
+        idx = np.asarray([int(a) for a in spec], np.int64)
+    except (TypeError, ValueError):
+        raise ValueError(f"anchors: 'auto', 'all' or a list of atom indices, got {spec!r}") from None
+    if len(idx) and (idx.min() < 0 or idx.max() >= k):
+        raise ValueError(f"anchors: atom indices run from 0 to {k - 1} in this fragment, got {sorted(idx.tolist())}")
+    out = np.zeros(k, bool)
+    out[idx] = True
+    return out
 
 
 def parse_n_atoms(spec) -> tuple[int, int] | None:

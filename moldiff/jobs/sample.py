@@ -33,7 +33,7 @@ from moldiff.jobs.evaluate import check_config as check_evaluation
 from moldiff.jobs.evaluate import run_evaluation, write_json
 from moldiff.model.build import plain as _plain
 from moldiff.model.checkpoint import checkpoint_path
-from moldiff.data.fragment import load_fragment, parse_n_atoms
+from moldiff.data.fragment import fragment_anchors, load_fragment, parse_n_atoms
 from moldiff.model.bond_model import BondDiffusionModel
 from moldiff.model.load import load_model, model_vocabulary
 from moldiff.sampling.inpaint import RECONSTRUCTION, check_fragment
@@ -235,6 +235,7 @@ def check_fragment_input(cfg, module, n: int):
     fragment = load_fragment(cfg.fragment, model_vocabulary(module))
     if isinstance(module, BondDiffusionModel):
         module.fragment_fields(fragment)  # bonds and charges the bond model can keep
+        fragment_anchors(fragment, _plain(cfg.get("anchors", "auto")))
     check_fragment(fragment, str(cfg.sampler), resample=int(cfg.get("resample", 1)),
                    reconstruction=float(cfg.get("reconstruction", RECONSTRUCTION)))
     k = len(fragment.numbers)
@@ -252,7 +253,8 @@ def _generate(module, cfg, n, device, done, partial, steps: int, fragment=None):
                   fragment=fragment, n_atoms=cfg.get("n_atoms"), on_batch=save, done=done, resample=int(cfg.get("resample", 1)),
                   reconstruction=float(cfg.get("reconstruction", RECONSTRUCTION)))
     if isinstance(module, BondDiffusionModel):  # its own sampler (categorical fields), same batching and resume
-        return module.sample(n, sampler=cfg.sampler, ema=bool(cfg.ema), **common, **_plain(cfg.options or {}))
+        return module.sample(n, sampler=cfg.sampler, ema=bool(cfg.ema), anchors=_plain(cfg.get("anchors", "auto")), **common,
+                             **_plain(cfg.options or {}))
     return generate(
         module, n, sampler=cfg.sampler, device=device, ema=bool(cfg.ema), progress=sys.stderr.isatty(),
         context=resolve_targets(_plain(cfg.get("target")), module, n), precision=str(cfg.get("precision", "32")),

@@ -16,7 +16,9 @@ fragment's centroid c and the free atoms) as the sampler made it, so the total s
 end the exact shape is put back the same way and the whole molecule is translated so that the
 fixed atoms sit exactly at the file's coordinates. Categorical fields of fixed atoms (types,
 charges) and pairs between two fixed atoms (bonds) are replaced by draws of q(x_s | x_0), their
-clean values at the end.
+clean values at the end. So are the pairs between a fixed atom that is not an anchor and a free
+atom, with "no bond" as their clean class: without that, the bond model bonded new atoms to the
+fragment's hydrogens (``data/fragment.py``'s ``fragment_anchors`` chooses the anchors).
 
 Replacement alone tells the free atoms where the fragment is only through the noisy state the
 network sees; the network's estimate wants to move fixed atoms too, replacement puts them back,
@@ -50,13 +52,15 @@ def _centroid(values: torch.Tensor, mask: torch.Tensor, batch: torch.Tensor, n: 
 class Inpaint:
     """The RePaint callback. ``fixed`` (A,) bool; ``pos`` (A, 3) the fixed atoms' file coordinates
     (other rows ignored); ``features`` (A, F) the Gaussian model's clean features of the fixed
-    atoms, or ``fields`` {name: (N,) clean classes} with ``processes`` for the bond model (pairs
-    between two fixed atoms for ``bond``)."""
+    atoms, or ``fields`` {name: (N,) clean classes} with ``processes`` for the bond model (for
+    ``bond``, one per pair, read where ``pair_fixed`` (P,) is set: pairs of two fixed atoms, and
+    pairs of a non-anchor fixed atom with a free one)."""
 
     def __init__(self, sde, fixed: torch.Tensor, pos: torch.Tensor, batch: torch.Tensor, n: int, generator=None,
                  features: torch.Tensor | None = None, fields: dict | None = None, processes: dict | None = None,
-                 resample: int = 1, restep=None, reconstruction: float = 0.0, estimate=None):
+                 resample: int = 1, restep=None, reconstruction: float = 0.0, estimate=None, pair_fixed: torch.Tensor | None = None):
         self.sde, self.fixed, self.batch, self.n, self.generator = sde, fixed.bool(), batch, n, generator
+        self.pair_fixed = pair_fixed
         self.file_pos = pos
         self.file_centroid = _centroid(pos, self.fixed, batch, n)  # (M, 3): where the fragment sits in its file
         self.shape = torch.where(self.fixed[:, None], pos - self.file_centroid[batch], torch.zeros_like(pos))
@@ -105,7 +109,9 @@ class Inpaint:
         changes = {}
         for name, clean in self.fields.items():
             if name == "bond":
-                mask = self.fixed[state.pairs[:, 0]] & self.fixed[state.pairs[:, 1]]
+                mask = self.pair_fixed
+                if mask is None:
+                    mask = self.fixed[state.pairs[:, 0]] & self.fixed[state.pairs[:, 1]]
             else:
                 mask = self.fixed
             value = clean
@@ -218,27 +224,33 @@ def fragment_layout(fragment, sizes: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 
 def fragment_inpaint(sde, fragment, sizes: torch.Tensor, generator=None, features=None, fields=None, processes=None,
-                     resample: int = 1, restep=None, reconstruction: float = 0.0, estimate=None) -> Inpaint:
+                     resample: int = 1, restep=None, reconstruction: float = 0.0, estimate=None, anchors=None) -> Inpaint:
     """The ``Inpaint`` callback for one batch of molecules built around ``fragment``. ``features``
     (k, F) or ``fields`` {name: (k,) atom classes, or "bond": (k, k) pair classes} are the fragment's
-    clean values; other atoms' rows are filled with zeros and never read."""
+    clean values; other atoms' rows are filled with zeros and never read. ``anchors`` (k,) bool:
+    the fragment atoms that may bond to new atoms (default all); the others keep "no bond" to them."""
     fixed, pos, batch = fragment_layout(fragment, sizes)
     k, n = len(fragment.numbers), len(sizes)
     full = None
     if features is not None:
         full = torch.zeros(len(batch), features.shape[1], dtype=features.dtype, device=pos.device)
         full[fixed] = features.to(pos.device).repeat(n, 1)
-    tiled = {}
+    tiled, pair_fixed = {}, None
     for name, clean in (fields or {}).items():
         if name == "bond":
             state = MolState(batch, n)
             i, j = state.pairs[:, 0], state.pairs[:, 1]
             starts = (torch.cumsum(sizes, 0) - sizes)[state.pair_batch]
             li, lj = (i - starts).clamp_max(k - 1), (j - starts).clamp_max(k - 1)
-            tiled[name] = clean.to(pos.device)[li, lj]  # read only where both atoms are fixed
+            both = fixed[i] & fixed[j]
+            anchor = torch.ones(k, dtype=torch.bool) if anchors is None else torch.as_tensor(np.asarray(anchors, bool))
+            closed = torch.zeros_like(fixed)
+            closed[fixed] = ~anchor.to(pos.device).repeat(n)  # fixed atoms that take no new bond
+            pair_fixed = both | (closed[i] & ~fixed[j]) | (closed[j] & ~fixed[i])
+            tiled[name] = torch.where(both, clean.to(pos.device)[li, lj], torch.zeros_like(li))  # "no bond" to a free atom
         else:
             full_f = torch.zeros(len(batch), dtype=torch.long, device=pos.device)
             full_f[fixed] = clean.to(pos.device).repeat(n)
             tiled[name] = full_f
     return Inpaint(sde, fixed, pos, batch, n, generator, features=full, fields=tiled, processes=processes,
-                   resample=resample, restep=restep, reconstruction=reconstruction, estimate=estimate)
+                   resample=resample, restep=restep, reconstruction=reconstruction, estimate=estimate, pair_fixed=pair_fixed)
