@@ -3,11 +3,14 @@ would, judge the written graph, add it to the learning curve, and ship it when i
 shipped coordinates-only model.
 
 python benchmarks/bond_campaign_leg.py [--run outputs/train/bonds_campaign] [--n 1000] [--steps 100] [--seeds 0] [--ship]
+python benchmarks/bond_campaign_leg.py --export <run>/exports/step_N.ckpt ...   # judge an earlier export again
 
 * export: ``<run>/checkpoints/last.ckpt`` -> ``<run>/exports/step_<N>.ckpt``, compact (EMA weights,
   matrices in float16; ``moldiff.train.export --compact``): the file evaluated is the file shipped;
-* evaluate: ``BondDiffusionModel.sample`` at its defaults (ancestral, ``--steps`` network calls, EMA
-  weights), ``--n`` molecules per seed; the written graph (``metrics/graph.py``: valid, one piece,
+* evaluate: ``BondDiffusionModel.sample`` at its defaults (ancestral with the recommended options,
+  recorded as ``sampler_options``; ``--steps`` network calls, EMA weights), ``--n`` molecules per
+  seed in ``sample.py``'s batches of 500, so they are the molecules ``sample.py`` writes (entries
+  before step 20,000 used batches of 250); the written graph (``metrics/graph.py``: valid, one piece,
   stable with charges, unique, agreement with the bonds perceived from the coordinates), EDM's
   protocol from the coordinates alone, and bond-length / angle W1 over the written bonds against
   10,000 QM9 training molecules;
@@ -36,13 +39,15 @@ from moldiff.metrics.distribution import distribution_distances, geometry_stats
 from moldiff.metrics.graph import graph_metrics, written_pairs
 from moldiff.metrics.reference import reference_stats
 from moldiff.model.bond_model import BondDiffusionModel
-from moldiff.model.checkpoint import SHIPPED
+from moldiff.model.checkpoint import SHIPPED, read_checkpoint
 from moldiff.nn.cpu_tuning import tune_cpu_allocator
+from moldiff.sampling.samplers import with_recommended
 from moldiff.train.export import export_last
 
 HERE = Path(__file__).resolve().parent
 SHIPPED_BONDS = SHIPPED.parent / "qm9_bonds.ckpt"
 GAUSSIAN_SHIPPED = {"molecule_stable": 0.585, "valid": 0.796}  # sample.py n=1000 defaults, EDM protocol (README)
+SAMPLE_BATCH = 500  # configs/sample.yaml's batch_size: the molecules are those of `sample.py ckpt=<export> n=1000 seed=0`
 TRAIN_MOLECULES = 99_972  # QM9 train molecules with bond labels (moldiff/chem/bond_labels.py)
 
 
@@ -54,9 +59,10 @@ def record_totals(ckpt: dict, batch: int = 64) -> dict:
             "precision": "+".join(sorted({str(r.get("precision", "32")) for r in record})), "legs": len(record)}
 
 
-def quality(model: BondDiffusionModel, n: int, steps: int, seed: int, reference) -> dict:
+def quality(model: BondDiffusionModel, n: int, steps: int, seed: int, reference, **options) -> dict:
+    """Sample ``n`` molecules (``options`` go to ``BondDiffusionModel.sample``) and judge them."""
     t0 = time.perf_counter()
-    mols = model.sample(n, steps=steps, seed=seed)
+    mols = model.sample(n, steps=steps, seed=seed, batch_size=SAMPLE_BATCH, **options)
     seconds = time.perf_counter() - t0
     graph = graph_metrics(mols, geometry=True)
     vocab = model.vocab
@@ -74,6 +80,7 @@ def quality(model: BondDiffusionModel, n: int, steps: int, seed: int, reference)
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", default="outputs/train/bonds_campaign")
+    ap.add_argument("--export", default=None, help="judge this earlier export instead of exporting the run's last checkpoint")
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--seeds", default="0")
@@ -81,7 +88,7 @@ def main():
     ap.add_argument("--data", default=str(HERE / "bond_campaign.json"))
     a = ap.parse_args()
     tune_cpu_allocator()
-    export, small = export_last(a.run)
+    export, small = (Path(a.export), read_checkpoint(a.export)) if a.export else export_last(a.run)
     step = small["global_step"]
     model = BondDiffusionModel.load(export)
     reference = reference_stats("qm9:train", 10_000)
@@ -89,8 +96,8 @@ def main():
     # an undefined rate (uniqueness with nothing valid) is NaN here, not 0
     mean = lambda key, sub="written_graph": float(np.mean([np.nan if r[sub][key] is None else r[sub][key] for r in rows]))  # noqa: E731
     entry = {"name": f"bond model (run step {step})", "export": str(export), **record_totals(small), "steps_sampled": a.steps,
-             "n": a.n, "seeds": a.seeds, "rows": rows,
-             "command": f"python benchmarks/bond_campaign_leg.py --run {a.run} --n {a.n} --steps {a.steps} --seeds {a.seeds}" + (" --ship" if a.ship else "")}
+             "sampler_options": with_recommended("ancestral"), "batch_size": SAMPLE_BATCH, "n": a.n, "seeds": a.seeds, "rows": rows,
+             "command": "python benchmarks/bond_campaign_leg.py " + (f"--export {a.export}" if a.export else f"--run {a.run}") + f" --n {a.n} --steps {a.steps} --seeds {a.seeds}" + (" --ship" if a.ship else "")}
     path = Path(a.data)
     data = json.loads(path.read_text()) if path.is_file() else {
         "about": "The bond model's training campaign (issue 29): one entry per evaluated checkpoint, with cumulative "

@@ -310,6 +310,19 @@ def test_model_samples_decode_to_molecules_with_bonds_and_round_trip_a_file(tmp_
     assert len(model.sample(4, steps=2, sizes=5)) == 4  # an int size, as the command line takes it
 
 
+def test_model_samples_with_the_recommended_options_as_the_gaussian_model_does():
+    """``BondDiffusionModel.sample`` takes the sampler's recommended options (the same dict as
+    ``DiffusionModel.sample``); ``late_noise=1`` overrides them back to the exact posterior."""
+    from moldiff.sampling.samplers import RECOMMENDED_OPTIONS
+
+    model = _model()
+    default = model.sample(3, steps=4, seed=0)
+    explicit = model.sample(3, steps=4, seed=0, **RECOMMENDED_OPTIONS["ancestral"])
+    exact = model.sample(3, steps=4, seed=0, late_noise=1.0)
+    assert np.array_equal(default.positions, explicit.positions)
+    assert not np.allclose(default.positions, exact.positions)
+
+
 def test_dense_bonds_empty_molecule_set():
     mols = MoleculeSet(np.array([1, 1]), np.zeros((2, 3)), np.array([0, 1, 2]), bonds=np.zeros((0, 3)), bond_offsets=[0, 0, 0])
     state = MolState(torch.tensor([0, 1]), 2)

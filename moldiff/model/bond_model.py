@@ -27,11 +27,12 @@ from moldiff.model import build
 from moldiff.model.checkpoint import read_checkpoint, write_checkpoint
 from moldiff.nn.bond_egnn import BondEGNN
 from moldiff.noise.categorical import CategoricalProcess
-from moldiff.data.fragment import load_fragment
+from moldiff.data.fragment import fragment_anchors, load_fragment
 from moldiff.sampling.fields import ancestral_step as field_step
 from moldiff.sampling.fields import sample_fields
 from moldiff.sampling.generate import sizes_for
 from moldiff.sampling.inpaint import RECONSTRUCTION, check_fragment, fragment_inpaint
+from moldiff.sampling.samplers import with_recommended
 from moldiff.state import MolState
 
 KIND = "bonds"  # checkpoints say which model class reads them (``hyper_parameters["kind"]``)
@@ -86,18 +87,24 @@ class BondDiffusionModel(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, steps: int = 100, seed: int = 0, sizes=None, batch_size: int = 250, sampler: str = "ancestral",
                callback=None, ema: bool = True, fragment=None, n_atoms=None, on_batch=None, done: dict | None = None,
-               resample: int = 1, reconstruction: float = RECONSTRUCTION, **options) -> MoleculeSet:
+               resample: int = 1, reconstruction: float = RECONSTRUCTION, anchors="auto", **options) -> MoleculeSet:
         """``n`` molecules with the model's own bonds and formal charges; batch k draws from a
         generator seeded by (seed, k), so the same seed and batch size give the same molecules.
         ``fragment`` (an SDF path or a one-molecule ``MoleculeSet`` with bonds) is kept exactly in
         every molecule, elements, charges, positions and bonds (issue 30); ``n_atoms`` a count or a
-        range "a-b"; ``resample`` and ``reconstruction`` as for ``generate``. ``on_batch(k, MoleculeSet)`` after each finished batch; ``done`` maps batch
-        numbers to batches an interrupted run finished (not sampled again), as ``generate`` does."""
+        range "a-b"; ``resample`` and ``reconstruction`` as for ``generate``; ``anchors`` the fragment
+        atoms that may bond to new ones ("auto": those with an open valence, "all", or atom indices;
+        ``data/fragment.py``). ``on_batch(k, MoleculeSet)`` after each finished batch; ``done`` maps batch
+        numbers to batches an interrupted run finished (not sampled again), as ``generate`` does.
+        ``options`` go on top of the sampler's recommended ones, as for ``DiffusionModel.sample``
+        (ancestral: half the positions' noise for t <= 0.5; ``late_noise=1`` for the exact posterior)."""
+        options = with_recommended(sampler, options)
         device = next(self.parameters()).device
         if fragment is not None and not isinstance(fragment, MoleculeSet):
             fragment = load_fragment(fragment, self.vocab)
         k = check_fragment(fragment, sampler, callback, resample, reconstruction)
         fields = self.fragment_fields(fragment) if fragment is not None else None
+        anchor = fragment_anchors(fragment, anchors) if fragment is not None else None
         if sizes is not None and n_atoms is not None:
             raise ValueError("give sizes or n_atoms, not both")
         if sizes is None:
@@ -121,7 +128,7 @@ class BondDiffusionModel(nn.Module):
                 estimate = lambda st, t, denoise=denoise: denoise(st, t)["pos"]  # noqa: E731 (reconstruction guidance)
                 inpaint = None if fields is None else fragment_inpaint(self.sde, fragment, chunk.to(device), g, fields=fields,
                                                                          processes=self.processes, resample=resample, restep=restep,
-                                                                         reconstruction=reconstruction, estimate=estimate)
+                                                                         reconstruction=reconstruction, estimate=estimate, anchors=anchor)
                 state = sample_fields(sampler, self.denoise_fn(ema), self.sde, self.processes, chunk.to(device), steps=steps,
                                       generator=g, device=device, callback=inpaint or callback, **options)
                 if inpaint is not None:
