@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from bond_campaign_leg import quality
+from bond_campaign_leg import SAMPLE_BATCH, quality
 
 from moldiff.metrics.reference import reference_stats
 from moldiff.model.bond_model import BondDiffusionModel
@@ -54,7 +54,7 @@ def main():
         g = row["written_graph"]
         print(f"{name}: valid {100 * g['valid']:.1f} %, one piece {100 * g['valid_connected']:.1f} %, stable {100 * g['molecule_stable']:.1f} %, "
               f"bond W1 {row['bond_length_w1']:.4f}, angle W1 {row['bond_angle_w1']:.2f}, {row['seconds']} s", flush=True)
-        data["rows"].append({"setting": name, "steps": steps, "options": options, "export": a.export, "n": a.n, "seed": a.seed, **row,
+        data["rows"].append({"setting": name, "steps": steps, "options": options, "export": a.export, "n": a.n, "seed": a.seed, "batch_size": SAMPLE_BATCH, **row,
                              "command": f"python benchmarks/bond_sampler_sweep.py --export {a.export} --n {a.n} --seed {a.seed}"})
         path.write_text(json.dumps(data, indent=1) + "\n")
 
