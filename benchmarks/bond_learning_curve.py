@@ -6,7 +6,8 @@ python benchmarks/bond_learning_curve.py [--png docs/bond_learning_curve.png]
 Gaussian model: ``campaign.json`` (EDM protocol at its evaluation sampler, 300 steps; the trunk
 and its cooldown branches). Bond model: ``bond_campaign.json`` (its written graph at 100 steps,
 and EDM's protocol on the same molecules' coordinates), one curve per sampler setting (the exact
-posterior until step 17,662; the recommended late noise since). Each point is one evaluated checkpoint.
+posterior until step 17,662; the recommended late noise since; cooldown branches apart). Each
+point is one evaluated checkpoint.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ def series() -> dict[str, list[tuple[float, float, float]]]:
     point = lambda e: (e["hours"], 100 * mean(e["edm"]["molecule_stability"]), 100 * mean(e["edm"]["validity"]))  # noqa: E731
     out = {"Gaussian model, EDM protocol (300 steps), trunk": [point(e) for e in gauss if not e.get("branch")],
            "Gaussian model, cooldown branches (the shipped one at 12.5 h)": [point(e) for e in gauss if e.get("branch")]}
-    for setting, label in (("exact", "exact posterior"), ("recommended", "recommended late noise")):
-        chosen = [e for e in bonds if exact(e) == (setting == "exact")]
+    groups = (("exact posterior", lambda e: exact(e)), ("recommended late noise", lambda e: not exact(e) and not e.get("branch")),
+              ("cooldown branches", lambda e: bool(e.get("branch"))))
+    for label, keep in groups:
+        chosen = [e for e in bonds if keep(e)]
         out[f"bond model, written graph (100 steps, {label})"] = [
             (e["hours"], 100 * mean([r["written_graph"]["molecule_stable"] for r in e["rows"]]),
              100 * mean([r["written_graph"]["valid"] for r in e["rows"]])) for e in chosen]
@@ -56,7 +59,7 @@ def main():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharex=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5.2), sharex=True)
     for label, points in series().items():
         points = sorted(points)
         if not points:
@@ -70,8 +73,9 @@ def main():
         ax.set_title(title)
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=2)  # below the plots, clear of the curves
+    fig.tight_layout(rect=(0, 0.2, 1, 1))
     fig.savefig(a.png, dpi=110)
     print(f"wrote {a.png}")
 

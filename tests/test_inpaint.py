@@ -238,8 +238,14 @@ def test_sample_py_takes_a_fragment_and_n_atoms(tmp_path):
         with pytest.raises(ValueError, match="more than 12"):
             sample_job.run_sampling(cfg(f"fragment={frag}", "n_atoms=12", "n=2", "steps=2", f"output={tmp_path / 'b'}"), tmp_path)
         assert not (tmp_path / "b" / "samples.sdf").exists()
-        with pytest.raises(FileNotFoundError, match="qm9-bonds: this version ships no bond model yet"):
-            sample_job.run_sampling(cfg("ckpt=qm9-bonds", "n=2", f"output={tmp_path / 'c'}"), tmp_path)
+        # the shipped bond model keeps the fragment's bonds too
+        sample_job.run_sampling(cfg("ckpt=qm9-bonds", f"fragment={frag}", "n_atoms=19", "n=2", "steps=5", "evaluation=null",
+                                    f"output={tmp_path / 'c'}"), tmp_path)
+        mols, _ = read_molecules(tmp_path / "c" / "samples.sdf")
+        pairs = lambda rows: {(min(i, j), max(i, j), o) for i, j, o in rows.tolist()}  # noqa: E731
+        for i in range(2):
+            assert pairs(mols.bonds_of(i)) >= pairs(given.bonds_of(0)) != set()
+            assert np.abs(mols[i][1][:14] - given.positions).max() < 1e-4
         sample_job.run_sampling(cfg("n_atoms=19", "n=2", "steps=2", "evaluation=null", f"output={tmp_path / 'd'}"), tmp_path)
         assert read_molecules(tmp_path / "d" / "samples.sdf")[0].n_atoms.tolist() == [19, 19]
 

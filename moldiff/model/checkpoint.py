@@ -22,7 +22,7 @@ SHIPPED = Path(__file__).resolve().parent.parent / "checkpoints" / "qm9_egnn.ckp
 # the first half of QM9 train): the time-conditioned guide g(z_t, t) and the clean evaluator phi_c.
 SHIPPED_PROPERTY = {role: SHIPPED.parent / f"qm9_property_{role}.ckpt" for role in ("guide", "evaluator")}
 # Diffusion models by name (``ckpt=<name>``): the coordinates-only QM9 model, and the bond model
-# (positions, types, charges and bonds; docs/bonds.md) once its campaign has shipped one.
+# (positions, types, charges and bonds; docs/bonds.md).
 NAMED = {"shipped": SHIPPED, "qm9-bonds": SHIPPED.parent / "qm9_bonds.ckpt"}
 
 
@@ -35,10 +35,7 @@ def checkpoint_path(ckpt: str | Path) -> Path:
     """A name of ``NAMED`` ("shipped", "qm9-bonds") or a path, checked to exist."""
     path = NAMED.get(str(ckpt), Path(ckpt))
     if not path.is_file():
-        if str(ckpt) == "qm9-bonds":
-            raise FileNotFoundError("ckpt=qm9-bonds: this version ships no bond model yet (its training campaign is under way, "
-                                    "docs/bonds.md); train one with scripts/train.py experiment=qm9_bonds_cpu and give its path")
-        raise FileNotFoundError(f"ckpt: no checkpoint at {path}" + (" (the shipped model is missing from this install)" if str(ckpt) == "shipped" else ""))
+        raise FileNotFoundError(f"ckpt: no checkpoint at {path}" + (f" (the {ckpt} model is missing from this install)" if str(ckpt) in NAMED else ""))
     return path
 
 
