@@ -235,6 +235,8 @@ def test_sample_py_takes_a_fragment_and_n_atoms(tmp_path):
             z, x = mols[i]
             assert len(z) == 19 and z[:14].tolist() == given.numbers.tolist()
             assert np.abs(x[:14] - given.positions).max() < 1e-4  # the SDF's 4 decimals
+        with pytest.raises(ValueError, match="only the bond model makes bonds"):
+            sample_job.run_sampling(cfg(f"fragment={frag}", "n_atoms=19", "n=2", "steps=2", "anchors=[1]", f"output={tmp_path / 'e'}"), tmp_path)
         with pytest.raises(ValueError, match="more than 12"):
             sample_job.run_sampling(cfg(f"fragment={frag}", "n_atoms=12", "n=2", "steps=2", f"output={tmp_path / 'b'}"), tmp_path)
         assert not (tmp_path / "b" / "samples.sdf").exists()

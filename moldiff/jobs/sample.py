@@ -233,9 +233,12 @@ def check_fragment_input(cfg, module, n: int):
     if not cfg.get("fragment"):
         return None
     fragment = load_fragment(cfg.fragment, model_vocabulary(module))
+    anchors = _plain(cfg.get("anchors", "auto"))
     if isinstance(module, BondDiffusionModel):
         module.fragment_fields(fragment)  # bonds and charges the bond model can keep
-        fragment_anchors(fragment, _plain(cfg.get("anchors", "auto")))
+        fragment_anchors(fragment, anchors)
+    elif anchors != "auto":
+        raise ValueError(f"anchors={anchors}: only the bond model makes bonds to a fragment (ckpt=qm9-bonds); this model takes none")
     check_fragment(fragment, str(cfg.sampler), resample=int(cfg.get("resample", 1)),
                    reconstruction=float(cfg.get("reconstruction", RECONSTRUCTION)))
     k = len(fragment.numbers)
