@@ -197,6 +197,26 @@ def test_self_conditioning_uses_the_previous_estimate_and_only_when_built_with_i
         _net(False)(state, t, previous=first)
 
 
+def test_a_network_without_self_conditioning_starts_one_with_it_predicting_the_same():
+    """``add_self_conditioning``: the self-conditioned network made from a plain one predicts what
+    the plain one did, with no previous estimate and with one (its new inputs start inert), and
+    then learns to use them (its new weights get gradients)."""
+    from moldiff.nn.bond_egnn import add_self_conditioning
+
+    plain, state = _net(False), _random_state()
+    t = torch.tensor([0.3, 0.8], dtype=torch.float64)
+    grown = BondEGNN(5, 3, 5, hidden=16, layers=2, self_condition=True).double()
+    grown.load_state_dict(add_self_conditioning(plain.state_dict(), 5, 3, 5), strict=True)
+    want = plain(state, t)
+    for previous in (None, grown(state, t)):
+        got = grown(state, t, previous=previous)
+        for key in want:
+            assert (got[key] - want[key]).abs().max() < 1e-12, key
+    out = grown(state, t, previous=grown(state, t))
+    (out["bond"].square().sum() + out["atom_type"].square().sum()).backward()
+    assert grown.bond_head[0].weight.grad[:, -5:].abs().max() > 0 and grown.egnn.embedding.weight.grad[:, 8:16].abs().max() > 0
+
+
 # --- loss, model and sampler -------------------------------------------------------------------
 
 NOISE = {"schedule": "polynomial", "power": 2.0, "precision": 1e-5, "prediction": "x0"}
@@ -363,3 +383,32 @@ def compose_default():
 
     with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "configs"), version_base="1.3"):
         return compose("sample", [])
+
+
+def test_train_py_warm_start_adds_self_conditioning_to_a_bond_checkpoint(tmp_path):
+    """``init_from=<bond checkpoint> model.self_condition=true``: the warm start grows the plain
+    network's weights into the self-conditioned one (net and EMA alike); any other change of the
+    model config is still refused."""
+    from moldiff.jobs.train import warm_start
+    from moldiff.train.bond_module import BondDiffusionModule
+
+    marginals = {"atom_type": [0.5, 0.3, 0.1, 0.05, 0.05], "charge": [0.01, 0.98, 0.01], "bond": [0.8, 0.15, 0.03, 0.02, 0.0]}
+
+    def module(**model):
+        torch.manual_seed(0)
+        return BondDiffusionModule({"name": "bond_egnn", "hidden": 16, "layers": 2, **model}, NOISE, {}, FEATURES,
+                                   {"lr": 1e-3}, {4: 1, 3: 1}, marginals)
+
+    old = module()
+    path = tmp_path / "plain.ckpt"
+    torch.save({"state_dict": old.state_dict(), "hyper_parameters": dict(old.hparams)}, path)
+    new = module(self_condition=True)
+    warm_start(new, path)
+    state = _random_state().replace(pos=_random_state().pos.float())
+    t = torch.tensor([0.3, 0.8])
+    for ema in (False, True):
+        want = old.model.network(ema)(state, t)
+        got = new.model.network(ema)(state, t, previous=new.model.network(ema)(state, t))
+        assert all((got[k] - want[k]).abs().max() < 1e-5 for k in want)
+    with pytest.raises(ValueError, match="differs from this run's"):
+        warm_start(module(self_condition=True, hidden=8), path)

@@ -29,6 +29,7 @@ from moldiff.train.module import DiffusionModule, TrainingRecord, lr_factor
 from moldiff.data.elements import vocabulary
 from moldiff.data.state_dataset import BOND_CLASSES, StateDataset
 from moldiff.model.bond_model import BondDiffusionModel
+from moldiff.nn.bond_egnn import add_self_conditioning
 
 BOND_NETWORKS = ("bond_egnn",)
 
@@ -306,16 +307,24 @@ def warm_start(module: DiffusionModule, path: Path) -> list:
     """Copy network and EMA weights from a checkpoint of the same architecture (a new run that
     continues training a model, e.g. the shipped one, with a fresh optimizer). Returns its record.
     An unconditional checkpoint can start a conditional model: the embedding's new context columns
-    start at zero, so training begins from the unconditional model's predictions."""
+    start at zero, so training begins from the unconditional model's predictions. A bond model
+    without self-conditioning can start one with it the same way (``add_self_conditioning``)."""
     ckpt = read_checkpoint(path)
     theirs = ckpt["hyper_parameters"]
+    state = ckpt["state_dict"]
+    mine = module.hparams["model"]
+    if (isinstance(module, BondDiffusionModule) and mine.get("self_condition") and not theirs["model"].get("self_condition")
+            and {**theirs["model"], "self_condition": True} == {**mine, "self_condition": True}):
+        # a bond model without self-conditioning starts a self-conditioned one, its new inputs inert
+        net = module.model.net
+        state = add_self_conditioning(state, net.n_types, net.n_charges, net.n_bonds)
+        theirs = {**theirs, "model": dict(mine)}
     for key in ("model", "noise", "features"):
         same = build.same_noise(theirs[key], module.hparams[key]) if key == "noise" else theirs[key] == module.hparams[key]
         if not same:
             raise ValueError(f"init_from {path}: its {key} config {theirs[key]} differs from this run's {module.hparams[key]}")
     if theirs.get("context") and theirs.get("context") != module.hparams.get("context"):
         raise ValueError(f"init_from {path}: it is conditional on {theirs['context']['names']}; this run's context differs")
-    state = ckpt["state_dict"]
     ours = module.state_dict()
     for key, value in state.items():
         # only the input embedding differs: [h, t] in the checkpoint, [h, t, context] here

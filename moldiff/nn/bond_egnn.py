@@ -86,6 +86,26 @@ class BondEGNN(nn.Module):
         return {k: torch.softmax(previous[k].detach().float(), dim=1).to(state.pos.dtype) for k in sizes}
 
 
+def add_self_conditioning(state: dict[str, torch.Tensor], n_types: int, n_charges: int, n_bonds: int) -> dict[str, torch.Tensor]:
+    """A state dict for the self-conditioned network made from one of the same network without it
+    (a warm start: ``train.py init_from=<bond checkpoint> model.self_condition=true``). The new
+    inputs start inert: the previous type / charge probabilities and the pair head's previous bond
+    probabilities get zero weights, and every previous-bond block of the edge classes copies the
+    noisy class's columns, so the new network predicts exactly what the old one did, with or
+    without a previous estimate, and learns from there. Keys may carry any prefix (net., ema.module.)."""
+    out = dict(state)
+    atom_in = n_types + n_charges
+    for key, w in state.items():
+        if key.endswith("egnn.embedding.weight"):  # [types, charges, t, context] -> [types, charges, previous, t, context]
+            out[key] = torch.cat([w[:, :atom_in], w.new_zeros(w.shape[0], atom_in), w[:, atom_in:]], 1)
+        elif key.endswith(("edge_mlp.0.weight", "coord_mlp.0.weight")):  # [h_i, h_j, d, d0, class]: class + B * block
+            classes = w[:, -n_bonds:]
+            out[key] = torch.cat([w[:, :-n_bonds]] + [classes] * (n_bonds + 1), 1)
+        elif key.endswith("bond_head.0.weight"):  # [..., previous bond probabilities]
+            out[key] = torch.cat([w, w.new_zeros(w.shape[0], n_bonds)], 1)
+    return out
+
+
 def predict(denoise_fn, state: MolState, t: torch.Tensor, previous: dict | None = None) -> dict[str, torch.Tensor]:
     """``denoise_fn``'s clean estimate; a self-conditioned network also gets its previous one
     (any other denoiser, e.g. a test's oracle, is called as ``denoise_fn(state, t)``)."""
