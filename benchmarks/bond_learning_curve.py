@@ -36,13 +36,14 @@ def series() -> dict[str, list[tuple[float, float, float]]]:
               ("cooldown branches", lambda e: bool(e.get("branch"))))
     for label, keep in groups:
         chosen = [e for e in bonds if keep(e)]
-        out[f"bond model, written graph (100 steps, {label})"] = [
-            (e["hours"], 100 * mean([r["written_graph"]["molecule_stable"] for r in e["rows"]]),
-             100 * mean([r["written_graph"]["valid"] for r in e["rows"]])) for e in chosen]
-        out[f"bond model, EDM protocol on its coordinates ({label})"] = [
-            (e["hours"], 100 * mean([r["edm"]["molecule_stability"] for r in e["rows"]]), 100 * mean([r["edm"]["validity"] for r in e["rows"]]))
-            for e in chosen]
+        out[f"bond model, written graph (100 steps, {label})"] = bond_points(chosen, "written_graph", "molecule_stable", "valid")
+        out[f"bond model, EDM protocol on its coordinates ({label})"] = bond_points(chosen, "edm", "molecule_stability", "validity")
     return out
+
+
+def bond_points(entries: list[dict], sub: str, stable: str, valid: str) -> list[tuple[float, float, float]]:
+    """(hours, stability %, validity %) of bond-model entries, averaged over each entry's seeds."""
+    return [(e["hours"], 100 * mean([r[sub][stable] for r in e["rows"]]), 100 * mean([r[sub][valid] for r in e["rows"]])) for e in entries]
 
 
 def exact(entry: dict) -> bool:

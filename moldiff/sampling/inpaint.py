@@ -108,12 +108,7 @@ class Inpaint:
     def _replace_fields(self, state: MolState, s: float | None) -> dict:
         changes = {}
         for name, clean in self.fields.items():
-            if name == "bond":
-                mask = self.pair_fixed
-                if mask is None:
-                    mask = self.fixed[state.pairs[:, 0]] & self.fixed[state.pairs[:, 1]]
-            else:
-                mask = self.fixed
+            mask = self.pair_fixed if name == "bond" else self.fixed
             value = clean
             if s is not None:
                 tt = torch.full((len(clean),), float(s), dtype=torch.float64, device=clean.device)
