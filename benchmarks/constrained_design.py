@@ -2,7 +2,7 @@
 real test molecules, keep the rest fixed, regenerate at the original atom count.
 
 python benchmarks/constrained_design.py [--ckpt shipped] [--fragments 500] [--completions 10] [--steps 300]
-       [--reconstruction 2.0] [--resample 1] [--baseline/--no-baseline] [--out benchmarks/results_constrained_design.json]
+       [--reconstruction W] [--resample 1] [--baseline/--no-baseline] [--out benchmarks/results_constrained_design.json]
 
 * fragments: QM9 test molecules in a fixed random order (seed 0) with at least 6 heavy atoms whose
   corrected-protocol bonds are known (``chem.bond_labels``); three times, a heavy atom with one
@@ -10,10 +10,12 @@ python benchmarks/constrained_design.py [--ckpt shipped] [--fragments 500] [--co
   hydrogens, so the fragment stays one connected piece;
 * completions: ``--completions`` per fragment with ``DiffusionModel.sample`` (or the bond model's)
   at the model's user defaults, ``fragment=`` and ``n_atoms=`` the original count (``--reconstruction``
-  the guidance weight, 0 for plain replacement; ``--resample`` RePaint's resampling);
+  the guidance weight, 0 for plain replacement, unset for the model's default; ``--resample``
+  RePaint's resampling); a bond model trained with fragments (``model.fragment_condition``) is
+  handed the fragment clean instead of replacement ("method" in the results);
 * baseline: the same number of unconstrained molecules of the same sizes, same model and sampler;
 * figures: fragment preservation (largest position deviation of a fixed atom in the file frame,
-  elements kept), EDM and corrected validity and stability of completions and baseline, the bond
+  elements kept, and with the bond model formal charges and bonds among fixed atoms), EDM and corrected validity and stability of completions and baseline, the bond
   model's written graph, recovery (completions whose canonical SMILES under the corrected
   protocol equals the original's) and uniqueness among each fragment's valid completions.
 """
@@ -80,6 +82,12 @@ def fragments(n: int) -> list[tuple[int, MoleculeSet, MoleculeSet]]:
     return out
 
 
+def _fixed_graph(mols: MoleculeSet, i: int, k: int) -> tuple:
+    """Formal charges of the first k atoms of molecule i and the bonds among them."""
+    bonds = sorted((min(a, b), max(a, b), int(o)) for a, b, o in mols.bonds_of(i).tolist() if max(a, b) < k)
+    return tuple(mols.charges_of(i)[:k].tolist()), tuple(bonds)
+
+
 def smiles_of(numbers, positions) -> str | None:
     return perceive(numbers, positions, 0).smiles
 
@@ -90,7 +98,7 @@ def main():
     ap.add_argument("--fragments", type=int, default=500)
     ap.add_argument("--completions", type=int, default=10)
     ap.add_argument("--steps", type=int, default=None, help="default: the model's own (300 Gaussian, 100 bond model)")
-    ap.add_argument("--reconstruction", type=float, default=RECONSTRUCTION)
+    ap.add_argument("--reconstruction", type=float, default=None, help=f"default: the model's ({RECONSTRUCTION} with replacement)")
     ap.add_argument("--resample", type=int, default=1)
     ap.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
                     help="also sample unconstrained molecules of the same sizes (--no-baseline for a sweep)")
@@ -102,7 +110,7 @@ def main():
     steps = a.steps or (100 if bond else 300)
     frags = fragments(a.fragments)
     t0 = time.perf_counter()
-    completions, deviations, kept_elements, recovered, unique = [], [], [], [], []
+    completions, deviations, kept_elements, kept_graph, recovered, unique = [], [], [], [], [], []
     for k, (_, original, frag) in enumerate(frags):
         n_total = int(original.n_atoms[0])
         mols = model.sample(a.completions, steps=steps, seed=k, fragment=frag, n_atoms=n_total,
@@ -110,6 +118,9 @@ def main():
         fixed_pos = mols.positions[mols.fixed]
         deviations.append(float(np.abs(fixed_pos - np.tile(frag.positions, (a.completions, 1))).max()))
         kept_elements.append(bool((mols.numbers[mols.fixed] == np.tile(frag.numbers, a.completions)).all()))
+        if bond:
+            kept_graph.append(all(_fixed_graph(mols, i, len(frag.numbers)) == _fixed_graph(frag, 0, len(frag.numbers))
+                                  for i in range(len(mols))))
         target = smiles_of(*original[0])
         smiles = [smiles_of(*mols[i]) for i in range(len(mols))]
         recovered.append(sum(s is not None and s == target for s in smiles))
@@ -121,13 +132,16 @@ def main():
     sizes = np.repeat([int(o.n_atoms[0]) for _, o, _ in frags], a.completions)
     baseline = model.sample(len(sizes), steps=steps, seed=10_000, sizes=sizes) if a.baseline else None
     vocab = model.vocab if bond else model.layout.vocab
+    conditioned = bond and model.net.fragment_condition
     result = {
         "command": "python benchmarks/constrained_design.py " + " ".join(
             (f"--{k}" if v is True else f"--no-{k}" if v is False else f"--{k} {v}") for k, v in vars(a).items() if v is not None and k != "out"),
-        "reconstruction": a.reconstruction, "resample": a.resample,
+        "method": "fragment-conditioned model (fragment handed clean)" if conditioned else "replacement (RePaint)",
+        "reconstruction": 0.0 if conditioned else (RECONSTRUCTION if a.reconstruction is None else a.reconstruction), "resample": a.resample,
         "model": a.ckpt, "bond_model": bond, "steps": steps, "fragments": len(frags), "completions_per_fragment": a.completions,
         "seconds_sampling_completions": round(seconds, 1),
-        "preservation": {"max_position_deviation_A": max(deviations), "elements_kept": float(np.mean(kept_elements))},
+        "preservation": {"max_position_deviation_A": max(deviations), "elements_kept": float(np.mean(kept_elements)),
+                         **({"charges_and_bonds_kept": float(np.mean(kept_graph))} if bond else {})},
         "recovery": float(np.sum(recovered) / len(done)), "uniqueness_within_fragment": float(np.nanmean(unique)),
         "completions": {k: v for k, v in evaluate(done, vocab).items() if k in ("edm", "corrected", "written_graph")},
     }

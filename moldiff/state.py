@@ -117,3 +117,26 @@ class MolState:
     def field_batch(self, name: str) -> torch.Tensor:
         """The molecule index of each item of field ``name`` (atoms or pairs)."""
         return self.pair_batch if name in PAIR_FIELDS else self.batch
+
+    # --- fixed atoms (a fragment the molecule keeps) ----------------------------------------------
+    def held(self) -> torch.Tensor:
+        """(M,) bool: the molecules with at least one fixed atom (all False where ``fixed`` is None)."""
+        out = torch.zeros(self.n_mol, dtype=torch.bool, device=self.device)
+        if self.fixed is not None:
+            out[self.batch[self.fixed.bool()]] = True
+        return out
+
+    def keep_fixed(self, old: "MolState") -> "MolState":
+        """This state with the fixed atoms of ``old`` (positions, types, charges) and the pairs of
+        two of them (bonds) as they are in ``old``; itself where nothing is fixed."""
+        f = old.fixed
+        if f is None or not bool(f.any()):
+            return self
+        changes = {}
+        for name in ("pos", "atom_type", "charge", "bond"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            mask = f[self.pairs[:, 0]] & f[self.pairs[:, 1]] if name in PAIR_FIELDS else f
+            changes[name] = torch.where(mask.view(-1, *([1] * (value.dim() - 1))), getattr(old, name), value)
+        return self.replace(**changes)

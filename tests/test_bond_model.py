@@ -223,10 +223,11 @@ NOISE = {"schedule": "polynomial", "power": 2.0, "precision": 1e-5, "prediction"
 FEATURES = {"vocabulary": "qm9", "charges": [-1, 0, 1]}
 
 
-def _model(marginals=None, hidden=16, self_condition=False):
+def _model(marginals=None, hidden=16, self_condition=False, fragment_condition=False):
     torch.manual_seed(0)
     marginals = marginals or {"atom_type": [0.5, 0.3, 0.1, 0.05, 0.05], "charge": [0.01, 0.98, 0.01], "bond": [0.8, 0.15, 0.03, 0.02, 0.0]}
-    return BondDiffusionModel({"name": "bond_egnn", "hidden": hidden, "layers": 2, "self_condition": self_condition},
+    return BondDiffusionModel({"name": "bond_egnn", "hidden": hidden, "layers": 2, "self_condition": self_condition,
+                               "fragment_condition": fragment_condition},
                               NOISE, FEATURES, {4: 1, 3: 1}, marginals)
 
 

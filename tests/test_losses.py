@@ -234,8 +234,12 @@ def test_lr_decay_factors():
     cos, lin = lr_factor("cosine", 100, 0.1), lr_factor("linear", 100, 0.0)
     assert cos(0) == 1.0 and abs(cos(50) - 0.55) < 1e-12 and abs(cos(100) - 0.1) < 1e-12 and cos(500) == cos(100)
     assert lin(25) == 0.75 and lin(100) == 0.0
+    warm = lr_factor("cosine", 100, 0.1, warmup=10)
+    assert warm(0) == 0.1 * cos(0) and warm(4) == 0.5 * cos(4) and warm(9) == cos(9) and warm(50) == cos(50)
     with pytest.raises(ValueError, match="decay"):
         lr_factor("step", 100, 0.1)
+    with pytest.raises(ValueError, match="warmup"):
+        lr_factor("cosine", 100, 0.1, warmup=-1)
 
 
 def test_field_weights_scale_each_fields_error_and_only_where_they_may():

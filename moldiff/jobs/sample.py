@@ -167,8 +167,15 @@ def _key(cfg, path: Path) -> str:
                    *([json.dumps(bounds, sort_keys=True)] if (bounds := batch_bounds(cfg)) else []),
                    # likewise a fragment and n_atoms, only when given
                    *([json.dumps([str(cfg.fragment), _fragment_stamp(cfg.fragment), str(cfg.get("n_atoms")), int(cfg.get("resample", 1)),
-                                float(cfg.get("reconstruction", RECONSTRUCTION))])]
+                                _reconstruction(cfg) if _reconstruction(cfg) is not None else RECONSTRUCTION])]
                      if cfg.get("fragment") or cfg.get("n_atoms") is not None else []))
+
+
+def _reconstruction(cfg) -> float | None:
+    """``reconstruction=``: a weight, or None for the model's default (2 with replacement, none for a
+    model trained with fragments)."""
+    value = cfg.get("reconstruction")
+    return None if value is None else float(value)
 
 
 def _fragment_stamp(fragment) -> list:
@@ -239,8 +246,11 @@ def check_fragment_input(cfg, module, n: int):
         fragment_anchors(fragment, anchors)
     elif anchors != "auto":
         raise ValueError(f"anchors={anchors}: only the bond model makes bonds to a fragment (ckpt=qm9-bonds); this model takes none")
-    check_fragment(fragment, str(cfg.sampler), resample=int(cfg.get("resample", 1)),
-                   reconstruction=float(cfg.get("reconstruction", RECONSTRUCTION)))
+    resample, reconstruction = int(cfg.get("resample", 1)), _reconstruction(cfg)
+    if isinstance(module, BondDiffusionModel):
+        reconstruction = module.reconstruction_for(True, resample, reconstruction)
+    check_fragment(fragment, str(cfg.sampler), resample=resample,
+                   reconstruction=RECONSTRUCTION if reconstruction is None else reconstruction)
     k = len(fragment.numbers)
     limits = parse_n_atoms(cfg.get("n_atoms"))
     if limits is not None and k > limits[0]:
@@ -254,7 +264,7 @@ def _generate(module, cfg, n, device, done, partial, steps: int, fragment=None):
 
     common = dict(steps=steps, batch_size=int(cfg.batch_size), seed=int(cfg.seed), sizes=resolve_sizes(_plain(cfg.sizes), n),
                   fragment=fragment, n_atoms=cfg.get("n_atoms"), on_batch=save, done=done, resample=int(cfg.get("resample", 1)),
-                  reconstruction=float(cfg.get("reconstruction", RECONSTRUCTION)))
+                  reconstruction=_reconstruction(cfg))
     if isinstance(module, BondDiffusionModel):  # its own sampler (categorical fields), same batching and resume
         return module.sample(n, sampler=cfg.sampler, ema=bool(cfg.ema), anchors=_plain(cfg.get("anchors", "auto")), **common,
                              **_plain(cfg.options or {}))

@@ -29,7 +29,7 @@ from moldiff.train.module import DiffusionModule, TrainingRecord, lr_factor
 from moldiff.data.elements import vocabulary
 from moldiff.data.state_dataset import BOND_CLASSES, StateDataset
 from moldiff.model.bond_model import BondDiffusionModel
-from moldiff.nn.bond_egnn import add_self_conditioning
+from moldiff.nn.bond_egnn import add_fragment_input, add_self_conditioning
 
 BOND_NETWORKS = ("bond_egnn",)
 
@@ -308,19 +308,28 @@ def warm_start(module: DiffusionModule, path: Path) -> list:
     continues training a model, e.g. the shipped one, with a fresh optimizer). Returns its record.
     An unconditional checkpoint can start a conditional model: the embedding's new context columns
     start at zero, so training begins from the unconditional model's predictions. A bond model
-    without self-conditioning can start one with it the same way (``add_self_conditioning``)."""
+    without self-conditioning or fragment conditioning can start one with it the same way
+    (``add_self_conditioning``, ``add_fragment_input``)."""
     ckpt = read_checkpoint(path)
     theirs = ckpt["hyper_parameters"]
     state = ckpt["state_dict"]
     mine = module.hparams["model"]
-    if (isinstance(module, BondDiffusionModule) and mine.get("self_condition") and not theirs["model"].get("self_condition")
-            and {**theirs["model"], "self_condition": True} == {**mine, "self_condition": True}):
-        # a bond model without self-conditioning starts a self-conditioned one, its new inputs inert
+    if isinstance(module, BondDiffusionModule):  # checkpoints from before a switch existed had it off
+        switches = {"self_condition": False, "fragment_condition": False}
+        theirs = {**theirs, "model": {**switches, **theirs["model"]}}
+        mine = {**switches, **mine}
+    grown = [k for k in ("self_condition", "fragment_condition") if mine.get(k) and not theirs["model"].get(k)]
+    if isinstance(module, BondDiffusionModule) and grown and {**theirs["model"], **{k: True for k in grown}} == mine:
+        # a bond model starts one with self-conditioning or fragment conditioning, the new inputs inert
         net = module.model.net
-        state = add_self_conditioning(state, net.n_types, net.n_charges, net.n_bonds)
+        if "self_condition" in grown:
+            state = add_self_conditioning(state, net.n_types, net.n_charges, net.n_bonds)
+        if "fragment_condition" in grown:
+            state = add_fragment_input(state, (net.n_types + net.n_charges) * (2 if net.self_condition else 1))
         theirs = {**theirs, "model": dict(mine)}
     for key in ("model", "noise", "features"):
-        same = build.same_noise(theirs[key], module.hparams[key]) if key == "noise" else theirs[key] == module.hparams[key]
+        wanted = mine if key == "model" else module.hparams[key]
+        same = build.same_noise(theirs[key], wanted) if key == "noise" else theirs[key] == wanted
         if not same:
             raise ValueError(f"init_from {path}: its {key} config {theirs[key]} differs from this run's {module.hparams[key]}")
     if theirs.get("context") and theirs.get("context") != module.hparams.get("context"):

@@ -29,7 +29,8 @@ from moldiff.nn.bond_egnn import BondEGNN
 from moldiff.noise.categorical import CategoricalProcess
 from moldiff.data.fragment import fragment_anchors, load_fragment
 from moldiff.sampling.fields import ancestral_step as field_step
-from moldiff.sampling.fields import sample_fields
+from moldiff.sampling.fields import prior_state, sample_fields
+from moldiff.sampling.fragment_condition import FragmentCondition
 from moldiff.sampling.generate import sizes_for
 from moldiff.sampling.inpaint import RECONSTRUCTION, check_fragment, fragment_inpaint
 from moldiff.sampling.samplers import with_recommended
@@ -87,14 +88,16 @@ class BondDiffusionModel(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, steps: int = 100, seed: int = 0, sizes=None, batch_size: int = 250, sampler: str = "ancestral",
                callback=None, ema: bool = True, fragment=None, n_atoms=None, on_batch=None, done: dict | None = None,
-               resample: int = 1, reconstruction: float = RECONSTRUCTION, anchors="auto", **options) -> MoleculeSet:
+               resample: int = 1, reconstruction: float | None = None, anchors="auto", **options) -> MoleculeSet:
         """``n`` molecules with the model's own bonds and formal charges; batch k draws from a
         generator seeded by (seed, k), so the same seed and batch size give the same molecules.
         ``fragment`` (an SDF path or a one-molecule ``MoleculeSet`` with bonds) is kept exactly in
         every molecule, elements, charges, positions and bonds (issue 30); ``n_atoms`` a count or a
-        range "a-b"; ``resample`` and ``reconstruction`` as for ``generate``; ``anchors`` the fragment
-        atoms that may bond to new ones ("auto": those with an open valence, "all", or atom indices;
-        ``data/fragment.py``). ``on_batch(k, MoleculeSet)`` after each finished batch; ``done`` maps batch
+        range "a-b"; ``resample`` and ``reconstruction`` as for ``generate`` (None: its default); ``anchors``
+        the fragment atoms that may bond to new ones ("auto": those with an open valence, "all", or atom
+        indices; ``data/fragment.py``). A model trained with fragments (``model.fragment_condition``)
+        is handed the fragment clean at every step instead (``sampling/fragment_condition.py``): no
+        replacement, so ``resample`` and ``reconstruction`` do not apply to it. ``on_batch(k, MoleculeSet)`` after each finished batch; ``done`` maps batch
         numbers to batches an interrupted run finished (not sampled again), as ``generate`` does.
         ``options`` go on top of the sampler's recommended ones, as for ``DiffusionModel.sample``
         (ancestral: half the positions' noise for t <= 0.5; ``late_noise=1`` for the exact posterior)."""
@@ -102,6 +105,8 @@ class BondDiffusionModel(nn.Module):
         device = next(self.parameters()).device
         if fragment is not None and not isinstance(fragment, MoleculeSet):
             fragment = load_fragment(fragment, self.vocab)
+        conditioned = fragment is not None and self.net.fragment_condition
+        reconstruction = self.reconstruction_for(fragment is not None, resample, reconstruction)
         k = check_fragment(fragment, sampler, callback, resample, reconstruction)
         fields = self.fragment_fields(fragment) if fragment is not None else None
         anchor = fragment_anchors(fragment, anchors) if fragment is not None else None
@@ -123,22 +128,39 @@ class BondDiffusionModel(nn.Module):
                     parts.append(done[b])
                     continue
                 g = torch.Generator(device=device).manual_seed(int(seed) * 100_003 + b)
+                chunk = chunk.to(device)
                 denoise = self.denoise_fn(ema)
-                restep = (lambda st, t, s, g=g: field_step(denoise, self.sde, self.processes, st, t, s, g, **options)[0]) if resample > 1 else None
-                estimate = lambda st, t, denoise=denoise: denoise(st, t)["pos"]  # noqa: E731 (reconstruction guidance)
-                inpaint = None if fields is None else fragment_inpaint(self.sde, fragment, chunk.to(device), g, fields=fields,
-                                                                         processes=self.processes, resample=resample, restep=restep,
-                                                                         reconstruction=reconstruction, estimate=estimate, anchors=anchor)
-                state = sample_fields(sampler, self.denoise_fn(ema), self.sde, self.processes, chunk.to(device), steps=steps,
-                                      generator=g, device=device, callback=inpaint or callback, **options)
-                if inpaint is not None:
-                    state = inpaint.finish(state)
+                if conditioned:
+                    step = FragmentCondition(fragment, chunk, fields, self.processes, anchor, g)
+                    init = step.start(prior_state(chunk, self.processes, g, device=device))
+                else:
+                    restep = (lambda st, t, s, g=g: field_step(denoise, self.sde, self.processes, st, t, s, g, **options)[0]) if resample > 1 else None
+                    estimate = lambda st, t, denoise=denoise: denoise(st, t)["pos"]  # noqa: E731 (reconstruction guidance)
+                    step = None if fields is None else fragment_inpaint(self.sde, fragment, chunk, g, fields=fields,
+                                                                        processes=self.processes, resample=resample, restep=restep,
+                                                                        reconstruction=reconstruction, estimate=estimate, anchors=anchor)
+                    init = None
+                state = sample_fields(sampler, denoise, self.sde, self.processes, chunk, steps=steps, generator=g, device=device,
+                                      callback=step or callback, init=init, **options)
+                if step is not None:
+                    state = step.finish(state)
                 parts.append(self.decode(state))
                 if on_batch is not None:
                     on_batch(b, parts[-1])
         finally:
             self.train(was_training)
         return MoleculeSet.concatenate(parts)
+
+    def reconstruction_for(self, fragment: bool, resample: int = 1, reconstruction: float | None = None) -> float:
+        """The reconstruction guidance weight to sample with (None: the default). A model trained
+        with fragments is handed them clean, so neither replacement's resampling nor its guidance
+        applies: asking for them is an error, not a silent no-op."""
+        if fragment and self.net.fragment_condition:
+            if int(resample) > 1 or (reconstruction or 0) > 0:
+                raise ValueError("resample, reconstruction: this model was trained with fragments and samples around them "
+                                 "without replacement; they apply only to a model without fragment training")
+            return 0.0
+        return RECONSTRUCTION if reconstruction is None else float(reconstruction)
 
     def decode(self, state: MolState) -> MoleculeSet:
         """A ``MoleculeSet`` with elements, positions, formal charges and bonds from a sampled state."""

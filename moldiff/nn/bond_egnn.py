@@ -18,6 +18,13 @@ the step costs no more edge FLOPs), and the pair head sees the previous bond pro
 Positions are not fed back: an extra per-edge scalar would need a third weighted row in the fused
 kernels' hand-written backward, and the bond classes already carry the geometry's decisions.
 
+Fragment conditioning (``fragment_condition=True``; issue 30, as DiffLinker and FLOWR train): each
+atom's input also carries ``state.fixed``, 1 for an atom of a fragment the molecule must keep (its
+position, classes and the bonds among fixed atoms clean in the state, ``loss/fields.py``). A
+molecule with fixed atoms lives in its fragment's frame, not at zero centre of mass, so its
+position output is the EGNN's displacement as it is; molecules without fixed atoms keep the
+zero-mean displacement of the unconditional model.
+
 The pair head is symmetric in (i, j) by construction (sums and products), so a bond cannot get
 two predictions; positions are equivariant and every other output invariant under rotations and
 translations, because the EGNN's are and the pair head only sees invariants.
@@ -28,17 +35,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from moldiff.geometry import remove_mean
 from moldiff.nn.egnn import EGNN
 from moldiff.state import MolState
 
 
 class BondEGNN(nn.Module):
     def __init__(self, n_types: int, n_charges: int, n_bonds: int, hidden: int = 128, layers: int = 4,
-                 context_features: int = 0, self_condition: bool = False, **egnn):
+                 context_features: int = 0, self_condition: bool = False, fragment_condition: bool = False, **egnn):
         super().__init__()
         self.n_types, self.n_charges, self.n_bonds = int(n_types), int(n_charges), int(n_bonds)
-        self.self_condition = bool(self_condition)
-        atom_in = (self.n_types + self.n_charges) * (2 if self.self_condition else 1)
+        self.self_condition, self.fragment_condition = bool(self_condition), bool(fragment_condition)
+        atom_in = (self.n_types + self.n_charges) * (2 if self.self_condition else 1) + int(self.fragment_condition)
         edge_classes = self.n_bonds * (self.n_bonds + 1) if self.self_condition else self.n_bonds
         self.egnn = EGNN(atom_in, hidden=hidden, layers=layers, out_features=hidden,
                          context_features=context_features, edge_classes=edge_classes, **egnn)
@@ -65,9 +73,15 @@ class BondEGNN(nn.Module):
             block = 0 if previous is None else 1 + probs["bond"].argmax(1)[pair]
             edge_class = edge_class + self.n_bonds * block
             extra_pair = [probs["bond"]]
+        if self.fragment_condition:
+            fixed = state.pos.new_zeros(len(state.batch)) if state.fixed is None else state.fixed.to(state.pos.dtype)
+            h.append(fixed[:, None])
         h = torch.cat(h, 1).to(x.dtype)
         dx, feats = self.egnn(x, h, t, state.batch, state.n_mol, edges=(src, dst), context=context,
-                              edge_class=edge_class)
+                              edge_class=edge_class, center=not self.fragment_condition)
+        if self.fragment_condition:  # zero-mean displacement only for molecules without a fragment
+            held = state.held()[state.batch, None]
+            dx = torch.where(held, dx, remove_mean(dx, state.batch, state.n_mol))
         x0 = x + dx
         i, j = state.pairs[:, 0], state.pairs[:, 1]
         hi, hj = feats[i], feats[j]
@@ -103,6 +117,18 @@ def add_self_conditioning(state: dict[str, torch.Tensor], n_types: int, n_charge
             out[key] = torch.cat([w[:, :-n_bonds]] + [classes] * (n_bonds + 1), 1)
         elif key.endswith("bond_head.0.weight"):  # [..., previous bond probabilities]
             out[key] = torch.cat([w, w.new_zeros(w.shape[0], n_bonds)], 1)
+    return out
+
+
+def add_fragment_input(state: dict[str, torch.Tensor], atom_in: int) -> dict[str, torch.Tensor]:
+    """A state dict for the fragment-conditioned network made from one of the same network without
+    it (``train.py init_from=<bond checkpoint> model.fragment_condition=true``): the fixed-atom flag's
+    input column, after the ``atom_in`` class inputs, starts at zero, so molecules without a fragment
+    get exactly the old predictions. Keys may carry any prefix (net., ema.module.)."""
+    out = dict(state)
+    for key, w in state.items():
+        if key.endswith("egnn.embedding.weight"):  # [classes, t, context] -> [classes, fixed, t, context]
+            out[key] = torch.cat([w[:, :atom_in], w.new_zeros(w.shape[0], 1), w[:, atom_in:]], 1)
     return out
 
 

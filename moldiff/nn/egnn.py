@@ -210,9 +210,11 @@ class EGNN(nn.Module):
             return fully_connected_edges(batch, n_mol)
         return radius_graph(x, self.cutoff, batch, max_num_neighbors=self.max_num_neighbors)
 
-    def forward(self, x, h, t, batch, n_mol, edges=None, context=None, edge_class=None):
+    def forward(self, x, h, t, batch, n_mol, edges=None, context=None, edge_class=None, center=True):
         """``edge_class`` (E,): each edge's class (a bond model's noisy bond order), aligned with
-        ``edges``, which must then be given; only for a network built with ``edge_classes``."""
+        ``edges``, which must then be given; only for a network built with ``edge_classes``.
+        ``center=False``: the displacement as computed, not made zero-mean per molecule (a molecule
+        held in a fragment's frame)."""
         if (edge_class is None) != (self.edge_classes == 0) or (edge_class is not None and edges is None):
             raise ValueError(f"this network takes {'edge classes with explicit edges' if self.edge_classes else 'no edge classes'}")
         device = x.device.type
@@ -221,10 +223,10 @@ class EGNN(nn.Module):
             # per-edge MLPs, nearly all the FLOPs, run in the autocast dtype (fused path); the node
             # MLPs, residual stream and coordinates stay in the input dtype
             with torch.autocast(device, enabled=False):
-                return self._forward(x, h, t, batch, n_mol, edges, context, torch.get_autocast_dtype(device), edge_class)
-        return self._forward(x, h, t, batch, n_mol, edges, context, None, edge_class)
+                return self._forward(x, h, t, batch, n_mol, edges, context, torch.get_autocast_dtype(device), edge_class, center)
+        return self._forward(x, h, t, batch, n_mol, edges, context, None, edge_class, center)
 
-    def _forward(self, x, h, t, batch, n_mol, edges, context, compute_dtype, edge_class=None):
+    def _forward(self, x, h, t, batch, n_mol, edges, context, compute_dtype, edge_class=None, center=True):
         batch = batch.long()
         src, dst = self.build_edges(x, batch, n_mol) if edges is None else edges
         graph = Graph(src.long(), dst.long(), x.shape[0], compute_dtype if self.fused else None, edge_class, self.edge_classes)
@@ -237,7 +239,7 @@ class EGNN(nn.Module):
             dx, eps_h = self._compiled_core(x, h, graph.src, graph.dst, scale)
         else:
             dx, eps_h = self._core(x, h, graph, scale)
-        return remove_mean(dx, batch, n_mol), eps_h
+        return (remove_mean(dx, batch, n_mol) if center else dx), eps_h
 
     def _plain_core(self, x, h, src, dst, scale):
         # only tensors cross the compiled boundary (Graph's Python ints would force recompiles)

@@ -7,6 +7,11 @@ t <= ``late_t``, as for the Gaussian model), types, charges and bonds a draw fro
 posterior marginalised over the network's clean-class probabilities. After the last step the
 network's estimate is taken as it is: positions x0_hat, classes their argmax.
 
+A state with fixed atoms (``state.fixed``, a fragment-conditioned network's fragment,
+``sampling/fragment_condition.py``) keeps them, and the pairs between two of them, exactly as they
+are at every step; that molecule's free atoms step without the zero-CoM projection, in the
+fragment's frame as in training (``loss/fields.py``).
+
 ``callback(i, t, s, state, prediction) -> state | None`` runs after step i (t -> s); a state it
 returns replaces the sampler's (inpainting puts fixed atoms back at their forward-noised values
 this way); None keeps it. Other samplers (ODE, Karras, predictor-corrector) need a continuous
@@ -20,8 +25,8 @@ from typing import Callable
 import torch
 
 from moldiff.geometry import centered_noise, remove_mean
-from moldiff.noise.categorical import CategoricalProcess, draw
 from moldiff.nn.bond_egnn import predict
+from moldiff.noise.categorical import CategoricalProcess, draw
 from moldiff.noise.vp_sde import VPSDE
 from moldiff.sampling.base import sizes_to_batch, time_grid
 from moldiff.state import MolState
@@ -49,24 +54,34 @@ def ancestral_step(denoise_fn: DenoiseFn, sde: VPSDE, processes, state: MolState
     a_ts, s2_ts = sde.transition(ss, tt, b)
     sg_t2, sg_s2 = sde.sigma(tt, b) ** 2, sde.sigma(ss, b) ** 2
     # q(z_s | z_t, x0): mean a_ts sg_s^2 / sg_t^2 z_t + alpha_s s2_ts / sg_t^2 x0, variance s2_ts sg_s^2 / sg_t^2
-    mean = a_ts * sg_s2 / sg_t2 * state.pos + sde.alpha(ss, b) * s2_ts / sg_t2 * remove_mean(pred["pos"], b, n)
+    raw = torch.randn(state.pos.shape, generator=generator, dtype=state.pos.dtype, device=state.device)
+    x0, noise = _in_frame(state, pred["pos"]), _in_frame(state, raw)
+    mean = a_ts * sg_s2 / sg_t2 * state.pos + sde.alpha(ss, b) * s2_ts / sg_t2 * x0
     std = (s2_ts * sg_s2 / sg_t2).sqrt() * (late_noise if t <= late_t else 1.0)
-    changes = {"pos": mean + std * centered_noise(b, n, generator, state.pos.dtype)}
+    changes = {"pos": mean + std * noise}
     for name, process in processes.items():
         fb = state.field_batch(name)
         p0 = torch.softmax(pred[name].double(), dim=1)
         probs = process.posterior(getattr(state, name), p0, ss.double()[fb], tt.double()[fb])
         changes[name] = draw(probs, generator)
-    return state.replace(**changes), pred
+    return state.replace(**changes).keep_fixed(state), pred
+
+
+def _in_frame(state: MolState, vectors: torch.Tensor) -> torch.Tensor:
+    """(A, 3) vectors made zero-mean per molecule, except in molecules held by a fragment."""
+    centred = remove_mean(vectors, state.batch, state.n_mol)
+    if state.fixed is None:
+        return centred
+    return torch.where(state.held()[state.batch, None], vectors, centred)
 
 
 def final_state(denoise_fn: DenoiseFn, processes, state: MolState, t: float, previous: dict | None = None) -> MolState:
     """The network's clean estimate at the last grid time: positions as predicted, classes by argmax."""
     tt = torch.full((state.n_mol,), t, dtype=state.pos.dtype, device=state.device)
     pred = predict(denoise_fn, state, tt, previous)
-    changes = {"pos": remove_mean(pred["pos"], state.batch, state.n_mol)}
+    changes = {"pos": _in_frame(state, pred["pos"])}
     changes.update({name: pred[name].argmax(1) for name in processes})
-    return state.replace(**changes)
+    return state.replace(**changes).keep_fixed(state)
 
 
 def sample_fields(name: str, denoise_fn: DenoiseFn, sde: VPSDE, processes: dict[str, CategoricalProcess], sizes,

@@ -52,7 +52,7 @@ def generate(
     n_atoms=None,
     fragment: MoleculeSet | None = None,
     resample: int = 1,
-    reconstruction: float = RECONSTRUCTION,
+    reconstruction: float | None = RECONSTRUCTION,
     **options,
 ) -> MoleculeSet:
     """``n`` molecules. ``on_batch(k, MoleculeSet)`` is called after each finished batch;
@@ -72,11 +72,13 @@ def generate(
     atoms every molecule keeps exactly, in the file's frame, as its first atoms (``sampling.inpaint``;
     stochastic samplers only); the result's ``fixed`` marks them. ``resample``: RePaint's
     resampling, each ancestral step redone that many times; ``reconstruction``: the weight of
-    reconstruction guidance towards the fragment (0: plain replacement; ``sampling.inpaint``)."""
+    reconstruction guidance towards the fragment (0: plain replacement; None: the default;
+    ``sampling.inpaint``)."""
     if str(precision) not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     if isinstance(sizes, (int, np.integer)) and not isinstance(sizes, bool):
         sizes = [int(sizes)] * n  # one atom count for all, as scripts/sample.py takes sizes=12
+    reconstruction = RECONSTRUCTION if reconstruction is None else float(reconstruction)
     k = check_fragment(fragment, sampler, callback, resample, reconstruction)
     if sizes is not None and n_atoms is not None:
         raise ValueError("give sizes or n_atoms, not both")

@@ -218,6 +218,32 @@ def fragment_layout(fragment, sizes: torch.Tensor) -> tuple[torch.Tensor, torch.
     return fixed, pos, batch
 
 
+def tile_fragment_fields(fields: dict, fixed: torch.Tensor, sizes: torch.Tensor, k: int, anchors=None) -> tuple[dict, torch.Tensor | None]:
+    """The fragment's clean classes laid out over a batch of molecules whose first k atoms are its:
+    {name: (A,) atom classes or (P,) pair classes}, zeros where not fixed, and (P,) the pairs kept
+    at those values: pairs of two fixed atoms, and pairs of a fixed atom that is not an anchor
+    (``anchors`` (k,) bool, default all) with a free atom, kept at "no bond"."""
+    n = len(sizes)
+    tiled, pair_fixed = {}, None
+    for name, clean in (fields or {}).items():
+        if name == "bond":
+            state = MolState(torch.repeat_interleave(torch.arange(n, device=fixed.device), sizes), n)
+            i, j = state.pairs[:, 0], state.pairs[:, 1]
+            starts = (torch.cumsum(sizes, 0) - sizes)[state.pair_batch]
+            li, lj = (i - starts).clamp_max(k - 1), (j - starts).clamp_max(k - 1)
+            both = fixed[i] & fixed[j]
+            anchor = torch.ones(k, dtype=torch.bool) if anchors is None else torch.as_tensor(np.asarray(anchors, bool))
+            closed = torch.zeros_like(fixed)
+            closed[fixed] = ~anchor.to(fixed.device).repeat(n)  # fixed atoms that take no new bond
+            pair_fixed = both | (closed[i] & ~fixed[j]) | (closed[j] & ~fixed[i])
+            tiled[name] = torch.where(both, clean.to(fixed.device)[li, lj], torch.zeros_like(li))  # "no bond" to a free atom
+        else:
+            full_f = torch.zeros(len(fixed), dtype=torch.long, device=fixed.device)
+            full_f[fixed] = clean.to(fixed.device).repeat(n)
+            tiled[name] = full_f
+    return tiled, pair_fixed
+
+
 def fragment_inpaint(sde, fragment, sizes: torch.Tensor, generator=None, features=None, fields=None, processes=None,
                      resample: int = 1, restep=None, reconstruction: float = 0.0, estimate=None, anchors=None) -> Inpaint:
     """The ``Inpaint`` callback for one batch of molecules built around ``fragment``. ``features``
@@ -230,22 +256,6 @@ def fragment_inpaint(sde, fragment, sizes: torch.Tensor, generator=None, feature
     if features is not None:
         full = torch.zeros(len(batch), features.shape[1], dtype=features.dtype, device=pos.device)
         full[fixed] = features.to(pos.device).repeat(n, 1)
-    tiled, pair_fixed = {}, None
-    for name, clean in (fields or {}).items():
-        if name == "bond":
-            state = MolState(batch, n)
-            i, j = state.pairs[:, 0], state.pairs[:, 1]
-            starts = (torch.cumsum(sizes, 0) - sizes)[state.pair_batch]
-            li, lj = (i - starts).clamp_max(k - 1), (j - starts).clamp_max(k - 1)
-            both = fixed[i] & fixed[j]
-            anchor = torch.ones(k, dtype=torch.bool) if anchors is None else torch.as_tensor(np.asarray(anchors, bool))
-            closed = torch.zeros_like(fixed)
-            closed[fixed] = ~anchor.to(pos.device).repeat(n)  # fixed atoms that take no new bond
-            pair_fixed = both | (closed[i] & ~fixed[j]) | (closed[j] & ~fixed[i])
-            tiled[name] = torch.where(both, clean.to(pos.device)[li, lj], torch.zeros_like(li))  # "no bond" to a free atom
-        else:
-            full_f = torch.zeros(len(batch), dtype=torch.long, device=pos.device)
-            full_f[fixed] = clean.to(pos.device).repeat(n)
-            tiled[name] = full_f
+    tiled, pair_fixed = tile_fragment_fields(fields, fixed, sizes, k, anchors)
     return Inpaint(sde, fixed, pos, batch, n, generator, features=full, fields=tiled, processes=processes,
                    resample=resample, restep=restep, reconstruction=reconstruction, estimate=estimate, pair_fixed=pair_fixed)

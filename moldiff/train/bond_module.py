@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 
@@ -45,6 +46,7 @@ class BondDiffusionModule(DiffusionModule):
 
 
 def field_loss(loss: dict[str, Any], model: BondDiffusionModel) -> FieldLoss:
+    h = int(model.vocab.encode(np.array([1]))[0])  # hydrogens follow their heavy atom into a random fragment
     return FieldLoss(model.sde, model.processes, loss.get("weights"), loss.get("time_weight", "snr_clip"),
                      tuple(loss.get("snr_clip", (0.05, 1.5))), float(loss.get("t_min", 1e-3)),
-                     float(loss.get("self_condition", 0.5)))
+                     float(loss.get("self_condition", 0.5)), float(loss.get("fragment", 0.5)), h if h >= 0 else None)

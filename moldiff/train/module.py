@@ -153,7 +153,7 @@ class DiffusionModule(pl.LightningModule):
         decay = o.get("decay") or {}
         if decay.get("kind", "none") == "none":
             return opt
-        factor = lr_factor(decay["kind"], int(decay["steps"]), float(decay.get("final", 0.1)))
+        factor = lr_factor(decay["kind"], int(decay["steps"]), float(decay.get("final", 0.1)), int(decay.get("warmup") or 0))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, factor), "interval": "step"}}
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
@@ -162,16 +162,19 @@ class DiffusionModule(pl.LightningModule):
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
 
-def lr_factor(kind: str, steps: int, final: float):
+def lr_factor(kind: str, steps: int, final: float, warmup: int = 0):
     """The learning rate's factor at optimizer step k: from 1 down to ``final`` over ``steps`` steps
-    (cosine or linear), then ``final``. Counted from this run's first step (a warm start's too)."""
-    if kind not in ("cosine", "linear") or steps < 1 or not 0.0 <= final <= 1.0:
-        raise ValueError(f"optim.decay: kind cosine|linear|none, steps >= 1, final in [0, 1]; got {kind!r}, {steps}, {final}")
+    (cosine or linear), then ``final``. Counted from this run's first step (a warm start's too).
+    ``warmup`` > 0: the factor also rises linearly from 1/warmup over the first ``warmup`` steps, so
+    a warm start's fresh optimizer (no moment estimates yet) does not take full-size first steps."""
+    if kind not in ("cosine", "linear") or steps < 1 or not 0.0 <= final <= 1.0 or warmup < 0:
+        raise ValueError(f"optim.decay: kind cosine|linear|none, steps >= 1, final in [0, 1], warmup >= 0; "
+                         f"got {kind!r}, {steps}, {final}, {warmup}")
 
     def factor(k: int) -> float:
         u = min(k / steps, 1.0)
         shape = 0.5 * (1 + math.cos(math.pi * u)) if kind == "cosine" else 1.0 - u
-        return final + (1.0 - final) * shape
+        return (final + (1.0 - final) * shape) * min(1.0, (k + 1) / warmup if warmup else 1.0)
 
     return factor
 
