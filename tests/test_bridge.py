@@ -275,3 +275,25 @@ def test_bridge_uses_the_model_layers_ema_and_state_dict_layout(tiny_base):
     fresh.on_load_checkpoint(checkpoint)
     fresh.load_state_dict(checkpoint["state_dict"], strict=True)
     assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in state.items())
+
+
+def test_backward_fit_reads_the_base_network_through_its_own_prediction(tiny_base):
+    """A base that predicts x0 (or v) is fitted and simulated as the epsilon network it is, the
+    conversion its sampler uses, not its raw output read as epsilon."""
+    from moldiff.bridge.module import BridgeModule
+    from moldiff.jobs.refine_bridge import base_weights
+    from moldiff.model.checkpoint import read_checkpoint
+
+    base = read_checkpoint(tiny_base)
+    hp = dict(base["hyper_parameters"])
+    hp["noise"] = {**hp["noise"], "prediction": "x0"}
+    module = BridgeModule(base=hp, horizon=0.7)
+    module.start_from(base_weights(base))
+    batch = torch.tensor([0, 0, 0, 1, 1])
+    state = MolState(batch, 2, pos=remove_mean(torch.randn(5, 3), batch, 2), atom_type=torch.randn(5, module.layout.dim))
+    t = torch.tensor([0.3, 0.6])
+    for ema in (False, True):
+        raw = state_denoiser(module.backward_model.network(ema))(state, t)
+        x0 = module.sde.x0_from_eps(state, module.backward_eps(ema)(state, t), t)
+        assert torch.allclose(x0.pos, remove_mean(raw["pos"], batch, 2), atol=1e-5)  # the output is read as x0
+        assert not torch.allclose(module.backward_eps(ema)(state, t)["pos"], raw["pos"])

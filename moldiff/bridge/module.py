@@ -87,6 +87,12 @@ class BridgeModule(pl.LightningModule):
     def backward_net(self) -> nn.Module:
         return self.backward_model.net
 
+    def backward_eps(self, ema: bool):
+        """The backward process as the epsilon function it is fitted and simulated as: the base
+        model's own conversion of its network's output, whatever it predicts (``noise.prediction``
+        eps, x0 or v), the one its sampler uses."""
+        return self.backward_model.eps_fn(ema=ema)
+
     def forward_network(self) -> nn.Module:
         """The forward process as simulated: its EMA weights (the latest ones with ``ema_decay=0``)."""
         return self.forward_net if self.forward_ema is None else self.forward_ema.module
@@ -115,7 +121,7 @@ class BridgeModule(pl.LightningModule):
         if phase % 2 == 0:  # backward samples from the prior, for the forward fit
             sizes = sample_sizes(build_histogram(hp.base), hp.coupling, torch.Generator().manual_seed(hp.seed * 1_000_003 + phase))
             for chunk in torch.split(sizes, hp.sim_batch_size):
-                clean, end = simulate_backward(state_denoiser(self.backward_model.network(ema=True)), self.sde, chunk.to(self.device),
+                clean, end = simulate_backward(self.backward_eps(ema=True), self.sde, chunk.to(self.device),
                                                self.layout.dim, hp.steps, hp.t_min, hp.horizon, g)
                 parts.append((clean.pos.cpu(), clean.atom_type.cpu(), end.pos.cpu(), end.atom_type.cpu(), chunk))
         else:  # forward trajectories from the data, for the backward fit
@@ -149,11 +155,11 @@ class BridgeModule(pl.LightningModule):
         n = clean.n_mol
         opt_f, opt_b = self.optimizers()
         opt, net = (opt_f, self.forward_net) if fit_forward else (opt_b, self.backward_net)
-        # the raw networks as denoisers of states (the backward one read as an eps network, as before)
+        # the forward network's raw output is its residual
         if fit_forward:
             loss = forward_loss(state_denoiser(net), self.sde, clean, end, hp.horizon, g)
         else:
-            loss = backward_loss(state_denoiser(net), self.sde, clean, end, hp.t_min, hp.horizon, g)
+            loss = backward_loss(self.backward_eps(ema=False), self.sde, clean, end, hp.t_min, hp.horizon, g)
         opt.zero_grad()
         self.manual_backward(loss)
         self.clip_gradients(opt, gradient_clip_val=hp.clip, gradient_clip_algorithm="norm")
