@@ -210,3 +210,50 @@ def test_train_py_warm_start_adds_the_fixed_atom_input(tmp_path):
     warm_start(module(fragment_condition=False), path)  # the switch off, explicitly: the same model
     with pytest.raises(ValueError, match="differs from this run's"):
         warm_start(module(fragment_condition=True, hidden=8), path)
+
+
+def test_a_plain_run_grows_in_place_with_its_optimizer_moments(tmp_path):
+    """``python -m moldiff.train.grow``: a plain run's resume checkpoint becomes a fragment-conditioned
+    run's, network, EMA and Adam moments alike, the new column inert (zero weight, zero moments)."""
+    from moldiff.model.checkpoint import read_checkpoint
+    from moldiff.train.bond_module import BondDiffusionModule
+    from moldiff.train.grow import grow_fragment_condition, main
+
+    marginals = {"atom_type": [0.5, 0.3, 0.1, 0.05, 0.05], "charge": [0.01, 0.98, 0.01], "bond": [0.8, 0.15, 0.03, 0.02, 0.0]}
+
+    def module(**model):
+        torch.manual_seed(0)
+        return BondDiffusionModule({"name": "bond_egnn", "hidden": 16, "layers": 2, **model}, NOISE, {}, FEATURES,
+                                   {"lr": 1e-3}, {4: 1, 3: 1}, marginals)
+
+    old = module()
+    opt = old.configure_optimizers()
+    state = _alkanes([3, 4]).replace(pos=_alkanes([3, 4]).pos.float())
+    old.batch_loss(state, False, torch.Generator().manual_seed(0)).mean().backward()
+    opt.step()
+    old.model.update_ema()
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": old.state_dict(), "optimizer_states": [opt.state_dict()], "hyper_parameters": dict(old.hparams)}, path)
+    main([str(path), str(tmp_path / "grown" / "last.ckpt")])
+    grown = read_checkpoint(tmp_path / "grown" / "last.ckpt")
+    new = module(fragment_condition=True)
+    new.load_state_dict(grown["state_dict"], strict=True)
+    new_opt = new.configure_optimizers()
+    new_opt.load_state_dict(grown["optimizer_states"][0])
+    moments = new_opt.state[new.model.net.egnn.embedding.weight]
+    before = opt.state[old.model.net.egnn.embedding.weight]
+    for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+        assert torch.equal(moments[key][:, :8], before[key][:, :8]) and torch.equal(moments[key][:, 9:], before[key][:, 8:])
+        assert not moments[key][:, 8].any()
+    t = torch.tensor([0.3, 0.8])
+    probe = _random_state().replace(pos=_random_state().pos.float())
+    for ema in (False, True):
+        want, got = old.model.network(ema)(probe, t), new.model.network(ema)(probe, t)
+        assert all(torch.equal(got[k], want[k]) for k in want)
+    assert grown["hyper_parameters"]["model"]["fragment_condition"] is True
+    new.batch_loss(state, False, torch.Generator().manual_seed(0)).mean().backward()
+    new_opt.step()  # the grown optimizer steps the grown network
+    with pytest.raises(ValueError, match="already"):
+        grow_fragment_condition(grown)
+    with pytest.raises(SystemExit, match="exists"):
+        main([str(path), str(tmp_path / "grown" / "last.ckpt")])
