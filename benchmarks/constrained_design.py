@@ -1,13 +1,17 @@
-"""Fragment elaboration on QM9 (issue 30): cut 3 peripheral heavy atoms (and their hydrogens) from
-real test molecules, keep the rest fixed, regenerate at the original atom count.
+"""Fragment elaboration and linking on QM9 (issue 30): cut 3 peripheral heavy atoms (and their
+hydrogens) from real test molecules, or a linker between two pieces (``--task link``), keep the
+rest fixed, regenerate at the original atom count.
 
-python benchmarks/constrained_design.py [--ckpt shipped] [--fragments 500] [--completions 10] [--steps 300]
+python benchmarks/constrained_design.py [--ckpt shipped] [--task elaborate|link] [--linker 1] [--fragments 500] [--completions 10] [--steps 300]
        [--reconstruction W] [--resample 1] [--baseline/--no-baseline] [--out benchmarks/results_constrained_design.json]
 
 * fragments: QM9 test molecules in a fixed random order (seed 0) with at least 6 heavy atoms whose
   corrected-protocol bonds are known (``chem.bond_labels``); three times, a heavy atom with one
   heavy neighbour (a leaf of the heavy-atom graph, the last one in atom order) is removed with its
-  hydrogens, so the fragment stays one connected piece;
+  hydrogens, so the fragment stays one connected piece; ``--task link``: instead a chain of
+  ``--linker`` heavy atoms (the last in atom order) whose removal, with their hydrogens, leaves two
+  pieces of at least two heavy atoms each, both kept in one record (completions in one piece
+  linked them);
 * completions: ``--completions`` per fragment with ``DiffusionModel.sample`` (or the bond model's)
   at the model's user defaults, ``fragment=`` and ``n_atoms=`` the original count (``--reconstruction``
   the guidance weight, 0 for plain replacement, unset for the model's default; ``--resample``
@@ -67,14 +71,48 @@ def peripheral_cut(mols: MoleculeSet, i: int, cut: int = 3) -> np.ndarray | None
     return keep
 
 
-def fragments(n: int) -> list[tuple[int, MoleculeSet, MoleculeSet]]:
+def linker_cut(mols: MoleculeSet, i: int, length: int = 1) -> np.ndarray | None:
+    """Atom mask of molecule ``i`` without a chain of ``length`` heavy atoms (and their hydrogens)
+    that joins two pieces of at least two heavy atoms each, or None."""
+    numbers, _ = mols[i]
+    heavy = np.flatnonzero(numbers > 1)
+    adj = {int(a): set() for a in heavy}
+    for a, b, _ in mols.bonds_of(i).tolist():
+        if a in adj and b in adj:
+            adj[a].add(b)
+            adj[b].add(a)
+    chains = [(a,) for a in adj] if length == 1 else [(a, b) for a in adj for b in adj[a] if a < b] if length == 2 else []
+    if not chains:
+        raise ValueError(f"--linker: 1 or 2 heavy atoms, got {length}")
+    for chain in reversed(chains):
+        rest, pieces = set(adj) - set(chain), []
+        while rest:
+            stack, piece = [rest.pop()], set()
+            while stack:
+                a = stack.pop()
+                piece.add(a)
+                stack += [b for b in adj[a] if b in rest]
+                rest -= adj[a]
+            pieces.append(piece)
+        if len(pieces) == 2 and min(len(q) for q in pieces) >= 2:
+            keep = np.ones(len(numbers), bool)
+            keep[list(chain)] = False
+            for a, b, _ in mols.bonds_of(i).tolist():  # their hydrogens go with them
+                for x, y in ((a, b), (b, a)):
+                    if x in chain and numbers[y] == 1:
+                        keep[y] = False
+            return keep
+    return None
+
+
+def fragments(n: int, task: str = "elaborate", linker: int = 1) -> list[tuple[int, MoleculeSet, MoleculeSet]]:
     test = load_qm9("test")
     order = np.random.default_rng(0).permutation(len(test))
     out = []
     for start in range(0, len(order), 2000):
         labelled, kept, _ = label_bonds(test.subset(order[start : start + 2000]))
         for j in range(len(labelled)):
-            mask = peripheral_cut(labelled, j)
+            mask = peripheral_cut(labelled, j) if task == "elaborate" else linker_cut(labelled, j, linker)
             if mask is not None:
                 out.append((int(order[start + kept[j]]), labelled.subset([j]), labelled.subset([j]).select_atoms(mask)))
             if len(out) == n:
@@ -95,6 +133,8 @@ def smiles_of(numbers, positions) -> str | None:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ckpt", default="shipped")
+    ap.add_argument("--task", choices=("elaborate", "link"), default="elaborate")
+    ap.add_argument("--linker", type=int, default=1, help="--task link: heavy atoms in the cut linker (1 or 2)")
     ap.add_argument("--fragments", type=int, default=500)
     ap.add_argument("--completions", type=int, default=10)
     ap.add_argument("--steps", type=int, default=None, help="default: the model's own (300 Gaussian, 100 bond model)")
@@ -108,7 +148,7 @@ def main():
     bond = is_bond_checkpoint(read_checkpoint(a.ckpt))
     model = BondDiffusionModel.load(a.ckpt) if bond else DiffusionModel.load(a.ckpt)
     steps = a.steps or (100 if bond else 300)
-    frags = fragments(a.fragments)
+    frags = fragments(a.fragments, a.task, a.linker)
     t0 = time.perf_counter()
     completions, deviations, kept_elements, kept_graph, recovered, unique = [], [], [], [], [], []
     for k, (_, original, frag) in enumerate(frags):
@@ -136,6 +176,7 @@ def main():
     result = {
         "command": "python benchmarks/constrained_design.py " + " ".join(
             (f"--{k}" if v is True else f"--no-{k}" if v is False else f"--{k} {v}") for k, v in vars(a).items() if v is not None and k != "out"),
+        "task": a.task, **({"linker_heavy_atoms": a.linker} if a.task == "link" else {}),
         "method": "fragment-conditioned model (fragment handed clean)" if conditioned else "replacement (RePaint)",
         "reconstruction": 0.0 if conditioned else (RECONSTRUCTION if a.reconstruction is None else a.reconstruction), "resample": a.resample,
         "model": a.ckpt, "bond_model": bond, "steps": steps, "fragments": len(frags), "completions_per_fragment": a.completions,
