@@ -386,20 +386,23 @@ def compose_default():
         return compose("sample", [])
 
 
+def training_module(**model):
+    """A tiny bond model's LightningModule (``model`` overrides its network config)."""
+    from moldiff.train.bond_module import BondDiffusionModule
+
+    torch.manual_seed(0)
+    marginals = {"atom_type": [0.5, 0.3, 0.1, 0.05, 0.05], "charge": [0.01, 0.98, 0.01], "bond": [0.8, 0.15, 0.03, 0.02, 0.0]}
+    return BondDiffusionModule({"name": "bond_egnn", "hidden": 16, "layers": 2, **model}, NOISE, {}, FEATURES,
+                               {"lr": 1e-3}, {4: 1, 3: 1}, marginals)
+
+
 def test_train_py_warm_start_adds_self_conditioning_to_a_bond_checkpoint(tmp_path):
     """``init_from=<bond checkpoint> model.self_condition=true``: the warm start grows the plain
     network's weights into the self-conditioned one (net and EMA alike); any other change of the
     model config is still refused."""
     from moldiff.jobs.train import warm_start
-    from moldiff.train.bond_module import BondDiffusionModule
 
-    marginals = {"atom_type": [0.5, 0.3, 0.1, 0.05, 0.05], "charge": [0.01, 0.98, 0.01], "bond": [0.8, 0.15, 0.03, 0.02, 0.0]}
-
-    def module(**model):
-        torch.manual_seed(0)
-        return BondDiffusionModule({"name": "bond_egnn", "hidden": 16, "layers": 2, **model}, NOISE, {}, FEATURES,
-                                   {"lr": 1e-3}, {4: 1, 3: 1}, marginals)
-
+    module = training_module
     old = module()
     path = tmp_path / "plain.ckpt"
     torch.save({"state_dict": old.state_dict(), "hyper_parameters": dict(old.hparams)}, path)

@@ -10,7 +10,7 @@ from moldiff.data.random_fragments import random_fragments
 from moldiff.loss.fields import FieldLoss, in_fragment_frame, noised
 from moldiff.nn.bond_egnn import BondEGNN, add_fragment_input, add_self_conditioning
 from moldiff.state import MolState
-from test_bond_model import FEATURES, NOISE, _model, _random_state
+from test_bond_model import _model, _random_state, training_module
 from test_inpaint import FRAG_BONDS, FRAG_X, FRAG_Z, _write_sdf
 
 H = 0  # QM9's vocabulary: H, C, N, O, F
@@ -188,14 +188,8 @@ def test_conditioned_model_samples_around_a_fragment_without_replacement(tmp_pat
 
 def test_train_py_warm_start_adds_the_fixed_atom_input(tmp_path):
     from moldiff.jobs.train import warm_start
-    from moldiff.train.bond_module import BondDiffusionModule
 
-    marginals = {"atom_type": [0.5, 0.3, 0.1, 0.05, 0.05], "charge": [0.01, 0.98, 0.01], "bond": [0.8, 0.15, 0.03, 0.02, 0.0]}
-
-    def module(**model):
-        torch.manual_seed(0)
-        return BondDiffusionModule({"name": "bond_egnn", "hidden": 16, "layers": 2, **model}, NOISE, {}, FEATURES,
-                                   {"lr": 1e-3}, {4: 1, 3: 1}, marginals)
+    module = training_module
 
     old = module()  # a checkpoint from before the switch existed: no fragment_condition key
     path = tmp_path / "plain.ckpt"
@@ -216,15 +210,9 @@ def test_a_plain_run_grows_in_place_with_its_optimizer_moments(tmp_path):
     """``python -m moldiff.train.grow``: a plain run's resume checkpoint becomes a fragment-conditioned
     run's, network, EMA and Adam moments alike, the new column inert (zero weight, zero moments)."""
     from moldiff.model.checkpoint import read_checkpoint
-    from moldiff.train.bond_module import BondDiffusionModule
     from moldiff.train.grow import grow_fragment_condition, main
 
-    marginals = {"atom_type": [0.5, 0.3, 0.1, 0.05, 0.05], "charge": [0.01, 0.98, 0.01], "bond": [0.8, 0.15, 0.03, 0.02, 0.0]}
-
-    def module(**model):
-        torch.manual_seed(0)
-        return BondDiffusionModule({"name": "bond_egnn", "hidden": 16, "layers": 2, **model}, NOISE, {}, FEATURES,
-                                   {"lr": 1e-3}, {4: 1, 3: 1}, marginals)
+    module = training_module
 
     old = module()
     opt = old.configure_optimizers()
