@@ -55,7 +55,8 @@ def ancestral_step(denoise_fn: DenoiseFn, sde: VPSDE, processes, state: MolState
     sg_t2, sg_s2 = sde.sigma(tt, b) ** 2, sde.sigma(ss, b) ** 2
     # q(z_s | z_t, x0): mean a_ts sg_s^2 / sg_t^2 z_t + alpha_s s2_ts / sg_t^2 x0, variance s2_ts sg_s^2 / sg_t^2
     raw = torch.randn(state.pos.shape, generator=generator, dtype=state.pos.dtype, device=state.device)
-    x0, noise = _in_frame(state, pred["pos"]), _in_frame(state, raw)
+    held = None if state.fixed is None else state.held()[b, None]  # once per step, for both
+    x0, noise = _in_frame(state, pred["pos"], held), _in_frame(state, raw, held)
     mean = a_ts * sg_s2 / sg_t2 * state.pos + sde.alpha(ss, b) * s2_ts / sg_t2 * x0
     std = (s2_ts * sg_s2 / sg_t2).sqrt() * (late_noise if t <= late_t else 1.0)
     changes = {"pos": mean + std * noise}
@@ -67,12 +68,13 @@ def ancestral_step(denoise_fn: DenoiseFn, sde: VPSDE, processes, state: MolState
     return state.replace(**changes).keep_fixed(state), pred
 
 
-def _in_frame(state: MolState, vectors: torch.Tensor) -> torch.Tensor:
-    """(A, 3) vectors made zero-mean per molecule, except in molecules held by a fragment."""
+def _in_frame(state: MolState, vectors: torch.Tensor, held: torch.Tensor | None = None) -> torch.Tensor:
+    """(A, 3) vectors made zero-mean per molecule, except in molecules held by a fragment
+    (``held`` (A, 1): ``state.held()`` per atom, if already computed)."""
     centred = remove_mean(vectors, state.batch, state.n_mol)
     if state.fixed is None:
         return centred
-    return torch.where(state.held()[state.batch, None], vectors, centred)
+    return torch.where(state.held()[state.batch, None] if held is None else held, vectors, centred)
 
 
 def final_state(denoise_fn: DenoiseFn, processes, state: MolState, t: float, previous: dict | None = None) -> MolState:
