@@ -23,7 +23,7 @@ from moldiff.data.loader import MoleculeBatch
 from moldiff.model import build
 from moldiff.model.diffusion import DiffusionModel
 from moldiff.state import MolState
-
+from moldiff.train.active_clock import ActiveClock
 
 
 class DiffusionModule(pl.LightningModule):
@@ -181,29 +181,38 @@ def lr_factor(kind: str, steps: int, final: float, warmup: int = 0):
 
 class TrainingRecord(pl.Callback):
     """Keeps an honest account in every checkpoint: one entry per training session (hardware,
-    first and last global step, epochs, wall time), carried over on resume and warm start."""
+    first and last global step, epochs, wall time), carried over on resume and warm start. Time the
+    process spent stopped (``kill -STOP``) is left out of ``seconds`` and shown as ``paused_s``."""
 
-    def __init__(self, history: list | None = None):
+    def __init__(self, history: list | None = None, clock=ActiveClock):
         self.history = list(history or [])
-        self._start = None
+        self._make_clock = clock  # called at train start for this session's clock (tests pass a fake one)
+        self._clock = None
         self._entry = None
 
     def on_train_start(self, trainer, module):  # after a resumed checkpoint is restored
         device = "cpu: " + (platform.processor() or platform.machine()) + f" ({torch.get_num_threads()} threads)"
         if module.device.type == "cuda":
             device = "gpu: " + torch.cuda.get_device_name(module.device)
-        self._start = time.time()
+        self.teardown(trainer, module)
+        self._clock = self._make_clock().start()
         self._entry = {"device": device, "world_size": trainer.world_size, "precision": str(trainer.precision),
                        "first_step": int(trainer.global_step), "seconds": 0.0}
 
     def _current(self, trainer) -> list:
         if self._entry is None:
             return self.history
-        entry = dict(self._entry, last_step=int(trainer.global_step), epoch=int(trainer.current_epoch), seconds=round(time.time() - self._start, 1))
+        entry = dict(self._entry, last_step=int(trainer.global_step), epoch=int(trainer.current_epoch), seconds=round(self._clock.elapsed(), 1))
+        if self._clock.paused:
+            entry["paused_s"] = round(self._clock.paused, 1)
         return self.history + [entry]
 
     def on_save_checkpoint(self, trainer, module, checkpoint):
         checkpoint["moldiff_record"] = self._current(trainer)
+
+    def teardown(self, trainer, module, stage=None):  # the clock's thread ends; its reading stays
+        if self._clock is not None:
+            self._clock.stop()
 
     def on_load_checkpoint(self, trainer, module, checkpoint):
         self.history = list(checkpoint.get("moldiff_record", []))
