@@ -31,6 +31,8 @@ SETTINGS = {  # name: (steps, options); the model's recommended options apply un
     "late_noise 0 for t <= 0.5": (100, {"late_noise": 0.0, "late_t": 0.5}),
     "late_noise 0.25 for t <= 0.5": (100, {"late_noise": 0.25, "late_t": 0.5}),
     "late_noise 0.5 for all t": (100, {"late_noise": 0.5, "late_t": 1.0}),
+    "late_noise 0.5 for t <= 0.5, 300 steps": (300, {"late_noise": 0.5, "late_t": 0.5}),
+    "late_noise 0.5 for t <= 0.5, 500 steps": (500, {"late_noise": 0.5, "late_t": 0.5}),
 }
 
 
