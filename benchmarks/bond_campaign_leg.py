@@ -77,6 +77,19 @@ def quality(model: BondDiffusionModel, n: int, steps: int, seed: int, reference,
             "atom_type_tv": dist["atom_type_tv"], "atom_count_tv": dist["atom_count_tv"]}
 
 
+def record_entry(path: Path, data: dict, entry: dict, export: Path, shipped: Path, ship: bool) -> None:
+    """Append ``entry`` to the campaign file; with ``ship``, the export becomes ``shipped`` first and
+    the only entry marked shipped."""
+    if ship:
+        shutil.copyfile(export, shipped)
+        for e in data["entries"]:
+            e["shipped"] = False
+        entry["shipped"] = True
+        print(f"shipped as {shipped}")
+    data["entries"].append(entry)
+    path.write_text(json.dumps(data, indent=1) + "\n")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", default="outputs/train/bonds_campaign")
@@ -112,14 +125,7 @@ def main():
           f"stable {100 * mean('molecule_stable'):.1f} %, one piece {100 * mean('valid_connected'):.1f} %, unique {100 * mean('unique'):.1f} %; "
           f"EDM from coordinates: stable {100 * mean('molecule_stability', 'edm'):.1f} %, valid {100 * mean('validity', 'edm'):.1f} %; "
           f"bond W1 {np.mean([r['bond_length_w1'] for r in rows]):.4f} A, angle W1 {np.mean([r['bond_angle_w1'] for r in rows]):.2f} deg")
-    if a.ship and better:
-        shutil.copyfile(export, SHIPPED_BONDS)
-        for e in data["entries"]:
-            e["shipped"] = False
-        entry["shipped"] = True
-        print(f"shipped as {SHIPPED_BONDS}")
-    data["entries"].append(entry)
-    path.write_text(json.dumps(data, indent=1) + "\n")
+    record_entry(path, data, entry, export, SHIPPED_BONDS, a.ship and better)
 
 
 if __name__ == "__main__":

@@ -26,11 +26,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from pathlib import Path
 
-from bond_campaign_leg import record_totals
+from bond_campaign_leg import record_entry, record_totals
 
 from moldiff.data.loader import EpochBatchSampler
 from moldiff.data.molecules import MoleculeSet
@@ -107,14 +106,7 @@ def main():
           f"molecules stable {100 * rev['molecule_stability']:.1f} %, valid {100 * rev['validity']:.1f} %, V&C {100 * vc:.1f} %; "
           f"unique {100 * (graph['unique'] or 0):.1f} %; bond W1 {entry['bond_length_w1']:.4f} A, angle W1 {entry['bond_angle_w1']:.2f} deg; "
           f"{seconds:.0f} s to sample")
-    if a.ship and vc > bar:
-        shutil.copyfile(export, SHIPPED_DRUGS)
-        for e in data["entries"]:
-            e["shipped"] = False
-        entry["shipped"] = True
-        print(f"shipped as {SHIPPED_DRUGS}")
-    data["entries"].append(entry)
-    path.write_text(json.dumps(data, indent=1) + "\n")
+    record_entry(path, data, entry, export, SHIPPED_DRUGS, a.ship and vc > bar)
 
 
 if __name__ == "__main__":
