@@ -77,6 +77,11 @@ def quality(model: BondDiffusionModel, n: int, steps: int, seed: int, reference,
             "atom_type_tv": dist["atom_type_tv"], "atom_count_tv": dist["atom_count_tv"]}
 
 
+def load_campaign(path: Path, about: str) -> dict:
+    """The campaign file's entries so far, or a new file's header."""
+    return json.loads(path.read_text()) if path.is_file() else {"about": about, "entries": []}
+
+
 def record_entry(path: Path, data: dict, entry: dict, export: Path, shipped: Path, ship: bool) -> None:
     """Append ``entry`` to the campaign file; with ``ship``, the export becomes ``shipped`` first and
     the only entry marked shipped."""
@@ -112,11 +117,9 @@ def main():
              "sampler_options": with_recommended("ancestral"), "batch_size": SAMPLE_BATCH, "n": a.n, "seeds": a.seeds, "rows": rows,
              "command": "python benchmarks/bond_campaign_leg.py " + (f"--export {a.export}" if a.export else f"--run {a.run}") + f" --n {a.n} --steps {a.steps} --seeds {a.seeds}" + (" --ship" if a.ship else "")}
     path = Path(a.data)
-    data = json.loads(path.read_text()) if path.is_file() else {
-        "about": "The bond model's training campaign (issue 29): one entry per evaluated checkpoint, with cumulative "
-                 "epochs, steps and training hours, and the quality of BondDiffusionModel.sample at its defaults "
-                 "(written graph, EDM protocol from the coordinates, distances over the written bonds). docs/bonds.md.",
-        "entries": []}
+    data = load_campaign(path, "The bond model's training campaign (issue 29): one entry per evaluated checkpoint, with cumulative "
+                               "epochs, steps and training hours, and the quality of BondDiffusionModel.sample at its defaults "
+                               "(written graph, EDM protocol from the coordinates, distances over the written bonds). docs/bonds.md.")
     best = max((e for e in data["entries"] if e.get("shipped")), default=None,
                key=lambda e: np.mean([r["written_graph"]["molecule_stable"] for r in e["rows"]]))
     bar = {k: max(GAUSSIAN_SHIPPED[k], np.mean([r["written_graph"][k] for r in best["rows"]]) if best else 0.0) for k in GAUSSIAN_SHIPPED}

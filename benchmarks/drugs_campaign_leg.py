@@ -25,11 +25,10 @@ Run it with training stopped: the sampling time goes into the record.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
-from bond_campaign_leg import record_entry, record_totals
+from bond_campaign_leg import load_campaign, record_entry, record_totals
 
 from moldiff.data.loader import EpochBatchSampler
 from moldiff.data.molecules import MoleculeSet
@@ -95,11 +94,9 @@ def main():
              "command": "python benchmarks/drugs_campaign_leg.py " + (f"--export {a.export}" if a.export else f"--run {a.run}")
                         + f" --n {a.n} --steps {a.steps} --seed {a.seed}" + (" --ship" if a.ship else "")}
     path = Path(a.data)
-    data = json.loads(path.read_text()) if path.is_file() else {
-        "about": "The drug-like bond model's training campaign on MOSES (issue 31): one entry per evaluated checkpoint, "
-                 "with cumulative steps, epochs and training hours, and the GEOM-Drugs Revisited graph figures of "
-                 "BondDiffusionModel.sample at its defaults. docs/bonds.md.",
-        "entries": []}
+    data = load_campaign(path, "The drug-like bond model's training campaign on MOSES (issue 31): one entry per evaluated checkpoint, "
+                               "with cumulative steps, epochs and training hours, and the GEOM-Drugs Revisited graph figures of "
+                               "BondDiffusionModel.sample at its defaults. docs/drugs.md.")
     bar = max([GEOM_1K_BEST] + [e["revisited"]["valid_and_connected"] for e in data["entries"] if e.get("shipped")])
     vc = rev["valid_and_connected"]
     print(f"{entry['name']}: {entry['epochs']} epochs, {entry['hours']} h; revisited: atoms stable {100 * rev['atom_stability']:.1f} %, "

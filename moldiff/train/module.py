@@ -194,7 +194,7 @@ class TrainingRecord(pl.Callback):
         device = "cpu: " + (platform.processor() or platform.machine()) + f" ({torch.get_num_threads()} threads)"
         if module.device.type == "cuda":
             device = "gpu: " + torch.cuda.get_device_name(module.device)
-        self.teardown(trainer, module)
+        self._stop_clock()  # a second fit with the same record starts a fresh clock
         self._clock = self._make_clock().start()
         self._entry = {"device": device, "world_size": trainer.world_size, "precision": str(trainer.precision),
                        "first_step": int(trainer.global_step), "seconds": 0.0}
@@ -210,7 +210,10 @@ class TrainingRecord(pl.Callback):
     def on_save_checkpoint(self, trainer, module, checkpoint):
         checkpoint["moldiff_record"] = self._current(trainer)
 
-    def teardown(self, trainer, module, stage=None):  # the clock's thread ends; its reading stays
+    def teardown(self, trainer, module, stage=None):
+        self._stop_clock()
+
+    def _stop_clock(self):  # the clock's thread ends; its reading stays
         if self._clock is not None:
             self._clock.stop()
 
